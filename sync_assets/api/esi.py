@@ -1,0 +1,160 @@
+"""The one API resource every ESI asset shares."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import dagster as dg
+import httpx
+import pandas as pd
+from pydantic import Field, PrivateAttr, field_validator
+
+from .. import __version__
+from ..datasets import Dataset
+from .frames import empty_frame, rows_to_frame
+from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
+from .pagination import XPagesWalker
+from .snapshot import FetchStats, Outcome, Snapshot, Validators
+
+DEFAULT_ESI_URL = "https://esi.evetech.net"
+COMPATIBILITY_DATE = "2026-08-18"  # the spec our routes and fields are checked against
+DEFAULT_USER_AGENT = f"sync_assets/{__version__} (Dagster ESI sync; python-httpx)"
+
+
+class EsiResource(dg.ConfigurableResource):
+    """Rate-limit-aware, ETag-aware ESI client. Returns snapshots; never writes tables."""
+
+    base_url: str = Field(default=DEFAULT_ESI_URL, description="ESI base URL (env SYNC_ASSETS_ESI_URL)")
+    compatibility_date: str = Field(default=COMPATIBILITY_DATE, description="Sent as X-Compatibility-Date")
+    user_agent: str = Field(default=DEFAULT_USER_AGENT, description="CCP asks for an app name and a contact")
+    max_concurrency: int = Field(default=8, ge=1, le=64, description="Pages fetched at once per walk")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request (timeouts, 5xx, 420, 429)")
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    max_walks: int = Field(default=3, ge=1, le=10, description="Page walks per snapshot before giving up")
+    error_limit_floor: int = Field(default=10, ge=0, description="Wait for the error window reset at this many errors left")
+    expiry_guard_s: float = Field(default=3.0, ge=0, description="Wait for the next snapshot if page 1 expires this soon")
+
+    _http: ApiHttpClient | None = PrivateAttr(default=None)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        url = httpx.URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_ESI_URL}, got {value!r} (SYNC_ASSETS_ESI_URL)")
+        return value.rstrip("/")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._http = self._build_http()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def fetch_snapshot(
+        self,
+        dataset: Dataset,
+        partition_key: str | None = None,
+        previous: Validators | None = None,
+        *,
+        full_refresh: bool = False,
+        log: Log = DEFAULT_LOG,
+    ) -> Snapshot:
+        """One complete, consistent snapshot of `dataset` (one partition), or an error.
+
+        - Before the stored Expires the API is not asked at all (CACHE_VALID): ESI forbids polling
+          faster than its cache, and it would only answer with the same data.
+        - After it, pages are asked conditionally with their stored ETags: all 304 is NOT_MODIFIED.
+        - `full_refresh` ignores stored validators and Expires (unconditional GETs).
+        """
+        label = f"{dataset.key}[{partition_key}]" if partition_key else dataset.key
+        now = datetime.now(timezone.utc)
+        if previous and previous.expires_at and previous.expires_at > now and not full_refresh:
+            log.info(f"{label}: cached by ESI until {previous.expires_at.isoformat()}; not asking before then")
+            return Snapshot(dataset.key, partition_key, Outcome.CACHE_VALID, previous)
+
+        stats = FetchStats()
+        started = time.perf_counter()
+        walker = XPagesWalker(
+            self._client(),
+            _route_path(dataset, partition_key),
+            dataset.query,
+            paginated=dataset.paginated,
+            max_concurrency=self.max_concurrency,
+            max_walks=self.max_walks,
+            expiry_guard_s=self.expiry_guard_s,
+            parse=lambda page, data: rows_to_frame(data, dataset.columns, f"{label} page {page}"),
+            stats=stats,
+            log=log,
+            label=label,
+        )
+        etags = None if full_refresh or not previous else previous.page_etags
+        result = walker.walk(etags or None)
+        stats.pages = len(result.responses)
+        stats.duration_s = time.perf_counter() - started
+        validators = Validators(
+            page_etags=tuple(r.etag or "" for r in result.responses),
+            last_modified=result.responses[0].last_modified,
+            expires_at=min((r.expires for r in result.responses if r.expires), default=None),
+        )
+        if result.all_not_modified:
+            log.info(f"{label}: all {stats.pages} pages unchanged (304); no body transferred")
+            return Snapshot(dataset.key, partition_key, Outcome.NOT_MODIFIED, validators, stats=stats)
+        frame = _assemble(dataset, partition_key, result.parsed, stats)
+        log.info(
+            f"{label}: snapshot of {len(frame):,} rows in {stats.pages} pages, {stats.body_bytes / 1e6:.1f} MB, "
+            f"{stats.retries} retries, {stats.duration_s:.2f}s"
+        )
+        return Snapshot(dataset.key, partition_key, Outcome.CHANGED, validators, frame, stats)
+
+    def _client(self) -> ApiHttpClient:
+        if self._http is None:  # used outside a Dagster run (benchmarks, scripts)
+            self._http = self._build_http()
+        return self._http
+
+    def _build_http(self) -> ApiHttpClient:
+        return ApiHttpClient(
+            base_url=self.base_url,
+            headers={
+                "User-Agent": self.user_agent,
+                "X-Compatibility-Date": self.compatibility_date,
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
+            max_connections=self.max_concurrency,
+            retry=RetryPolicy(self.max_attempts, self.backoff_initial_s, self.backoff_max_s),
+            gate=ErrorLimitGate(self.error_limit_floor),
+        )
+
+
+def _route_path(dataset: Dataset, partition_key: str | None) -> str:
+    if dataset.partitioning is None:
+        return dataset.route
+    if partition_key is None:
+        raise ValueError(f"{dataset.key} is partitioned by {dataset.partitioning.path_param}: a partition key is required")
+    if partition_key not in dataset.partitioning.keys:
+        raise ValueError(f"{dataset.key}: unknown partition {partition_key!r}; known: {', '.join(dataset.partitioning.keys)}")
+    return dataset.route.format(**{dataset.partitioning.path_param: partition_key})
+
+
+def _assemble(dataset: Dataset, partition_key: str | None, frames: list[Any], stats: FetchStats) -> pd.DataFrame:
+    """Concatenate page frames into table shape: partition column first, one row per key."""
+    frames = [f for f in frames if len(f)]
+    frame = pd.concat(frames, ignore_index=True, copy=False) if frames else empty_frame(dataset.columns)
+    if dataset.partitioning is not None:
+        column = dataset.partitioning.column
+        value = dataset.partitioning.value(partition_key or "")
+        frame.insert(0, column.name, pd.Series([value] * len(frame), dtype=column.pandas_dtype))
+    before = len(frame)
+    frame = frame.drop_duplicates(subset=list(dataset.primary_key), keep="last", ignore_index=True)
+    stats.duplicates_dropped = before - len(frame)
+    return frame

@@ -1,0 +1,201 @@
+"""X-Pages walks that yield one consistent snapshot or nothing.
+
+ESI pages carry their own ETags, and the cache can refresh between page 1 and page N, which
+gives duplicates or gaps. A walk is accepted only if every page shares page 1's Last-Modified
+and X-Pages and the pages are all 200 or all 304; anything else is refetched (bounded).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import InconsistentSnapshot, PageOutOfRange
+from .http import ApiHttpClient, Log, PageResponse
+from .snapshot import FetchStats
+
+ParsePage = Callable[[int, Any], Any]  # (page, JSON) -> parsed rows (e.g. a DataFrame)
+
+
+@dataclass
+class WalkResult:
+    responses: list[PageResponse]  # ordered by page, data released after parsing
+    parsed: list[Any] = field(default_factory=list)  # parse(page, json) per page, 200 walks only
+
+    @property
+    def all_not_modified(self) -> bool:
+        return all(r.status == 304 for r in self.responses)
+
+
+class _RestartUnconditionally(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class XPagesWalker:
+    def __init__(
+        self,
+        http: ApiHttpClient,
+        path: str,
+        params: Mapping[str, Any],
+        *,
+        paginated: bool,
+        max_concurrency: int,
+        max_walks: int,
+        expiry_guard_s: float,
+        parse: ParsePage,
+        stats: FetchStats,
+        log: Log,
+        label: str,
+    ):
+        self.http, self.path, self.params = http, path, params
+        self.paginated, self.max_concurrency = paginated, max_concurrency
+        self.max_walks, self.expiry_guard_s = max_walks, expiry_guard_s
+        self.parse, self.stats, self.log, self.label = parse, stats, log, label
+        self._stats_lock = threading.Lock()
+
+    def walk(self, etags: Sequence[str] | None) -> WalkResult:
+        """Fetch all pages, conditionally when `etags` (page i+1 at index i) are given."""
+        reasons: list[str] = []
+        for attempt in range(1, self.max_walks + 1):
+            self.stats.walks += 1
+            try:
+                return self._walk_once(etags)
+            except (_RestartUnconditionally, InconsistentSnapshot, PageOutOfRange) as exc:
+                reason = getattr(exc, "reason", str(exc))
+                reasons.append(reason)
+                etags = None  # the snapshot moved: every page is refetched in full
+                if attempt < self.max_walks:
+                    self.log.warning(f"{self.label}: {reason}; refetching every page (walk {attempt + 1}/{self.max_walks})")
+        raise InconsistentSnapshot(
+            f"{self.label}: no consistent snapshot after {self.max_walks} walks ({'; '.join(reasons)}); nothing was written"
+        )
+
+    def _walk_once(self, etags: Sequence[str] | None) -> WalkResult:
+        first = self._fetch(1, etags[0] if etags else None)
+        pages = _page_count(first, etags) if self.paginated else 1
+        if self._about_to_expire(first) and pages > 1:
+            delay = (first.expires - _utcnow()).total_seconds() + 1.0  # type: ignore[operator]
+            self.log.info(f"{self.label}: page 1 expires in {delay - 1:.1f}s; waiting for the next snapshot before walking {pages} pages")
+            time.sleep(max(delay, 0.0))
+            raise _RestartUnconditionally("cache about to refresh")
+        if etags is not None:
+            if first.status == 200:
+                etags = None  # page 1 changed: a mixed walk would be refetched anyway
+            elif len(etags) != pages:
+                raise _RestartUnconditionally(f"X-Pages is {pages} but {len(etags)} pages are stored")
+        results: dict[int, PageResponse] = {1: first}
+        parsed: dict[int, Any] = {}
+        self._accept(first, first, pages, parsed)
+        progress = _Progress(self.log, self.label, pages)
+        progress.done(first)
+        if pages > 1:
+            self._fetch_rest(first, pages, etags, results, parsed, progress)
+        ordered = [results[p] for p in range(1, pages + 1)]
+        statuses = {r.status for r in ordered}
+        if statuses == {200, 304}:
+            n304 = sum(r.status == 304 for r in ordered)
+            raise _RestartUnconditionally(f"{n304} of {pages} pages answered 304 and the rest 200")
+        return WalkResult(ordered, [parsed[p] for p in range(1, pages + 1)] if statuses == {200} else [])
+
+    def _fetch_rest(self, first, pages, etags, results, parsed, progress) -> None:
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, pages - 1), thread_name_prefix="page") as pool:
+            futures: dict[Future, int] = {
+                pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed): page
+                for page in range(2, pages + 1)
+            }
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    error = future.exception()
+                    if error is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise error
+                    response = future.result()
+                    results[futures[future]] = response
+                    progress.done(response)
+
+    def _fetch_and_accept(self, first, page, pages, etag, parsed) -> PageResponse:
+        response = self._fetch(page, etag)
+        self._accept(first, response, pages, parsed)
+        return response
+
+    def _fetch(self, page: int, etag: str | None) -> PageResponse:
+        response = self.http.get_page(
+            self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=self._count_retry
+        )
+        with self._stats_lock:
+            self.stats.requests += 1
+            self.stats.body_bytes += response.body_bytes
+            if response.status == 200:
+                self.stats.status_200 += 1
+            else:
+                self.stats.status_304 += 1
+        return response
+
+    def _accept(self, first: PageResponse, response: PageResponse, pages: int, parsed: dict[int, Any]) -> None:
+        """Reject a page from another snapshot; parse a 200 body and drop the raw JSON."""
+        if self.paginated and _page_count(response, None, default=pages) != pages:
+            raise InconsistentSnapshot(f"X-Pages changed from {pages} to {response.x_pages} at page {response.page}")
+        if response.last_modified != first.last_modified and not (response.status == 304 and response.last_modified is None):
+            raise InconsistentSnapshot(
+                f"page {response.page} is from another snapshot (Last-Modified {response.last_modified} != {first.last_modified})"
+            )
+        if response.status == 200:
+            parsed[response.page] = self.parse(response.page, response.data)
+            response.data = None
+
+    def _count_retry(self) -> None:
+        with self._stats_lock:
+            self.stats.retries += 1
+
+    def _about_to_expire(self, first: PageResponse) -> bool:
+        if self.expiry_guard_s <= 0 or first.expires is None:
+            return False
+        left = (first.expires - _utcnow()).total_seconds()
+        return 0 < left < self.expiry_guard_s
+
+
+class _Progress:
+    """One log line per batch of pages, about ten per walk."""
+
+    def __init__(self, log: Log, label: str, pages: int):
+        self.log, self.label, self.pages = log, label, pages
+        self.batch = max(1, math.ceil(pages / 10))
+        self.count = self.n200 = self.n304 = self.bytes = 0
+        self.lock = threading.Lock()
+
+    def done(self, response: PageResponse) -> None:
+        with self.lock:
+            self.count += 1
+            self.bytes += response.body_bytes
+            if response.status == 200:
+                self.n200 += 1
+            else:
+                self.n304 += 1
+            if self.count % self.batch == 0 or self.count == self.pages:
+                self.log.info(
+                    f"{self.label}: page {self.count}/{self.pages} "
+                    f"({self.n200}×200, {self.n304}×304, {self.bytes / 1e6:.1f} MB)"
+                )
+
+
+def _page_count(response: PageResponse, etags: Sequence[str] | None, default: int | None = None) -> int:
+    """X-Pages of a response. A 304 may omit it: then the stored page count stands."""
+    if response.x_pages is not None:
+        return response.x_pages
+    if response.status == 304:
+        return default if default is not None else len(etags or ()) or 1
+    return 1
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)

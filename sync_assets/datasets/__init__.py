@@ -1,0 +1,32 @@
+"""Dataset declarations, one module per API."""
+
+from .base import Column, ColumnType, Dataset, Partitioning, WriteMode
+from .esi import ESI_DATASETS, MARKET_ORDERS, MARKET_PRICES
+
+ALL_DATASETS = ESI_DATASETS
+DATASETS_BY_KEY = {d.key: d for d in ALL_DATASETS}
+
+
+def dataset_for_asset_key(path: list[str] | tuple[str, ...]) -> Dataset:
+    """The dataset behind an asset key such as ["esi", "market_orders"]."""
+    key = ".".join(path)
+    try:
+        return DATASETS_BY_KEY[key]
+    except KeyError:
+        known = ", ".join(sorted(DATASETS_BY_KEY))
+        raise KeyError(f"unknown dataset {key!r}; known datasets: {known}") from None
+
+
+__all__ = [
+    "ALL_DATASETS",
+    "Column",
+    "ColumnType",
+    "DATASETS_BY_KEY",
+    "Dataset",
+    "ESI_DATASETS",
+    "MARKET_ORDERS",
+    "MARKET_PRICES",
+    "Partitioning",
+    "WriteMode",
+    "dataset_for_asset_key",
+]

@@ -1,0 +1,19 @@
+"""WHERE data lands: Postgres tables, the sync-state table, the IO manager, embedded Postgres."""
+
+from .io_manager import SnapshotIOManager
+from .resource import DatabaseUnavailable, PostgresWarehouse
+from .tables import SYNC_STATE, SchemaMismatch
+from .urls import DatabaseConfigError, psycopg2_url, redacted
+from .writer import WriteResult
+
+__all__ = [
+    "SYNC_STATE",
+    "DatabaseConfigError",
+    "DatabaseUnavailable",
+    "PostgresWarehouse",
+    "SchemaMismatch",
+    "SnapshotIOManager",
+    "WriteResult",
+    "psycopg2_url",
+    "redacted",
+]

@@ -1,0 +1,104 @@
+"""The warehouse resource: where snapshots land (Postgres)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from ..api.snapshot import Snapshot, Validators
+from ..datasets import Dataset
+from .tables import ensure_sync_state, ensure_table, qi, table_name
+from .urls import psycopg2_url, redacted
+from .writer import WriteResult, read_validators, write_snapshot
+
+_engines: dict[str, Engine] = {}
+_ready: set[tuple[str, str]] = set()  # (url, dataset key) whose DDL ran in this process
+_lock = threading.Lock()
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The data database cannot be reached; nothing was written."""
+
+
+class PostgresWarehouse(dg.ConfigurableResource):
+    """Postgres holding the synced tables and their sync state (env SYNC_ASSETS_DATABASE_URL)."""
+
+    database_url: str = Field(description="postgresql+psycopg2://user:password@host:port/database")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.url  # a bad URL fails the run at its first step, naming the setting
+
+    @property
+    def url(self) -> str:
+        # Validated here, not by a pydantic validator: the field may hold an EnvVar until launch.
+        return psycopg2_url(self.database_url, "SYNC_ASSETS_DATABASE_URL")
+
+    def engine(self) -> Engine:
+        url = self.url
+        with _lock:
+            engine = _engines.get(url)
+            if engine is None:
+                engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+                _engines[url] = engine
+            return engine
+
+    def ensure_dataset(self, dataset: Dataset) -> None:
+        key = (self.url, dataset.key)
+        if key in _ready:
+            return
+        with self._begin() as conn:
+            ensure_sync_state(conn)
+            ensure_table(conn, dataset)
+        _ready.add(key)
+
+    def read_validators(self, dataset: Dataset, partition_key: str | None) -> Validators | None:
+        self.ensure_dataset(dataset)
+        with self._begin() as conn:
+            return read_validators(conn, dataset, partition_key)
+
+    def write_snapshot(self, dataset: Dataset, snapshot: Snapshot) -> WriteResult:
+        self.ensure_dataset(dataset)
+        with self._begin() as conn:
+            return write_snapshot(conn, dataset, snapshot)
+
+    def read_table(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> pd.DataFrame:
+        self.ensure_dataset(dataset)
+        cols = ", ".join(qi(c.name) for c in dataset.table_columns)
+        sql, params = f"SELECT {cols} FROM {table_name(dataset)}", {}
+        if partition_keys is not None and dataset.partitioning is not None:
+            sql += f" WHERE {qi(dataset.partitioning.column.name)} = ANY(:keys)"
+            params = {"keys": [dataset.partitioning.value(k) for k in partition_keys]}
+        sql += " ORDER BY " + ", ".join(qi(k) for k in dataset.primary_key)
+        with self._begin() as conn:
+            frame = pd.read_sql(text(sql), conn, params=params)
+        return frame.astype({c.name: c.pandas_dtype for c in dataset.table_columns})
+
+    def _begin(self) -> "_Transaction":
+        return _Transaction(self.engine())
+
+
+class _Transaction:
+    """engine.begin() that reports an unreachable database clearly, without the password."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._ctx = None
+
+    def __enter__(self):
+        try:
+            self._ctx = self._engine.begin()
+            return self._ctx.__enter__()
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise DatabaseUnavailable(
+                f"cannot reach the data database {redacted(self._engine.url.render_as_string(hide_password=False))}: {reason}"
+            ) from None
+
+    def __exit__(self, *exc_info):
+        return self._ctx.__exit__(*exc_info)

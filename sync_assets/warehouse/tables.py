@@ -1,0 +1,74 @@
+"""Table DDL derived from dataset declarations; created and migrated idempotently."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+from ..datasets import Dataset
+
+META_SCHEMA = "sync_assets"
+SYNC_STATE = f"{META_SCHEMA}.sync_state"
+_DDL_LOCK = 7_349_001  # advisory lock id: one DDL transaction at a time across processes
+
+
+class SchemaMismatch(RuntimeError):
+    """An existing table has a column whose type differs from the declaration."""
+
+
+def qi(name: str) -> str:
+    """Quote an identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_name(dataset: Dataset) -> str:
+    return f"{qi(dataset.api)}.{qi(dataset.name)}"
+
+
+SYNC_STATE_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {META_SCHEMA};
+CREATE TABLE IF NOT EXISTS {SYNC_STATE} (
+    dataset          text        NOT NULL,
+    partition_key    text        NOT NULL DEFAULT '',
+    page_etags       jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    last_modified    timestamptz,
+    expires_at       timestamptz,
+    data_version     text,
+    row_count        bigint,
+    last_checked_at  timestamptz NOT NULL,
+    last_changed_at  timestamptz,
+    last_success_at  timestamptz NOT NULL,
+    PRIMARY KEY (dataset, partition_key)
+);
+COMMENT ON TABLE {SYNC_STATE} IS
+    'Validators (per-page ETags, Last-Modified, Expires) committed with the rows they describe';
+"""
+
+
+def ensure_sync_state(conn: Connection) -> None:
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
+    conn.execute(text(SYNC_STATE_DDL))
+
+
+def ensure_table(conn: Connection, dataset: Dataset) -> None:
+    """Create the dataset's schema and table, add declared columns that are missing, and
+    refuse to run on a column whose type changed (that needs a deliberate migration)."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
+    columns = ",\n    ".join(
+        f"{qi(c.name)} {c.postgres_type}{' NOT NULL' if c.name in dataset.primary_key else ''}" for c in dataset.table_columns
+    )
+    pk = ", ".join(qi(k) for k in dataset.primary_key)
+    conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {qi(dataset.api)}"))
+    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {table_name(dataset)} (\n    {columns},\n    PRIMARY KEY ({pk})\n)"))
+    for column in dataset.table_columns:
+        conn.execute(text(f"ALTER TABLE {table_name(dataset)} ADD COLUMN IF NOT EXISTS {qi(column.name)} {column.postgres_type}"))
+    actual = dict(
+        conn.execute(
+            text("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s AND table_name = :t"),
+            {"s": dataset.api, "t": dataset.name},
+        ).all()
+    )
+    wrong = [f"{c.name}: table has {actual[c.name]}, declared {c.postgres_type}" for c in dataset.table_columns if actual[c.name] != c.postgres_type]
+    if wrong:
+        raise SchemaMismatch(f"{dataset.api}.{dataset.name} does not match its declaration ({'; '.join(wrong)}); migrate the table first")
+    description = dataset.description.replace("'", "''")
+    conn.execute(text(f"COMMENT ON TABLE {table_name(dataset)} IS '{description}'"))

@@ -1,0 +1,153 @@
+"""Land a snapshot in ONE transaction: COPY into a temp table, merge by write mode, and commit
+the validators with the rows they describe. A failure anywhere leaves table and validators as
+they were."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, text
+
+from ..api.snapshot import Snapshot, Validators
+from ..datasets import Dataset, WriteMode
+from .tables import SYNC_STATE, qi, table_name
+
+STAGE = "_sync_stage"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: str
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    total: int = 0
+    skipped_reason: str | None = None  # set when no data rows were written on purpose
+
+
+def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> WriteResult:
+    """Call inside a transaction (`engine.begin()`); the caller's commit publishes everything."""
+    partition = snapshot.partition_key or ""
+    # Writers of one dataset partition take turns; different partitions proceed in parallel.
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{dataset.key}/{partition}"})
+    stored = _stored_last_modified(conn, dataset, partition)
+    new_lm = snapshot.validators.last_modified
+    if stored is not None and new_lm is not None and new_lm < stored:
+        return WriteResult(
+            table_name(dataset), total=_count(conn, dataset, snapshot),
+            skipped_reason=f"snapshot of {new_lm.isoformat()} is older than the stored {stored.isoformat()}",
+        )
+    counts: dict[str, int] = {}
+    if snapshot.changed:
+        assert snapshot.frame is not None
+        _stage(conn, dataset, snapshot.frame)
+        counts = _merge(conn, dataset, _partition_value(dataset, snapshot))
+    total = _count(conn, dataset, snapshot)
+    _save_state(conn, dataset, partition, snapshot.validators, total, changed=snapshot.changed)
+    return WriteResult(table_name(dataset), total=total, **counts)
+
+
+def read_validators(conn: Connection, dataset: Dataset, partition_key: str | None) -> Validators | None:
+    row = conn.execute(
+        text(f"SELECT page_etags, last_modified, expires_at FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p"),
+        {"d": dataset.key, "p": partition_key or ""},
+    ).first()
+    if row is None:
+        return None
+    return Validators(page_etags=tuple(row.page_etags), last_modified=row.last_modified, expires_at=row.expires_at)
+
+
+def _stored_last_modified(conn: Connection, dataset: Dataset, partition: str) -> datetime | None:
+    return conn.execute(
+        text(f"SELECT last_modified FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p FOR UPDATE"),
+        {"d": dataset.key, "p": partition},
+    ).scalar()
+
+
+def _stage(conn: Connection, dataset: Dataset, frame: pd.DataFrame) -> None:
+    names = [c.name for c in dataset.table_columns]
+    conn.execute(text(f"CREATE TEMP TABLE {STAGE} (LIKE {table_name(dataset)} INCLUDING DEFAULTS) ON COMMIT DROP"))
+    buffer = io.StringIO()
+    frame[names].to_csv(buffer, index=False, header=False, na_rep=r"\N", quoting=csv.QUOTE_MINIMAL, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+    buffer.seek(0)
+    cols = ", ".join(qi(n) for n in names)
+    cursor = conn.connection.dbapi_connection.cursor()  # the same transaction as `conn`
+    try:
+        cursor.copy_expert(f"COPY {STAGE} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+    finally:
+        cursor.close()
+    conn.execute(text(f"ANALYZE {STAGE}"))
+
+
+def _merge(conn: Connection, dataset: Dataset, partition_value: Any) -> dict[str, int]:
+    target = table_name(dataset)
+    names = [c.name for c in dataset.table_columns]
+    pk = list(dataset.primary_key)
+    rest = [n for n in names if n not in pk]
+    cols = ", ".join(qi(n) for n in names)
+    conflict = ", ".join(qi(k) for k in pk)
+    if dataset.write_mode is WriteMode.APPEND or not rest:
+        action = "DO NOTHING"
+    else:
+        assign = ", ".join(f"{qi(n)} = EXCLUDED.{qi(n)}" for n in rest)
+        old = ", ".join(f"t.{qi(n)}" for n in rest)
+        new = ", ".join(f"EXCLUDED.{qi(n)}" for n in rest)
+        action = f"DO UPDATE SET {assign} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
+    inserted, updated = conn.execute(
+        text(
+            f"WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {STAGE} "
+            f"ON CONFLICT ({conflict}) {action} RETURNING (xmax = 0) AS inserted) "
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
+        )
+    ).one()
+    deleted = 0
+    if dataset.write_mode is WriteMode.MIRROR:
+        # Deletes come only from a complete snapshot of 200s: that is the only way here.
+        match = " AND ".join(f"s.{qi(k)} = t.{qi(k)}" for k in pk)
+        scope, params = _partition_scope(dataset, partition_value)
+        deleted = conn.execute(
+            text(f"DELETE FROM {target} t WHERE {scope} NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE {match})"), params
+        ).rowcount
+    return {"inserted": int(inserted), "updated": int(updated), "deleted": int(deleted)}
+
+
+def _partition_scope(dataset: Dataset, partition_value: Any) -> tuple[str, dict[str, Any]]:
+    if dataset.partitioning is None:
+        return "", {}
+    return f"t.{qi(dataset.partitioning.column.name)} = :partition AND", {"partition": partition_value}
+
+
+def _partition_value(dataset: Dataset, snapshot: Snapshot) -> Any:
+    return dataset.partitioning.value(snapshot.partition_key or "") if dataset.partitioning else None
+
+
+def _count(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> int:
+    scope, params = _partition_scope(dataset, _partition_value(dataset, snapshot))
+    where = f"WHERE {scope.removesuffix(' AND')}" if scope else ""
+    return int(conn.execute(text(f"SELECT count(*) FROM {table_name(dataset)} t {where}"), params).scalar_one())
+
+
+def _save_state(conn: Connection, dataset: Dataset, partition: str, v: Validators, total: int, changed: bool) -> None:
+    now = datetime.now(timezone.utc)
+    conn.execute(
+        text(
+            f"INSERT INTO {SYNC_STATE} AS s (dataset, partition_key, page_etags, last_modified, expires_at, data_version,"
+            " row_count, last_checked_at, last_changed_at, last_success_at)"
+            " VALUES (:d, :p, CAST(:etags AS jsonb), :lm, :exp, :dv, :rows, :now, :changed_at, :now)"
+            " ON CONFLICT (dataset, partition_key) DO UPDATE SET page_etags = EXCLUDED.page_etags,"
+            " last_modified = EXCLUDED.last_modified, expires_at = EXCLUDED.expires_at,"
+            " data_version = EXCLUDED.data_version, row_count = EXCLUDED.row_count,"
+            " last_checked_at = EXCLUDED.last_checked_at, last_success_at = EXCLUDED.last_success_at,"
+            " last_changed_at = COALESCE(EXCLUDED.last_changed_at, s.last_changed_at)"
+        ),
+        {
+            "d": dataset.key, "p": partition, "etags": json.dumps(list(v.page_etags)), "lm": v.last_modified,
+            "exp": v.expires_at, "dv": v.data_version, "rows": total, "now": now, "changed_at": now if changed else None,
+        },
+    )
