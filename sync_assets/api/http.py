@@ -107,9 +107,11 @@ class ApiHttpClient:
         retry: RetryPolicy,
         gate: ErrorLimitGate,
         transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.retry = retry
         self.gate = gate
+        self._sleep = sleep
         self._client = httpx.Client(
             base_url=base_url,
             headers=dict(headers),
@@ -146,6 +148,7 @@ class ApiHttpClient:
             stop=stop_after_attempt(self.retry.max_attempts),
             wait=self._wait,
             before_sleep=before_sleep,
+            sleep=self._sleep,
             reraise=True,
         )
         for attempt in retrying:

@@ -1,0 +1,112 @@
+"""`sync-assets`: run the Dagster UI on embedded Postgres, against real ESI or the sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from .runtime import PROJECT_DIR, prepare_environment
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sync-assets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="Dagster UI + daemon against the real ESI (https://esi.evetech.net)")
+    demo = commands.add_parser("demo", help="the same against the offline ESI sandbox")
+    for command in (dev, demo):
+        command.add_argument("--host", default="127.0.0.1", help="UI address (default 127.0.0.1: Dagster OSS has no login)")
+        command.add_argument("--port", type=int, default=3000, help="UI port (default 3000)")
+    demo.add_argument("--sandbox-port", type=int, default=0, help="sandbox port (default: a free one)")
+
+    sandbox = commands.add_parser("sandbox", help="serve an API sandbox")
+    sandbox_api = sandbox.add_subparsers(dest="api", required=True)
+    esi = sandbox_api.add_parser("esi", help="the ESI sandbox")
+    esi.add_argument("--host", default="127.0.0.1")
+    esi.add_argument("--port", type=int, default=8765)
+
+    args = parser.parse_args(argv)
+    if args.command == "sandbox":
+        from .sandbox.server import run
+
+        run(host=args.host, port=args.port)
+        return 0
+    env = dict(os.environ)
+    runtime = prepare_environment(env)
+    print(f"sync-assets: DAGSTER_HOME={runtime.dagster_home}", flush=True)
+    if runtime.embedded_postgres:
+        print(f"sync-assets: embedded PostgreSQL in {runtime.dagster_home / 'pgdata'}", flush=True)
+    if args.command == "dev":
+        return _run_dagster_dev(env, args.host, args.port)
+    return _run_demo(env, args.host, args.port, args.sandbox_port)
+
+
+def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int) -> int:
+    sandbox_port = sandbox_port or _free_port()
+    url = f"http://127.0.0.1:{sandbox_port}"
+    sandbox = subprocess.Popen([sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port)], env=env)
+    try:
+        _wait_for(f"{url}/status", sandbox)
+        env["SYNC_ASSETS_ESI_URL"] = url
+        print(f"sync-assets: ESI sandbox at {url}", flush=True)
+        return _run_dagster_dev(env, host, port)
+    finally:
+        _stop(sandbox)
+
+
+def _run_dagster_dev(env: dict[str, str], host: str, port: int) -> int:
+    env.setdefault("SYNC_ASSETS_ESI_URL", "https://esi.evetech.net")
+    print(f"sync-assets: ESI at {env['SYNC_ASSETS_ESI_URL']}; UI at http://{host}:{port}", flush=True)
+    command = [
+        str(Path(sys.executable).with_name("dagster")), "dev",
+        "-w", str(PROJECT_DIR / "workspace.yaml"), "-h", host, "-p", str(port),
+    ]
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_DIR)
+    forward = lambda signum, frame: process.send_signal(signal.SIGTERM)  # noqa: E731
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        return process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"sync-assets: the sandbox exited with code {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"sync-assets: the sandbox did not answer at {url} within {timeout_s:.0f}s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
