@@ -9,7 +9,6 @@ from ..datasets import Dataset
 
 ACTIVE_STATUSES = [
     DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
     DagsterRunStatus.STARTING,
     DagsterRunStatus.STARTED,
     DagsterRunStatus.CANCELING,

@@ -1,0 +1,117 @@
+"""The code location loads, validates and exposes what users expect in the UI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster import DagsterRunStatus
+
+from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.defs.automation import job_name
+from sync_assets.definitions import defs
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDERS, PRICES = dg.AssetKey(["esi", "market_orders"]), dg.AssetKey(["esi", "market_prices"])
+
+
+def test_dagster_definitions_validate_passes(database_url: str, tmp_path: Path) -> None:
+    """As a user runs it from the project directory (dagster.yaml there wants DAGSTER_PG_URL)."""
+    dagster = Path(sys.executable).with_name("dagster")
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNC_ASSETS_DATABASE_URL", "DAGSTER_HOME")}
+    env["DAGSTER_PG_URL"] = database_url
+    proc = subprocess.run([str(dagster), "definitions", "validate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "All code locations passed validation" in proc.stdout + proc.stderr
+
+
+def test_assets_are_partitioned_grouped_pooled_and_have_freshness() -> None:
+    specs = {s.key: s for s in defs.resolve_all_asset_specs()}
+    assert set(specs) == {ORDERS, PRICES}
+    orders, prices = specs[ORDERS], specs[PRICES]
+    assert orders.partitions_def.get_partition_keys() == ["10000002", "10000043", "10000032", "10000030", "10000042"]
+    assert prices.partitions_def is None
+    for spec, dataset in ((orders, MARKET_ORDERS), (prices, MARKET_PRICES)):
+        assert spec.group_name == "esi_public"
+        assert spec.kinds == {"postgres", "python"}
+        assert defs.resolve_assets_def(spec.key).op.pool == "esi"
+        assert spec.description and dataset.route in spec.description
+        warn, fail = dataset.freshness_windows
+        assert spec.freshness_policy.fail_window.to_timedelta() == fail
+        assert spec.freshness_policy.warn_window.to_timedelta() == warn
+        schema = spec.metadata["dagster/column_schema"]
+        assert [c.name for c in schema.columns] == [c.name for c in dataset.table_columns]
+    assert MARKET_ORDERS.freshness_windows[0].total_seconds() == 900
+
+
+def test_schedules_run_by_default_at_the_dataset_cadence() -> None:
+    schedules = {s.name: s for s in defs.schedules}
+    orders = schedules[f"{job_name(MARKET_ORDERS)}_schedule"]
+    prices = schedules[f"{job_name(MARKET_PRICES)}_schedule"]
+    assert orders.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert orders.cron_schedule == "2-59/5 * * * *" and prices.cron_schedule == "7 * * * *"
+
+
+@pytest.fixture(autouse=True)
+def _database_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Runs are only created, never executed, here: the URL just has to be well-formed.
+    monkeypatch.setenv("SYNC_ASSETS_DATABASE_URL", "postgresql+psycopg2://sync@127.0.0.1:1/unused")
+
+
+def _tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance):
+    ctx = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 11, 23, 5, 7, tzinfo=timezone.utc),
+        repository_def=defs.get_repository_def(),
+    )
+    return schedule.evaluate_tick(ctx)
+
+
+def test_schedule_skips_a_partition_whose_run_is_still_active() -> None:
+    schedules = {s.name: s for s in defs.schedules}
+    schedule = schedules[f"{job_name(MARKET_ORDERS)}_schedule"]
+    job = defs.resolve_job_def(job_name(MARKET_ORDERS))
+    with dg.instance_for_test() as instance:
+        assert sorted(r.partition_key for r in _tick(schedule, instance).run_requests) == sorted(MARKET_ORDERS.partitioning.keys)
+        instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTED, tags={"dagster/partition": "10000002"},
+                                    asset_selection=frozenset({ORDERS}))
+        result = _tick(schedule, instance)
+        assert "10000002" not in {r.partition_key for r in result.run_requests}
+        assert len(result.run_requests) == 4
+
+
+def test_unpartitioned_schedule_returns_a_skip_reason_while_running() -> None:
+    schedules = {s.name: s for s in defs.schedules}
+    schedule = schedules[f"{job_name(MARKET_PRICES)}_schedule"]
+    job = defs.resolve_job_def(job_name(MARKET_PRICES))
+    with dg.instance_for_test() as instance:
+        assert len(_tick(schedule, instance).run_requests) == 1
+        run = instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTING, asset_selection=frozenset({PRICES}))
+        result = _tick(schedule, instance)
+        assert result.run_requests == [] and run.run_id[:8] in result.skip_message
+        # a run of another asset does not block this one
+        other = defs.resolve_job_def(job_name(MARKET_ORDERS))
+        instance.report_run_canceled(run)
+        instance.create_run_for_job(job_def=other, status=DagsterRunStatus.STARTED, asset_selection=frozenset({ORDERS}),
+                                    tags={"dagster/partition": "10000002"})
+        assert len(_tick(schedule, instance).run_requests) == 1
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "not a url", "postgresql+psycopg://u@h/db", "postgresql://u@h"])
+def test_bad_database_url_names_the_setting(url: str) -> None:
+    from sync_assets.warehouse import DatabaseConfigError, PostgresWarehouse
+
+    with pytest.raises(DatabaseConfigError, match="SYNC_ASSETS_DATABASE_URL"):
+        PostgresWarehouse(database_url=url).url
+
+
+def test_bad_esi_url_names_the_setting() -> None:
+    from sync_assets.api import EsiResource
+
+    with pytest.raises(Exception, match="SYNC_ASSETS_ESI_URL"):
+        EsiResource(base_url="esi.evetech.net")
