@@ -1,0 +1,121 @@
+"""The warehouse against a real PostgreSQL: merges, atomicity, sync state, clear failures."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from sync_assets.api.snapshot import Outcome, Snapshot, Validators
+from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.warehouse import DatabaseUnavailable, PostgresWarehouse, SchemaMismatch
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+def prices(rows: list[tuple[int, float | None, float]], lm: datetime = T0, etag: str = '"a"') -> Snapshot:
+    frame = pd.DataFrame(rows, columns=["type_id", "average_price", "adjusted_price"]).astype(
+        {c.name: c.pandas_dtype for c in MARKET_PRICES.columns}
+    )
+    return Snapshot(MARKET_PRICES.key, None, Outcome.CHANGED, Validators((etag,), lm, lm + timedelta(hours=1)), frame)
+
+
+def orders(region: str, ids: list[int], price: float = 1.0, lm: datetime = T0) -> Snapshot:
+    n = len(ids)
+    frame = pd.DataFrame(
+        {
+            "order_id": ids, "type_id": [34] * n, "is_buy_order": [False] * n, "price": [price] * n,
+            "volume_remain": [5] * n, "volume_total": [10] * n, "min_volume": [1] * n, "range": ["station"] * n,
+            "location_id": [60003760] * n, "system_id": [30000142] * n,
+            "issued": [pd.Timestamp("2026-11-20T08:14:03Z")] * n, "duration": [90] * n,
+        }
+    ).astype({c.name: c.pandas_dtype for c in MARKET_ORDERS.columns})
+    frame.insert(0, "region_id", pd.Series([int(region)] * n, dtype="Int64"))
+    return Snapshot(MARKET_ORDERS.key, region, Outcome.CHANGED, Validators(('"p1"',), lm, lm + timedelta(minutes=5)), frame)
+
+
+def test_mirror_upserts_changes_and_deletes_only_what_vanished(database_url: str) -> None:
+    wh = PostgresWarehouse(database_url=database_url)
+    first = wh.write_snapshot(MARKET_PRICES, prices([(1, 10.0, 9.0), (2, None, 5.0), (3, 7.0, 7.0)]))
+    assert (first.inserted, first.updated, first.deleted, first.total) == (3, 0, 0, 3)
+    second = wh.write_snapshot(MARKET_PRICES, prices([(1, 10.0, 9.0), (2, 6.0, 5.0), (4, 1.0, 1.0)], lm=T0 + timedelta(hours=1)))
+    assert (second.inserted, second.updated, second.deleted, second.total) == (1, 1, 1, 3)
+    table = wh.read_table(MARKET_PRICES)
+    assert table["type_id"].tolist() == [1, 2, 4]
+    assert table["average_price"].tolist() == [10.0, 6.0, 1.0]
+
+
+def test_mirror_deletes_are_scoped_to_the_partition(database_url: str) -> None:
+    wh = PostgresWarehouse(database_url=database_url)
+    wh.write_snapshot(MARKET_ORDERS, orders("10000002", [1, 2, 3]))
+    wh.write_snapshot(MARKET_ORDERS, orders("10000043", [1, 7]))
+    result = wh.write_snapshot(MARKET_ORDERS, orders("10000002", [3, 4], lm=T0 + timedelta(minutes=5)))
+    assert (result.inserted, result.deleted, result.total) == (1, 2, 2)
+    assert wh.read_table(MARKET_ORDERS, ["10000043"])["order_id"].tolist() == [1, 7]
+    assert wh.read_table(MARKET_ORDERS, ["10000002"])["order_id"].tolist() == [3, 4]
+
+
+def test_not_modified_writes_no_rows_but_updates_expiry(database_url: str) -> None:
+    wh = PostgresWarehouse(database_url=database_url)
+    wh.write_snapshot(MARKET_PRICES, prices([(1, 1.0, 1.0)]))
+    later = Validators(('"a"',), T0, T0 + timedelta(hours=2))
+    result = wh.write_snapshot(MARKET_PRICES, Snapshot(MARKET_PRICES.key, None, Outcome.NOT_MODIFIED, later))
+    assert (result.inserted, result.updated, result.deleted, result.total) == (0, 0, 0, 1)
+    assert wh.read_validators(MARKET_PRICES, None).expires_at == T0 + timedelta(hours=2)
+
+
+def test_a_failure_at_commit_leaves_table_and_validators_unchanged(database_url: str) -> None:
+    wh = PostgresWarehouse(database_url=database_url)
+    wh.write_snapshot(MARKET_PRICES, prices([(1, 1.0, 1.0), (2, 2.0, 2.0)]))
+    before = wh.read_validators(MARKET_PRICES, None)
+    engine = create_engine(database_url)
+    with engine.begin() as conn:  # a deferred trigger fails the transaction at COMMIT, after COPY and merge
+        conn.execute(text("CREATE FUNCTION fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure at commit'; END $$"))
+        conn.execute(text("CREATE CONSTRAINT TRIGGER fail_commit AFTER INSERT OR UPDATE ON sync_assets.sync_state "
+                          "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_commit()"))
+    with pytest.raises(Exception, match="injected failure at commit"):
+        wh.write_snapshot(MARKET_PRICES, prices([(3, 3.0, 3.0)], lm=T0 + timedelta(hours=1), etag='"b"'))
+    assert wh.read_table(MARKET_PRICES)["type_id"].tolist() == [1, 2]
+    assert wh.read_validators(MARKET_PRICES, None) == before
+    engine.dispose()
+
+
+def test_an_older_snapshot_never_overwrites_a_newer_one(database_url: str) -> None:
+    wh = PostgresWarehouse(database_url=database_url)
+    wh.write_snapshot(MARKET_PRICES, prices([(1, 1.0, 1.0)], lm=T0 + timedelta(hours=1)))
+    late = wh.write_snapshot(MARKET_PRICES, prices([(9, 9.0, 9.0)], lm=T0))
+    assert late.skipped_reason and "older" in late.skipped_reason
+    assert wh.read_table(MARKET_PRICES)["type_id"].tolist() == [1]
+
+
+def test_table_migration_is_idempotent_and_refuses_type_changes(database_url: str) -> None:
+    wh = PostgresWarehouse(database_url=database_url)
+    wh.ensure_dataset(MARKET_PRICES)
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text('ALTER TABLE esi.market_prices DROP COLUMN adjusted_price'))
+    fresh = PostgresWarehouse(database_url=_variant(database_url, "second"))  # bypass the per-process cache
+    fresh.ensure_dataset(MARKET_PRICES)  # re-adds the missing column
+    with engine.begin() as conn:
+        cols = conn.execute(text("SELECT column_name FROM information_schema.columns WHERE table_name='market_prices'")).scalars().all()
+        assert "adjusted_price" in cols
+        conn.execute(text('ALTER TABLE esi.market_prices ALTER COLUMN average_price TYPE text'))
+    with pytest.raises(SchemaMismatch, match="average_price: table has text, declared double precision"):
+        PostgresWarehouse(database_url=_variant(database_url, "third")).ensure_dataset(MARKET_PRICES)
+    engine.dispose()
+
+
+def _variant(url: str, name: str) -> str:
+    """The same database under another URL, so the per-process DDL cache runs again."""
+    return make_url(url).update_query_dict({"application_name": name}).render_as_string(hide_password=False)
+
+
+def test_unreachable_database_is_a_clear_error_without_the_password() -> None:
+    wh = PostgresWarehouse(database_url="postgresql+psycopg2://sync:s3cret-pw@127.0.0.1:1/data")
+    with pytest.raises(DatabaseUnavailable) as info:
+        wh.read_validators(MARKET_PRICES, None)
+    assert "cannot reach the data database" in str(info.value)
+    assert "s3cret-pw" not in str(info.value)
