@@ -522,7 +522,7 @@ def evolve_orders(
         cols["volume_remain"][fill] = np.maximum(vr - take, 1)
 
     # new orders: ~5%, pulled back towards the target size so X-Pages wanders but stays put
-    n_new = int(round(m * new_frac * rng.uniform(0.8, 1.2) + 0.5 * (book.target_size - m)))
+    n_new = int(round(n * new_frac * rng.uniform(0.8, 1.2) + 0.5 * (book.target_size - n)))
     n_new = max(n_new, 0)
     if n_new:
         new = _sample_orders(rng, n_new, universe, region, prev_time + 1, now, fresh=True)
