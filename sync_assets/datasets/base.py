@@ -31,10 +31,12 @@ class ColumnType(str, Enum):
     DATE = "date"
 
 
+# Nullable (optional) columns use pandas' masked dtypes; required ones plain numpy dtypes.
+NULLABLE_DTYPES: Mapping[ColumnType, str] = {ColumnType.INT64: "Int64", ColumnType.BOOL: "boolean"}
 PANDAS_DTYPES: Mapping[ColumnType, str] = {
-    ColumnType.INT64: "Int64",
+    ColumnType.INT64: "int64",
     ColumnType.FLOAT64: "float64",
-    ColumnType.BOOL: "boolean",
+    ColumnType.BOOL: "bool",
     ColumnType.STRING: "string",
     ColumnType.TIMESTAMP: "datetime64[us, UTC]",
     ColumnType.DATE: "datetime64[us]",
@@ -59,6 +61,11 @@ class Column:
 
     @property
     def pandas_dtype(self) -> str:
+        return PANDAS_DTYPES[self.type] if self.required else NULLABLE_DTYPES.get(self.type, PANDAS_DTYPES[self.type])
+
+    @property
+    def numpy_dtype(self) -> str:
+        """dtype of a column without nulls."""
         return PANDAS_DTYPES[self.type]
 
     @property

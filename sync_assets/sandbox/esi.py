@@ -673,7 +673,7 @@ class EsiSandbox:
                 if status != 420 and (remaining <= 0 or remaining < cost):
                     retry = bucket.retry_after(now, window, max_tokens, max(cost, 1))
                     status, ctype, body, cost = 429, _JSON_CT, _err("Too many requests"), 0
-                    for h in ("etag", "last-modified", "expires", "cache-control", "x-pages"):
+                    for h in ("etag", "last-modified", "expires", "cache-control", "x-pages", "content-language", "vary"):
                         headers.pop(h, None)
                     headers["retry-after"] = str(retry)
                 if cost:

@@ -503,6 +503,7 @@ def evolve_orders(
 
     vanish_p = vanish_frac * rng.uniform(0.8, 1.2)
     keep = rng.random(n) >= vanish_p
+    keep &= c["issued"] + c["duration"] * 86400 > now  # expired orders leave the book
     cols = {k: v[keep].copy() for k, v in c.items()}
     m = int(keep.sum())
 

@@ -4,14 +4,14 @@ they were."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from sqlalchemy import Connection, text
 
 from ..api.snapshot import Snapshot, Validators
@@ -71,49 +71,49 @@ def _stored_last_modified(conn: Connection, dataset: Dataset, partition: str) ->
 
 
 def _stage(conn: Connection, dataset: Dataset, frame: pd.DataFrame) -> None:
+    """COPY the frame into a temp table (dropped at commit), as CSV encoded by Arrow in C++."""
     names = [c.name for c in dataset.table_columns]
     conn.execute(text(f"CREATE TEMP TABLE {STAGE} (LIKE {table_name(dataset)} INCLUDING DEFAULTS) ON COMMIT DROP"))
-    buffer = io.StringIO()
-    frame[names].to_csv(buffer, index=False, header=False, na_rep=r"\N", quoting=csv.QUOTE_MINIMAL, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
-    buffer.seek(0)
+    sink = pa.BufferOutputStream()
+    # Arrow quotes every string and leaves nulls unquoted-empty: exactly COPY's CSV NULL convention.
+    pacsv.write_csv(pa.Table.from_pandas(frame[names], preserve_index=False), sink, pacsv.WriteOptions(include_header=False))
     cols = ", ".join(qi(n) for n in names)
     cursor = conn.connection.dbapi_connection.cursor()  # the same transaction as `conn`
     try:
-        cursor.copy_expert(f"COPY {STAGE} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+        cursor.copy_expert(f"COPY {STAGE} ({cols}) FROM STDIN WITH (FORMAT csv)", pa.BufferReader(sink.getvalue()))
     finally:
         cursor.close()
     conn.execute(text(f"ANALYZE {STAGE}"))
 
 
 def _merge(conn: Connection, dataset: Dataset, partition_value: Any) -> dict[str, int]:
+    """Set-based merge (hash joins, not per-row conflict probes): delete vanished rows (mirror),
+    update rows whose values changed (mirror, upsert), insert new rows (all modes)."""
     target = table_name(dataset)
     names = [c.name for c in dataset.table_columns]
-    pk = list(dataset.primary_key)
-    rest = [n for n in names if n not in pk]
-    cols = ", ".join(qi(n) for n in names)
-    conflict = ", ".join(qi(k) for k in pk)
-    if dataset.write_mode is WriteMode.APPEND or not rest:
-        action = "DO NOTHING"
-    else:
-        assign = ", ".join(f"{qi(n)} = EXCLUDED.{qi(n)}" for n in rest)
-        old = ", ".join(f"t.{qi(n)}" for n in rest)
-        new = ", ".join(f"EXCLUDED.{qi(n)}" for n in rest)
-        action = f"DO UPDATE SET {assign} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
-    inserted, updated = conn.execute(
-        text(
-            f"WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {STAGE} "
-            f"ON CONFLICT ({conflict}) {action} RETURNING (xmax = 0) AS inserted) "
-            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
-        )
-    ).one()
-    deleted = 0
+    rest = [n for n in names if n not in dataset.primary_key]
+    match = " AND ".join(f"s.{qi(k)} = t.{qi(k)}" for k in dataset.primary_key)
+    scope, params = _partition_scope(dataset, partition_value)
+    deleted = updated = 0
     if dataset.write_mode is WriteMode.MIRROR:
         # Deletes come only from a complete snapshot of 200s: that is the only way here.
-        match = " AND ".join(f"s.{qi(k)} = t.{qi(k)}" for k in pk)
-        scope, params = _partition_scope(dataset, partition_value)
         deleted = conn.execute(
             text(f"DELETE FROM {target} t WHERE {scope} NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE {match})"), params
         ).rowcount
+    if dataset.write_mode is not WriteMode.APPEND and rest:
+        assign = ", ".join(f"{qi(n)} = s.{qi(n)}" for n in rest)
+        old = ", ".join(f"t.{qi(n)}" for n in rest)
+        new = ", ".join(f"s.{qi(n)}" for n in rest)
+        updated = conn.execute(
+            text(f"UPDATE {target} t SET {assign} FROM {STAGE} s WHERE {match} AND ROW({old}) IS DISTINCT FROM ROW({new})")
+        ).rowcount
+    cols = ", ".join(qi(n) for n in names)
+    inserted = conn.execute(
+        text(
+            f"INSERT INTO {target} ({cols}) SELECT {', '.join(f's.{qi(n)}' for n in names)} FROM {STAGE} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {match})"
+        )
+    ).rowcount
     return {"inserted": int(inserted), "updated": int(updated), "deleted": int(deleted)}
 
 
