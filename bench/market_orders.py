@@ -1,6 +1,6 @@
 """Benchmark: sync The Forge's market orders from the ESI sandbox into PostgreSQL.
 
-Measures, in one process on this machine, with the sandbox served over HTTP on 127.0.0.1 and an
+Measures on this machine, with the sandbox served over HTTP on 127.0.0.1 by its own process and an
 embedded PostgreSQL (or SYNC_ASSETS_DATABASE_URL):
   full       first sync into an empty table (every page 200, every row inserted)
   unchanged  re-sync after Expires with no snapshot change (every page 304, 0 rows written)
@@ -13,28 +13,31 @@ Each phase goes through `dagster.materialize` (in-process), as an asset run woul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
+import socket
+import subprocess
 import statistics
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import dagster as dg
+import httpx
 
 from sync_assets.api import EsiResource
 from sync_assets.datasets import MARKET_ORDERS
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 from sync_assets.warehouse.embedded import ensure_database, start_embedded_postgres
 
 FORGE = "10000002"
 
 
-def run_once(url: str, database_url: str, sandbox: EsiSandbox) -> dict[str, dict[str, float]]:
+def run_once(url: str, database_url: str) -> dict[str, dict[str, float]]:
     warehouse = PostgresWarehouse(database_url=database_url)
     resources = {
         "esi": EsiResource(base_url=url, expiry_guard_s=0),
@@ -68,7 +71,7 @@ def run_once(url: str, database_url: str, sandbox: EsiSandbox) -> dict[str, dict
     phase("full")
     wait_for_expiry()
     phase("unchanged")
-    sandbox.refresh("orders", int(FORGE))
+    httpx.post(f"{url}/_sandbox/refresh", json={"route": "orders", "region_id": int(FORGE)}, timeout=60).raise_for_status()
     wait_for_expiry()
     phase("refreshed")
     return out
@@ -86,9 +89,8 @@ def main() -> None:
         runs = []
         for i in range(args.repeat):
             database_url = ensure_database(server, f"bench_{i}")
-            sandbox = EsiSandbox(regions={int(FORGE): args.pages}, n_price_types=100, cache_seconds={"orders": 1})
-            with serve_in_thread(sandbox) as url:
-                runs.append(run_once(url, database_url, sandbox))
+            with sandbox_process(args.pages) as url:
+                runs.append(run_once(url, database_url))
             print(f"run {i + 1}/{args.repeat}: " + ", ".join(f"{k} {v['seconds']:.2f}s" for k, v in runs[-1].items()), flush=True)
 
     rows = []
@@ -120,6 +122,31 @@ def main() -> None:
             " wall time. The unchanged re-sync asks every page with its ETag (all 304) and transfers no body.\n"
         )
         print(f"wrote {args.write}")
+
+
+@contextlib.contextmanager
+def sandbox_process(pages: int) -> Iterator[str]:
+    """The sandbox in its own process, as a remote API would be: it must not share our GIL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = (
+        "from sync_assets.sandbox.server import run; "
+        f"run(port={port}, regions={{{int(FORGE)}: {pages}}}, n_price_types=100, cache_seconds={{'orders': 1}})"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/_sandbox/state", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _cores() -> int:

@@ -32,12 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     esi = sandbox_api.add_parser("esi", help="the ESI sandbox")
     esi.add_argument("--host", default="127.0.0.1")
     esi.add_argument("--port", type=int, default=8765)
+    esi.add_argument("--scale", default="full", help="full (The Forge 300 pages), small, tiny or a factor")
+    esi.add_argument("--auto-refresh", action="store_true", help="new data after every cache window, like ESI")
 
     args = parser.parse_args(argv)
     if args.command == "sandbox":
         from .sandbox.server import run
 
-        run(host=args.host, port=args.port)
+        scale = args.scale if args.scale in ("full", "small", "tiny") else float(args.scale)
+        run(host=args.host, port=args.port, scale=scale, auto_refresh=args.auto_refresh)
         return 0
     env = dict(os.environ)
     runtime = prepare_environment(env)
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int) -> int:
     sandbox_port = sandbox_port or _free_port()
     url = f"http://127.0.0.1:{sandbox_port}"
-    sandbox = subprocess.Popen([sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port)], env=env)
+    command = [sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port), "--auto-refresh"]
+    sandbox = subprocess.Popen(command, env=env)
     try:
         _wait_for(f"{url}/status", sandbox)
         env["SYNC_ASSETS_ESI_URL"] = url
