@@ -32,7 +32,7 @@ from sync_assets.api import EsiResource
 from sync_assets.datasets import MARKET_ORDERS
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
-from sync_assets.warehouse.embedded import ensure_database, start_embedded_postgres
+from sync_assets.warehouse.embedded import ensure_database, start_embedded_postgres, stop_embedded_postgres
 
 FORGE = "10000002"
 
@@ -92,6 +92,7 @@ def main() -> None:
             with sandbox_process(args.pages) as url:
                 runs.append(run_once(url, database_url))
             print(f"run {i + 1}/{args.repeat}: " + ", ".join(f"{k} {v['seconds']:.2f}s" for k, v in runs[-1].items()), flush=True)
+        stop_embedded_postgres(Path(tmp) / "data")
 
     rows = []
     for phase in ("full", "unchanged", "refreshed"):

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from sync_assets.warehouse.embedded import stop_embedded_postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,17 +70,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-        _stop_embedded_postgres(home / "pgdata")
+        stop_embedded_postgres(home / "pgdata")
         log.close()
-
-
-def _stop_embedded_postgres(data_dir: Path) -> None:
-    pid_file = data_dir / "postmaster.pid"
-    if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)  # fast shutdown
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 ASSETS = "{ assetNodes { assetKey { path } groupName isPartitioned } }"

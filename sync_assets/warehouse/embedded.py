@@ -37,3 +37,24 @@ def ensure_database(server_url: str, database: str) -> str:
     finally:
         engine.dispose()
     return with_database(server_url, database)
+
+
+def stop_embedded_postgres(data_dir: Path, timeout_s: float = 30.0) -> None:
+    """Fast shutdown (SIGINT: roll back open transactions, then exit) of the server in `data_dir`."""
+    import os
+    import signal
+    import time
+
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
