@@ -1,6 +1,8 @@
 """The IO manager: Snapshot in, one atomic write out; tables back out as DataFrames."""
 
 
+import time
+
 import dagster as dg
 import pandas as pd
 
@@ -18,9 +20,16 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
         if not isinstance(obj, Snapshot):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a Snapshot, got {type(obj).__name__}")
         dataset = dataset_for_asset_key(context.asset_key.path)
+        label = f"{dataset.key}[{obj.partition_key}]" if obj.partition_key else dataset.key
+        started = time.perf_counter()
         result = self.warehouse.write_snapshot(dataset, obj)
+        seconds = time.perf_counter() - started
         if result.skipped_reason:
-            context.log.warning(f"{dataset.key}: nothing written: {result.skipped_reason}")
+            context.log.warning(f"{label}: nothing written: {result.skipped_reason}")
+        context.log.info(
+            f"{label}: committed in {seconds:.2f}s: {result.inserted:,} inserted, {result.updated:,} updated, "
+            f"{result.deleted:,} deleted; {result.total:,} rows in {result.table} ({obj.outcome.value})"
+        )
         context.add_output_metadata(
             {
                 "rows_inserted": result.inserted,
@@ -29,6 +38,7 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
                 "rows_written": result.inserted + result.updated + result.deleted,
                 "dagster/row_count": result.total,
                 "dagster/table_name": f"{dataset.api}.{dataset.name}",
+                "write_seconds": round(seconds, 3),
             }
         )
 

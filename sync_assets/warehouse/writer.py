@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from sqlalchemy import Connection, text
 
-from ..api.snapshot import Snapshot, Validators
+from ..api.snapshot import Outcome, Snapshot, Validators
 from ..datasets import Dataset, WriteMode
 from .tables import SYNC_STATE, qi, table_name
 
@@ -34,6 +34,8 @@ class WriteResult:
 def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> WriteResult:
     """Call inside a transaction (`engine.begin()`); the caller's commit publishes everything."""
     partition = snapshot.partition_key or ""
+    if snapshot.outcome is Outcome.CACHE_VALID:  # the API was not asked: nothing new to record
+        return WriteResult(table_name(dataset), total=_count(conn, dataset, snapshot))
     # Writers of one dataset partition take turns; different partitions proceed in parallel.
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{dataset.key}/{partition}"})
     stored = _stored_last_modified(conn, dataset, partition)
