@@ -114,7 +114,7 @@ def test_first_sync_of_the_forge_loads_every_order(database_url: str) -> None:
         messages = log_messages(h, result)
         progress = [m for m in messages if "page " in m and "/300 (" in m]
         assert len(progress) >= 10 and any("page 300/300" in m for m in progress)
-        assert any("snapshot of" in m and "rows in 300 pages" in m for m in messages)
+        assert any("snapshot of" in m and "rows in 300 responses" in m for m in messages)
 
 
 def test_resync_before_expires_does_not_ask_the_api(harness: Harness) -> None:

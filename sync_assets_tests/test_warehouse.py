@@ -20,7 +20,7 @@ def prices(rows: list[tuple[int, float | None, float]], lm: datetime = T0, etag:
     frame = pd.DataFrame(rows, columns=["type_id", "average_price", "adjusted_price"]).astype(
         {c.name: c.pandas_dtype for c in MARKET_PRICES.columns}
     )
-    return Snapshot(MARKET_PRICES.key, None, Outcome.CHANGED, Validators((etag,), lm, lm + timedelta(hours=1)), frame)
+    return Snapshot(MARKET_PRICES.key, "", Outcome.CHANGED, Validators((etag,), lm, lm + timedelta(hours=1)), frame)
 
 
 def orders(region: str, ids: list[int], price: float = 1.0, lm: datetime = T0) -> Snapshot:
@@ -33,8 +33,9 @@ def orders(region: str, ids: list[int], price: float = 1.0, lm: datetime = T0) -
             "issued": [pd.Timestamp("2026-11-20T08:14:03Z")] * n, "duration": [90] * n,
         }
     ).astype({c.name: c.pandas_dtype for c in MARKET_ORDERS.columns})
-    frame.insert(0, "region_id", pd.Series([int(region)] * n, dtype="Int64"))
-    return Snapshot(MARKET_ORDERS.key, region, Outcome.CHANGED, Validators(('"p1"',), lm, lm + timedelta(minutes=5)), frame)
+    frame.insert(0, "region_id", pd.Series([int(region)] * n, dtype="int64"))
+    validators = Validators(('"p1"',), lm, lm + timedelta(minutes=5))
+    return Snapshot(MARKET_ORDERS.key, region, Outcome.CHANGED, validators, frame, context={"region_id": int(region)})
 
 
 def test_mirror_upserts_changes_and_deletes_only_what_vanished(database_url: str) -> None:
@@ -62,7 +63,7 @@ def test_not_modified_writes_no_rows_but_updates_expiry(database_url: str) -> No
     wh = PostgresWarehouse(database_url=database_url)
     wh.write_snapshot(MARKET_PRICES, prices([(1, 1.0, 1.0)]))
     later = Validators(('"a"',), T0, T0 + timedelta(hours=2))
-    result = wh.write_snapshot(MARKET_PRICES, Snapshot(MARKET_PRICES.key, None, Outcome.NOT_MODIFIED, later))
+    result = wh.write_snapshot(MARKET_PRICES, Snapshot(MARKET_PRICES.key, "", Outcome.NOT_MODIFIED, later))
     assert (result.inserted, result.updated, result.deleted, result.total) == (0, 0, 0, 1)
     assert wh.read_validators(MARKET_PRICES, None).expires_at == T0 + timedelta(hours=2)
 

@@ -12,10 +12,12 @@ import pandas as pd
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
-from ..datasets import Dataset
+from ..datasets import Dataset, Paging
 from .frames import empty_frame, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
-from .pagination import XPagesWalker
+from .errors import MalformedPayload
+from .pagination import FromIdWalker, XPagesWalker
+from .requests import SliceRequest
 from .snapshot import FetchStats, Outcome, Snapshot, Validators
 
 DEFAULT_ESI_URL = "https://esi.evetech.net"
@@ -63,58 +65,67 @@ class EsiResource(dg.ConfigurableResource):
     def fetch_snapshot(
         self,
         dataset: Dataset,
-        partition_key: str | None = None,
+        request: SliceRequest,
         previous: Validators | None = None,
         *,
+        bearer: str | None = None,
         full_refresh: bool = False,
         log: Log = DEFAULT_LOG,
     ) -> Snapshot:
-        """One complete, consistent snapshot of `dataset` (one partition), or an error.
+        """One complete, consistent snapshot of one request of `dataset`, or an error.
 
         - Before the stored Expires the API is not asked at all (CACHE_VALID): ESI forbids polling
           faster than its cache, and it would only answer with the same data.
         - After it, pages are asked conditionally with their stored ETags: all 304 is NOT_MODIFIED.
         - `full_refresh` ignores stored validators and Expires (unconditional GETs).
+        - `bearer`: an SSO access token for authenticated routes; never logged.
         """
-        label = f"{dataset.key}[{partition_key}]" if partition_key else dataset.key
+        label = request.label or dataset.key
         now = datetime.now(timezone.utc)
         if previous and previous.expires_at and previous.expires_at > now and not full_refresh:
             log.info(f"{label}: cached by ESI until {previous.expires_at.isoformat()}; not asking before then")
-            return Snapshot(dataset.key, partition_key, Outcome.CACHE_VALID, previous)
-
+            return Snapshot(dataset.key, request.state_key, Outcome.CACHE_VALID, previous, context=request.context)
         stats = FetchStats()
         started = time.perf_counter()
-        walker = XPagesWalker(
-            self._client(),
-            _route_path(dataset, partition_key),
-            dataset.query,
-            paginated=dataset.paginated,
-            max_concurrency=self.max_concurrency,
-            max_walks=self.max_walks,
-            expiry_guard_s=self.expiry_guard_s,
-            parse=lambda page, data: rows_to_frame(data, dataset.columns, f"{label} page {page}"),
-            stats=stats,
-            log=log,
-            label=label,
-        )
-        etags = None if full_refresh or not previous else previous.page_etags
-        result = walker.walk(etags or None)
-        stats.pages = len(result.responses)
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+        parse = _page_parser(dataset, label)
+        if dataset.paging is Paging.FROM_ID:
+            responses, frames = self._walk_from_id(dataset, request, previous, full_refresh, headers, parse, stats, log)
+        else:
+            walker = XPagesWalker(
+                self._client(), request.path, dataset.query, paginated=dataset.paging is Paging.X_PAGES,
+                max_concurrency=self.max_concurrency, max_walks=self.max_walks, expiry_guard_s=self.expiry_guard_s,
+                parse=parse, stats=stats, log=log, label=label, headers=headers,
+            )
+            etags = None if full_refresh or not previous else previous.page_etags
+            result = walker.walk(etags or None)
+            responses, frames = result.responses, result.parsed
+        stats.pages = len(responses)
         stats.duration_s = time.perf_counter() - started
         validators = Validators(
-            page_etags=tuple(r.etag or "" for r in result.responses),
-            last_modified=result.responses[0].last_modified,
-            expires_at=min((r.expires for r in result.responses if r.expires), default=None),
+            # from_id walks revalidate only their first (newest) response; page walks every page
+            page_etags=tuple(r.etag or "" for r in (responses[:1] if dataset.paging is Paging.FROM_ID else responses)),
+            last_modified=responses[0].last_modified,
+            expires_at=min((r.expires for r in responses if r.expires), default=None),
+            cursor=_cursor(dataset, frames, previous),
         )
-        if result.all_not_modified:
-            log.info(f"{label}: all {stats.pages} pages unchanged (304); no body transferred")
-            return Snapshot(dataset.key, partition_key, Outcome.NOT_MODIFIED, validators, stats=stats)
-        frame = _assemble(dataset, partition_key, result.parsed, stats)
+        if all(r.status == 304 for r in responses):
+            log.info(f"{label}: unchanged (all {stats.pages} responses 304); no body transferred")
+            return Snapshot(dataset.key, request.state_key, Outcome.NOT_MODIFIED, validators, stats=stats, context=request.context)
+        frame = _assemble(dataset, request, frames, stats)
         log.info(
-            f"{label}: snapshot of {len(frame):,} rows in {stats.pages} pages, {stats.body_bytes / 1e6:.1f} MB, "
+            f"{label}: snapshot of {len(frame):,} rows in {stats.pages} responses, {stats.body_bytes / 1e6:.1f} MB, "
             f"{stats.retries} retries, {stats.duration_s:.2f}s"
         )
-        return Snapshot(dataset.key, partition_key, Outcome.CHANGED, validators, frame, stats)
+        return Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, frame, stats, context=request.context)
+
+    def _walk_from_id(self, dataset, request, previous, full_refresh, headers, parse, stats, log):
+        walker = FromIdWalker(self._client(), request.path, dataset.query, id_field=dataset.cursor_field or "",
+                              parse=parse, stats=stats, log=log, label=request.label, headers=headers)
+        use_state = previous is not None and not full_refresh
+        first_etag = previous.page_etags[0] if use_state and previous.page_etags else None
+        stop_at = int(previous.cursor) if use_state and previous.cursor else None
+        return walker.walk(first_etag, stop_at)
 
     def _client(self) -> ApiHttpClient:
         if self._http is None:  # used outside a Dagster run (benchmarks, scripts)
@@ -136,24 +147,35 @@ class EsiResource(dg.ConfigurableResource):
         )
 
 
-def _route_path(dataset: Dataset, partition_key: str | None) -> str:
-    if dataset.partitioning is None:
-        return dataset.route
-    if partition_key is None:
-        raise ValueError(f"{dataset.key} is partitioned by {dataset.partitioning.path_param}: a partition key is required")
-    if partition_key not in dataset.partitioning.keys:
-        raise ValueError(f"{dataset.key}: unknown partition {partition_key!r}; known: {', '.join(dataset.partitioning.keys)}")
-    return dataset.route.format(**{dataset.partitioning.path_param: partition_key})
+def _page_parser(dataset: Dataset, label: str):
+    def parse(page: int, data: Any) -> pd.DataFrame:
+        where = f"{label} page {page}"
+        if dataset.transform is not None:
+            try:
+                data = dataset.transform(data)
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+                raise MalformedPayload(f"{where}: unexpected payload shape ({type(exc).__name__}: {exc})") from None
+        return rows_to_frame(data, dataset.columns, where)
+
+    return parse
 
 
-def _assemble(dataset: Dataset, partition_key: str | None, frames: list[Any], stats: FetchStats) -> pd.DataFrame:
-    """Concatenate page frames into table shape: partition column first, one row per key."""
+def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) -> str | None:
+    if dataset.paging is not Paging.FROM_ID:
+        return None
+    newest = [int(f[dataset.cursor_field].max()) for f in frames if len(f)]
+    stored = int(previous.cursor) if previous and previous.cursor else None
+    candidates = newest + ([stored] if stored is not None else [])
+    return str(max(candidates)) if candidates else None
+
+
+def _assemble(dataset: Dataset, request: SliceRequest, frames: list[Any], stats: FetchStats) -> pd.DataFrame:
+    """Concatenate page frames into table shape: context columns first, one row per key."""
     frames = [f for f in frames if len(f)]
     frame = pd.concat(frames, ignore_index=True, copy=False) if frames else empty_frame(dataset.columns)
-    if dataset.partitioning is not None:
-        column = dataset.partitioning.column
-        value = dataset.partitioning.value(partition_key or "")
-        frame.insert(0, column.name, pd.Series([value] * len(frame), dtype=column.pandas_dtype))
+    for position, column in enumerate(dataset.context_columns):
+        value = request.context[column.name]
+        frame.insert(position, column.name, pd.Series([value] * len(frame), dtype=column.pandas_dtype))
     before = len(frame)
     frame = frame.drop_duplicates(subset=list(dataset.primary_key), keep="last", ignore_index=True)
     stats.duplicates_dropped = before - len(frame)

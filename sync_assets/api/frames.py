@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from ..datasets import Column, ColumnType
@@ -24,6 +25,7 @@ _PYTHON_TYPES: dict[ColumnType, tuple[type, ...]] = {
     ColumnType.STRING: (str,),
     ColumnType.TIMESTAMP: (str,),
     ColumnType.DATE: (str,),
+    ColumnType.JSON: (dict, list, str, int, float, bool),
 }
 
 
@@ -56,6 +58,8 @@ def _column(rows: list[dict], column: Column, where: str) -> pd.Series | np.ndar
             _check_values(values, column, where)  # nulls or foreign values: find and report them
             return pd.array(values, dtype=column.pandas_dtype)
         _check_values(values, column, where)
+        if column.type is ColumnType.JSON:  # kept whole, as JSON text (jsonb in Postgres)
+            return pd.array([None if v is None else orjson.dumps(v).decode() for v in values], dtype=column.pandas_dtype)
         if column.type is ColumnType.TIMESTAMP:
             return pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601").astype(column.pandas_dtype)
         if column.type is ColumnType.DATE:

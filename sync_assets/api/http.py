@@ -131,6 +131,7 @@ class ApiHttpClient:
         etag: str | None,
         log: Log = DEFAULT_LOG,
         on_retry: Callable[[], None] = lambda: None,
+        headers: Mapping[str, str] | None = None,
     ) -> PageResponse:
         """GET one page; retries transient failures, raises a precise error otherwise."""
 
@@ -154,7 +155,7 @@ class ApiHttpClient:
         for attempt in retrying:
             with attempt:
                 self.gate.wait_turn(log)
-                return self._get_once(path, params, page, etag)
+                return self._get_once(path, params, page, etag, headers)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _wait(self, state: RetryCallState) -> float:
@@ -163,11 +164,15 @@ class ApiHttpClient:
             return min(max(exc.retry_after, 0.0), self.retry.max_retry_after_s)
         return wait_exponential_jitter(initial=self.retry.initial_wait_s, max=self.retry.max_wait_s)(state)
 
-    def _get_once(self, path: str, params: Mapping[str, Any], page: int | None, etag: str | None) -> PageResponse:
+    def _get_once(
+        self, path: str, params: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None
+    ) -> PageResponse:
         query = dict(params)
         if page is not None:
             query["page"] = page
-        headers = {"If-None-Match": etag} if etag else {}
+        headers = dict(extra or {})
+        if etag:
+            headers["If-None-Match"] = etag
         response = self._client.get(path, params=query, headers=headers)
         self.gate.observe(response.headers)
         status = response.status_code

@@ -53,7 +53,9 @@ class XPagesWalker:
         stats: FetchStats,
         log: Log,
         label: str,
+        headers: Mapping[str, str] | None = None,
     ):
+        self.headers = headers
         self.http, self.path, self.params = http, path, params
         self.paginated, self.max_concurrency = paginated, max_concurrency
         self.max_walks, self.expiry_guard_s = max_walks, expiry_guard_s
@@ -130,7 +132,8 @@ class XPagesWalker:
 
     def _fetch(self, page: int, etag: str | None) -> PageResponse:
         response = self.http.get_page(
-            self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=self._count_retry
+            self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=self._count_retry,
+            headers=self.headers,
         )
         with self._stats_lock:
             self.stats.requests += 1
@@ -186,6 +189,69 @@ class _Progress:
                     f"{self.label}: page {self.count}/{self.pages} "
                     f"({self.n200}×200, {self.n304}×304, {self.bytes / 1e6:.1f} MB)"
                 )
+
+
+class FromIdWalker:
+    """Walk a from_id route (newest first) back to the newest id already stored.
+
+    ESI: the first call has no from_id; each next call passes the smallest id seen and includes
+    that record again; the walk ends on an empty or repeat-only response, or once it reaches
+    `stop_at`. Ledger records never change, so pages need not share one snapshot.
+    """
+
+    def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, id_field: str,
+                 parse: ParsePage, stats: FetchStats, log: Log, label: str,
+                 headers: Mapping[str, str] | None = None, max_calls: int = 10_000):
+        self.http, self.path, self.params, self.id_field = http, path, params, id_field
+        self.parse, self.stats, self.log, self.label, self.headers = parse, stats, log, label, headers
+        self.max_calls = max_calls
+
+    def walk(self, first_etag: str | None, stop_at: int | None) -> tuple[list[PageResponse], list[Any]]:
+        """Responses (the first carries the validators) and parsed frames holding only ids newer
+        than `stop_at`. A 304 on the first call means nothing new: ([304 response], [])."""
+        self.stats.walks += 1
+        first = self._fetch(None, first_etag)
+        if first.status == 304:
+            return [first], []
+        responses, frames = [first], []
+        current = first
+        previous_from: int | None = None
+        while True:
+            frame = self.parse(len(responses), current.data)
+            current.data = None
+            ids = frame[self.id_field]
+            fresh = frame[ids > stop_at] if stop_at is not None else frame
+            if len(fresh):
+                frames.append(fresh)
+            if len(ids) == 0 or (stop_at is not None and int(ids.min()) <= stop_at):
+                break
+            next_from = int(ids.min())
+            if next_from == previous_from or (previous_from is not None and next_from > previous_from):
+                break  # only the from_id record came back: the end (and a guard against no progress)
+            if len(responses) >= self.max_calls:
+                raise InconsistentSnapshot(f"{self.label}: from_id walk did not end after {self.max_calls} calls")
+            previous_from = next_from
+            current = self._fetch(next_from, None)
+            responses.append(current)
+        progress = f"{len(responses)} calls, {sum(len(f) for f in frames):,} new records"
+        self.log.info(f"{self.label}: from_id walk done: {progress}")
+        return responses, frames
+
+    def _fetch(self, from_id: int | None, etag: str | None) -> PageResponse:
+        params = dict(self.params)
+        if from_id is not None:
+            params["from_id"] = from_id
+        response = self.http.get_page(self.path, params, None, etag, self.log, on_retry=self._count_retry, headers=self.headers)
+        self.stats.requests += 1
+        self.stats.body_bytes += response.body_bytes
+        if response.status == 200:
+            self.stats.status_200 += 1
+        else:
+            self.stats.status_304 += 1
+        return response
+
+    def _count_retry(self) -> None:
+        self.stats.retries += 1
 
 
 def _page_count(response: PageResponse, etags: Sequence[str] | None, default: int | None = None) -> int:

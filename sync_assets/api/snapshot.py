@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -17,6 +18,7 @@ class Validators:
     page_etags: tuple[str, ...] = ()  # index i holds the ETag of page i + 1
     last_modified: datetime | None = None
     expires_at: datetime | None = None
+    cursor: str | None = None  # from_id walks: the newest id already stored
 
     @property
     def data_version(self) -> str:
@@ -25,6 +27,7 @@ class Validators:
         digest.update((self.last_modified.isoformat() if self.last_modified else "").encode())
         for etag in self.page_etags:
             digest.update(b"\0" + etag.encode())
+        digest.update(b"\0" + (self.cursor or "").encode())
         return digest.hexdigest()[:20]
 
 
@@ -48,13 +51,37 @@ class Outcome(str, Enum):
 
 
 @dataclass
+class SliceFailure:
+    state_key: str
+    error: str  # the error's message (never a secret)
+
+
+@dataclass
+class SnapshotSet:
+    """The snapshots of one materialization of a sliced dataset; each is written on its own, so a
+    failed slice (one wallet division) does not hide the others' data."""
+
+    dataset: str
+    snapshots: list["Snapshot"]
+    failures: list[SliceFailure] = field(default_factory=list)
+
+    @property
+    def data_version(self) -> str:
+        digest = hashlib.sha256()
+        for snapshot in sorted(self.snapshots, key=lambda s: s.state_key):
+            digest.update(f"{snapshot.state_key}={snapshot.data_version};".encode())
+        return digest.hexdigest()[:20]
+
+
+@dataclass
 class Snapshot:
     dataset: str
-    partition_key: str | None
+    state_key: str  # partition (and slice) this snapshot describes; "" when unpartitioned
     outcome: Outcome
     validators: Validators
     frame: pd.DataFrame | None = None  # rows of a CHANGED snapshot, table columns and dtypes
     stats: FetchStats = field(default_factory=FetchStats)
+    context: Mapping[str, Any] = field(default_factory=dict)  # partition/slice column values: the mirror scope
 
     @property
     def changed(self) -> bool:

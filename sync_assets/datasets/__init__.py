@@ -1,6 +1,6 @@
 """Dataset declarations, one module per API."""
 
-from .base import Column, ColumnType, Dataset, Partitioning, WriteMode
+from .base import Auth, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
 from .esi import ESI_DATASETS, MARKET_ORDERS, MARKET_PRICES
 
 ALL_DATASETS = ESI_DATASETS
@@ -19,6 +19,9 @@ def dataset_for_asset_key(path: list[str] | tuple[str, ...]) -> Dataset:
 
 __all__ = [
     "ALL_DATASETS",
+    "Auth",
+    "Paging",
+    "Slices",
     "Column",
     "ColumnType",
     "DATASETS_BY_KEY",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 
 class WriteMode(str, Enum):
@@ -29,6 +29,7 @@ class ColumnType(str, Enum):
     STRING = "string"
     TIMESTAMP = "timestamp"
     DATE = "date"
+    JSON = "json"  # nested payload kept whole (e.g. killmail attackers); JSON text in frames
 
 
 # Nullable (optional) columns use pandas' masked dtypes; required ones plain numpy dtypes.
@@ -40,6 +41,7 @@ PANDAS_DTYPES: Mapping[ColumnType, str] = {
     ColumnType.STRING: "string",
     ColumnType.TIMESTAMP: "datetime64[us, UTC]",
     ColumnType.DATE: "datetime64[us]",
+    ColumnType.JSON: "string",
 }
 
 POSTGRES_TYPES: Mapping[ColumnType, str] = {
@@ -49,6 +51,7 @@ POSTGRES_TYPES: Mapping[ColumnType, str] = {
     ColumnType.STRING: "text",
     ColumnType.TIMESTAMP: "timestamp with time zone",
     ColumnType.DATE: "date",
+    ColumnType.JSON: "jsonb",
 }
 
 
@@ -73,17 +76,47 @@ class Column:
         return POSTGRES_TYPES[self.type]
 
 
+class Paging(str, Enum):
+    NONE = "none"  # one response
+    X_PAGES = "x_pages"  # ?page=N with the total in the X-Pages header
+    FROM_ID = "from_id"  # ?from_id=<last id>, newest first (wallet transactions)
+
+
+@dataclass(frozen=True)
+class Auth:
+    """What a token needs for a route: an SSO scope and, for corporation data, any one of some roles."""
+
+    scope: str
+    roles: tuple[str, ...] = ()  # any of; empty means membership is enough
+
+
 @dataclass(frozen=True)
 class Partitioning:
-    """A dataset split by one path parameter, e.g. market orders by region."""
+    """A dataset split by one path parameter: market orders by region, corporation data by corporation."""
 
     path_param: str  # route placeholder filled with the partition key
     column: Column  # table column holding the partition key (part of the primary key)
-    keys: tuple[str, ...]  # static partition keys, in display order
+    keys: tuple[str, ...] = ()  # static partition keys, in display order
     labels: Mapping[str, str] = field(default_factory=dict)  # key -> human name
+    dynamic: str | None = None  # name of a Dagster dynamic partitions definition instead of static keys
 
     def value(self, key: str) -> int | str:
         return int(key) if self.column.type is ColumnType.INT64 else key
+
+
+@dataclass(frozen=True)
+class Slices:
+    """One partition fetched as several requests, one per value of extra path parameters:
+    static values (wallet divisions 1-7) or the rows of an upstream dataset (mining observers)."""
+
+    columns: tuple[Column, ...]  # the extra path parameters; stored as table columns
+    values: tuple[tuple[Any, ...], ...] = ()  # static values, one tuple per slice
+    source: str | None = None  # or: key of the dataset whose table lists them (same partition)
+    only_new: bool = False  # immutable payloads: skip slices whose rows are already stored
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
 
 
 @dataclass(frozen=True)
@@ -97,8 +130,12 @@ class Dataset:
     cache_seconds: int  # the API's cache time (x-cache-age): drives cadence and freshness
     write_mode: WriteMode = WriteMode.MIRROR
     query: Mapping[str, str] = field(default_factory=dict)  # fixed query parameters
-    paginated: bool = False  # X-Pages pagination
+    paging: Paging = Paging.NONE
+    cursor_field: str | None = None  # FROM_ID paging: the id field walked backwards
     partitioning: Partitioning | None = None
+    slices: Slices | None = None
+    auth: Auth | None = None  # None: a public route
+    transform: Callable[[Any], Any] | None = None  # payload -> list of row dicts, when not already that
     rate_limit_group: str | None = None
     cron: str | None = None  # schedule; derived from cache_seconds when None
     group: str | None = None  # Dagster asset group; the API name when None
@@ -112,11 +149,15 @@ class Dataset:
         return f"{self.api}.{self.name}"
 
     @property
+    def context_columns(self) -> tuple[Column, ...]:
+        """Columns the request knows but the payload does not carry (partition, slice params)."""
+        payload = {c.name for c in self.columns}
+        extra = ((self.partitioning.column,) if self.partitioning else ()) + (self.slices.columns if self.slices else ())
+        return tuple(c for c in extra if c.name not in payload)
+
+    @property
     def table_columns(self) -> tuple[Column, ...]:
-        """Payload columns plus the partition column, which the payload does not carry."""
-        if self.partitioning is None:
-            return self.columns
-        return (self.partitioning.column, *self.columns)
+        return (*self.context_columns, *self.columns)
 
     @property
     def schedule_cron(self) -> str:
@@ -137,6 +178,10 @@ class Dataset:
             raise ValueError(f"dataset {self.key}: primary key columns {missing} are not columns")
         if self.partitioning and self.partitioning.column.name not in self.primary_key:
             raise ValueError(f"dataset {self.key}: the partition column must be part of the primary key")
+        if self.paging is Paging.FROM_ID and self.cursor_field not in names:
+            raise ValueError(f"dataset {self.key}: from_id paging needs a cursor_field among the columns")
+        if self.slices and bool(self.slices.values) == bool(self.slices.source):
+            raise ValueError(f"dataset {self.key}: slices take either static values or a source dataset")
 
 
 def cron_for_cache_time(cache_seconds: int) -> str:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .base import Column, ColumnType, Dataset, Partitioning, WriteMode
+from .base import Column, ColumnType, Dataset, Paging, Partitioning, WriteMode
 
 I, F, B, S, T = ColumnType.INT64, ColumnType.FLOAT64, ColumnType.BOOL, ColumnType.STRING, ColumnType.TIMESTAMP
 
@@ -24,7 +24,7 @@ MARKET_ORDERS = Dataset(
         "One partition per trade-hub region; the table mirrors ESI's latest complete snapshot."
     ),
     query={"order_type": "all"},
-    paginated=True,
+    paging=Paging.X_PAGES,
     partitioning=Partitioning(
         path_param="region_id",
         column=Column("region_id", I, description="Region the order book belongs to"),

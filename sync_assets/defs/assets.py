@@ -1,13 +1,16 @@
 """Assets derived from dataset declarations: one factory, no per-dataset code."""
 
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from ..api import EsiResource, Snapshot
-from ..datasets import Column, Dataset
+from ..api import ApiError, EsiResource, PermanentHttpError, Snapshot
+from ..api.requests import SliceRequest, plan_requests
+from ..api.snapshot import SliceFailure, SnapshotSet
+from ..datasets import DATASETS_BY_KEY, Column, Dataset
 from ..warehouse import PostgresWarehouse
 
 IO_MANAGER_KEY = "warehouse_io_manager"
@@ -22,19 +25,32 @@ class SyncConfig(dg.Config):
     )
 
 
+AUTH_RESOURCE_KEY = "esi_auth"
+
+
+def partitions_def(dataset: Dataset) -> dg.PartitionsDefinition | None:
+    if dataset.partitioning is None:
+        return None
+    if dataset.partitioning.dynamic:
+        return dg.DynamicPartitionsDefinition(name=dataset.partitioning.dynamic)
+    return dg.StaticPartitionsDefinition(list(dataset.partitioning.keys))
+
+
 def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition:
     warn, fail = dataset.freshness_windows
-    partitions = dg.StaticPartitionsDefinition(list(dataset.partitioning.keys)) if dataset.partitioning else None
+    source = dataset.slices.source if dataset.slices else None
+    resource_keys = {resource_key, "warehouse"} | ({AUTH_RESOURCE_KEY} if dataset.auth else set())
 
     @dg.asset(
         name=dataset.name,
         key_prefix=[dataset.api],
         group_name=dataset.asset_group,
         description=_description(dataset),
-        partitions_def=partitions,
+        partitions_def=partitions_def(dataset),
         io_manager_key=IO_MANAGER_KEY,
         kinds={"postgres", "python"},
         pool=dataset.api,
+        deps=[dg.AssetKey(source.split("."))] if source else None,
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn),
         metadata={
             "dagster/column_schema": table_schema(dataset),
@@ -42,22 +58,82 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
             "route": dataset.route,
             "write_mode": dataset.write_mode.value,
             "cache_seconds": dataset.cache_seconds,
+            **({"sso_scope": dataset.auth.scope, "roles_any_of": ", ".join(dataset.auth.roles) or "member"} if dataset.auth else {}),
         },
-        required_resource_keys={resource_key, "warehouse"},
+        required_resource_keys=resource_keys,
     )
     def sync(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
         partition_key = context.partition_key if dataset.partitioning else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: EsiResource = getattr(context.resources, resource_key)
-        previous = warehouse.read_validators(dataset, partition_key)
-        snapshot = api.fetch_snapshot(dataset, partition_key, previous, full_refresh=config.full_refresh, log=context.log)
-        return dg.MaterializeResult(
-            value=snapshot,
-            metadata=fetch_metadata(snapshot),
-            data_version=dg.DataVersion(snapshot.data_version),
-        )
+        # Token first: a missing scope or role fails here, before any API call is spent.
+        bearer = getattr(context.resources, AUTH_RESOURCE_KEY).bearer_for(dataset, partition_key) if dataset.auth else None
+        requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
+        if dataset.slices is None:
+            snapshot = _fetch(context, api, warehouse, dataset, requests[0], bearer, config)
+            return dg.MaterializeResult(value=snapshot, metadata=fetch_metadata(snapshot), data_version=dg.DataVersion(snapshot.data_version))
+        batch = _fetch_slices(context, api, warehouse, dataset, requests, bearer, config)
+        return dg.MaterializeResult(value=batch, metadata=batch_metadata(batch), data_version=dg.DataVersion(batch.data_version))
 
     return sync
+
+
+def _fetch(context, api, warehouse, dataset: Dataset, request: SliceRequest, bearer, config: SyncConfig) -> Snapshot:
+    previous = None if _stateless(dataset) else warehouse.read_validators(dataset, request.state_key)
+    try:
+        return api.fetch_snapshot(
+            dataset, request, previous, bearer=bearer.token if bearer else None, full_refresh=config.full_refresh, log=context.log
+        )
+    except PermanentHttpError as exc:
+        if bearer is not None and exc.status == 403:  # e.g. the character lost its role: say so, delete nothing
+            getattr(context.resources, AUTH_RESOURCE_KEY).report_forbidden(bearer, dataset, exc.detail)
+        raise
+
+
+def _fetch_slices(context, api, warehouse, dataset, requests, bearer, config) -> SnapshotSet:
+    """Slices are fetched concurrently (bounded) and kept apart: one failure does not stop the others."""
+    batch = SnapshotSet(dataset.key, [])
+    context.log.info(f"{dataset.key}: {len(requests)} requests to make")
+    with ThreadPoolExecutor(max_workers=max(1, min(api.max_concurrency, len(requests)))) as pool:
+        futures = {pool.submit(_fetch, context, api, warehouse, dataset, r, bearer, config): r for r in requests}
+        for future, request in futures.items():
+            try:
+                batch.snapshots.append(future.result())
+            except ApiError as exc:
+                context.log.error(f"{request.label}: {exc}")
+                batch.failures.append(SliceFailure(request.state_key, str(exc)))
+    return batch
+
+
+def _stateless(dataset: Dataset) -> bool:
+    """Immutable per-item payloads (killmail details) keep no validators: each is fetched once."""
+    return bool(dataset.slices and dataset.slices.only_new)
+
+
+def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: PostgresWarehouse) -> list[dict] | None:
+    slices = dataset.slices
+    if slices is None or slices.source is None:
+        return None
+    values = warehouse.distinct_values(DATASETS_BY_KEY[slices.source], slices.names, partition_key)
+    if slices.only_new:
+        stored = {tuple(v[n] for n in slices.names) for v in warehouse.distinct_values(dataset, slices.names, partition_key)}
+        values = [v for v in values if tuple(v[n] for n in slices.names) not in stored]
+    return values
+
+
+def batch_metadata(batch: SnapshotSet) -> dict[str, Any]:
+    snapshots = batch.snapshots
+    return {
+        "requests_planned": len(snapshots) + len(batch.failures),
+        "requests_failed": len(batch.failures),
+        "slices_changed": sum(s.changed for s in snapshots),
+        "requests": sum(s.stats.requests for s in snapshots),
+        "status_200": sum(s.stats.status_200 for s in snapshots),
+        "status_304": sum(s.stats.status_304 for s in snapshots),
+        "bytes_received": sum(s.stats.body_bytes for s in snapshots),
+        "retries": sum(s.stats.retries for s in snapshots),
+        "data_version": batch.data_version,
+    }
 
 
 def fetch_metadata(snapshot: Snapshot) -> dict[str, Any]:

@@ -31,9 +31,16 @@ def active_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_
     return [run.run_id for run in runs if run.asset_selection is None or asset_key in run.asset_selection]
 
 
+def _partition_keys(dataset: Dataset, instance: dg.DagsterInstance) -> list[str | None]:
+    if dataset.partitioning is None:
+        return [None]
+    if dataset.partitioning.dynamic:
+        return list(instance.get_dynamic_partitions(dataset.partitioning.dynamic))
+    return list(dataset.partitioning.keys)
+
+
 def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
     asset_key = asset.key
-    partition_keys: list[str | None] = list(dataset.partitioning.keys) if dataset.partitioning else [None]
 
     @dg.schedule(
         name=f"{job_name(dataset)}_schedule",
@@ -46,7 +53,7 @@ def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: dg.Unresol
     def schedule(context: dg.ScheduleEvaluationContext):
         tick = context.scheduled_execution_time.isoformat()
         requests, busy = [], []
-        for key in partition_keys:
+        for key in _partition_keys(dataset, context.instance):
             running = active_runs(context.instance, asset_key, key)
             if running:
                 busy.append(f"{key or dataset.key} (run {running[0][:8]} still active)")
@@ -56,7 +63,9 @@ def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: dg.Unresol
         if busy:
             context.log.info("skipped: " + "; ".join(busy))
         if not requests:
-            return dg.SkipReason("still running from an earlier launch: " + "; ".join(busy))
+            return dg.SkipReason(
+                "still running from an earlier launch: " + "; ".join(busy) if busy else "no partitions yet (no corporation token)"
+            )
         return requests
 
     return schedule

@@ -6,9 +6,13 @@ import time
 import dagster as dg
 import pandas as pd
 
-from ..api.snapshot import Snapshot
+from ..api.snapshot import Snapshot, SnapshotSet
 from ..datasets import dataset_for_asset_key
 from .resource import PostgresWarehouse
+
+
+class SliceSyncError(RuntimeError):
+    """Some slices of a sliced dataset failed; the successful ones are committed."""
 
 
 class SnapshotIOManager(dg.ConfigurableIOManager):
@@ -16,31 +20,44 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
 
     warehouse: PostgresWarehouse
 
-    def handle_output(self, context: dg.OutputContext, obj: Snapshot) -> None:
-        if not isinstance(obj, Snapshot):
+    def handle_output(self, context: dg.OutputContext, obj: Snapshot | SnapshotSet) -> None:
+        if not isinstance(obj, (Snapshot, SnapshotSet)):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a Snapshot, got {type(obj).__name__}")
         dataset = dataset_for_asset_key(context.asset_key.path)
-        label = f"{dataset.key}[{obj.partition_key}]" if obj.partition_key else dataset.key
+        snapshots = obj.snapshots if isinstance(obj, SnapshotSet) else [obj]
+        totals = {"inserted": 0, "updated": 0, "deleted": 0}
         started = time.perf_counter()
-        result = self.warehouse.write_snapshot(dataset, obj)
+        for snapshot in snapshots:  # each in its own transaction: one slice's failure never hides another's data
+            result = self.warehouse.write_snapshot(dataset, snapshot)
+            label = f"{dataset.key}[{snapshot.state_key}]" if snapshot.state_key else dataset.key
+            if result.skipped_reason:
+                context.log.warning(f"{label}: nothing written: {result.skipped_reason}")
+            context.log.info(
+                f"{label}: committed: {result.inserted:,} inserted, {result.updated:,} updated, "
+                f"{result.deleted:,} deleted; {result.total:,} rows ({snapshot.outcome.value})"
+            )
+            for name in totals:
+                totals[name] += getattr(result, name)
         seconds = time.perf_counter() - started
-        if result.skipped_reason:
-            context.log.warning(f"{label}: nothing written: {result.skipped_reason}")
-        context.log.info(
-            f"{label}: committed in {seconds:.2f}s: {result.inserted:,} inserted, {result.updated:,} updated, "
-            f"{result.deleted:,} deleted; {result.total:,} rows in {result.table} ({obj.outcome.value})"
-        )
+        partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
+        total = self.warehouse.count_rows(dataset, partitions)
         context.add_output_metadata(
             {
-                "rows_inserted": result.inserted,
-                "rows_updated": result.updated,
-                "rows_deleted": result.deleted,
-                "rows_written": result.inserted + result.updated + result.deleted,
-                "dagster/row_count": result.total,
+                "rows_inserted": totals["inserted"],
+                "rows_updated": totals["updated"],
+                "rows_deleted": totals["deleted"],
+                "rows_written": sum(totals.values()),
+                "dagster/row_count": total,
                 "dagster/table_name": f"{dataset.api}.{dataset.name}",
                 "write_seconds": round(seconds, 3),
             }
         )
+        if isinstance(obj, SnapshotSet) and obj.failures:
+            failed = "; ".join(f"{f.state_key}: {f.error}" for f in obj.failures)
+            raise SliceSyncError(
+                f"{dataset.key}: {len(obj.failures)} of {len(obj.failures) + len(snapshots)} requests failed "
+                f"(the others were committed): {failed}"
+            )
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         dataset = dataset_for_asset_key(context.asset_key.path)

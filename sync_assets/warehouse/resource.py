@@ -67,6 +67,27 @@ class PostgresWarehouse(dg.ConfigurableResource):
         with self._begin() as conn:
             return write_snapshot(conn, dataset, snapshot)
 
+    def count_rows(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> int:
+        self.ensure_dataset(dataset)
+        sql, params = f"SELECT count(*) FROM {table_name(dataset)}", {}
+        if partition_keys is not None and dataset.partitioning is not None:
+            sql += f" WHERE {qi(dataset.partitioning.column.name)} = ANY(:keys)"
+            params = {"keys": [dataset.partitioning.value(k) for k in partition_keys]}
+        with self._begin() as conn:
+            return int(conn.execute(text(sql), params).scalar_one())
+
+    def distinct_values(self, dataset: Dataset, columns: Sequence[str], partition_key: str | None) -> list[dict]:
+        """Distinct values of `columns` in the dataset's table (within the partition), e.g. the
+        mining observers whose ledgers to fetch, or the killmails already stored."""
+        self.ensure_dataset(dataset)
+        cols = ", ".join(qi(c) for c in columns)
+        sql, params = f"SELECT DISTINCT {cols} FROM {table_name(dataset)}", {}
+        if partition_key is not None and dataset.partitioning is not None:
+            sql += f" WHERE {qi(dataset.partitioning.column.name)} = :p"
+            params = {"p": dataset.partitioning.value(partition_key)}
+        with self._begin() as conn:
+            return [dict(row._mapping) for row in conn.execute(text(sql + f" ORDER BY {cols}"), params)]
+
     def read_table(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> pd.DataFrame:
         self.ensure_dataset(dataset)
         cols = ", ".join(qi(c.name) for c in dataset.table_columns)

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS {SYNC_STATE} (
     last_success_at  timestamptz NOT NULL,
     PRIMARY KEY (dataset, partition_key)
 );
+ALTER TABLE {SYNC_STATE} ADD COLUMN IF NOT EXISTS cursor text;
 COMMENT ON TABLE {SYNC_STATE} IS
     'Validators (per-page ETags, Last-Modified, Expires) committed with the rows they describe';
 """

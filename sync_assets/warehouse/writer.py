@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -33,7 +33,7 @@ class WriteResult:
 
 def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> WriteResult:
     """Call inside a transaction (`engine.begin()`); the caller's commit publishes everything."""
-    partition = snapshot.partition_key or ""
+    partition = snapshot.state_key
     if snapshot.outcome is Outcome.CACHE_VALID:  # the API was not asked: nothing new to record
         return WriteResult(table_name(dataset), total=_count(conn, dataset, snapshot))
     # Writers of one dataset partition take turns; different partitions proceed in parallel.
@@ -49,20 +49,21 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> Wr
     if snapshot.changed:
         assert snapshot.frame is not None
         _stage(conn, dataset, snapshot.frame)
-        counts = _merge(conn, dataset, _partition_value(dataset, snapshot))
+        counts = _merge(conn, dataset, snapshot.context)
     total = _count(conn, dataset, snapshot)
-    _save_state(conn, dataset, partition, snapshot.validators, total, changed=snapshot.changed)
+    if not (dataset.slices and dataset.slices.only_new):  # immutable items need no validators
+        _save_state(conn, dataset, partition, snapshot.validators, total, changed=snapshot.changed)
     return WriteResult(table_name(dataset), total=total, **counts)
 
 
-def read_validators(conn: Connection, dataset: Dataset, partition_key: str | None) -> Validators | None:
+def read_validators(conn: Connection, dataset: Dataset, state_key: str | None) -> Validators | None:
     row = conn.execute(
-        text(f"SELECT page_etags, last_modified, expires_at FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p"),
-        {"d": dataset.key, "p": partition_key or ""},
+        text(f"SELECT page_etags, last_modified, expires_at, cursor FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p"),
+        {"d": dataset.key, "p": state_key or ""},
     ).first()
     if row is None:
         return None
-    return Validators(page_etags=tuple(row.page_etags), last_modified=row.last_modified, expires_at=row.expires_at)
+    return Validators(tuple(row.page_etags), row.last_modified, row.expires_at, row.cursor)
 
 
 def _stored_last_modified(conn: Connection, dataset: Dataset, partition: str) -> datetime | None:
@@ -88,14 +89,14 @@ def _stage(conn: Connection, dataset: Dataset, frame: pd.DataFrame) -> None:
     conn.execute(text(f"ANALYZE {STAGE}"))
 
 
-def _merge(conn: Connection, dataset: Dataset, partition_value: Any) -> dict[str, int]:
+def _merge(conn: Connection, dataset: Dataset, context: Mapping[str, Any]) -> dict[str, int]:
     """Set-based merge (hash joins, not per-row conflict probes): delete vanished rows (mirror),
     update rows whose values changed (mirror, upsert), insert new rows (all modes)."""
     target = table_name(dataset)
     names = [c.name for c in dataset.table_columns]
     rest = [n for n in names if n not in dataset.primary_key]
     match = " AND ".join(f"s.{qi(k)} = t.{qi(k)}" for k in dataset.primary_key)
-    scope, params = _partition_scope(dataset, partition_value)
+    scope, params = _scope(context)
     deleted = updated = 0
     if dataset.write_mode is WriteMode.MIRROR:
         # Deletes come only from a complete snapshot of 200s: that is the only way here.
@@ -119,19 +120,16 @@ def _merge(conn: Connection, dataset: Dataset, partition_value: Any) -> dict[str
     return {"inserted": int(inserted), "updated": int(updated), "deleted": int(deleted)}
 
 
-def _partition_scope(dataset: Dataset, partition_value: Any) -> tuple[str, dict[str, Any]]:
-    if dataset.partitioning is None:
-        return "", {}
-    return f"t.{qi(dataset.partitioning.column.name)} = :partition AND", {"partition": partition_value}
-
-
-def _partition_value(dataset: Dataset, snapshot: Snapshot) -> Any:
-    return dataset.partitioning.value(snapshot.partition_key or "") if dataset.partitioning else None
+def _scope(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`t.col = :v AND ...` for the snapshot's partition/slice columns: what a mirror replaces."""
+    names = sorted(context)
+    clause = "".join(f"t.{qi(n)} = :scope_{i} AND " for i, n in enumerate(names))
+    return clause, {f"scope_{i}": context[n] for i, n in enumerate(names)}
 
 
 def _count(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> int:
-    scope, params = _partition_scope(dataset, _partition_value(dataset, snapshot))
-    where = f"WHERE {scope.removesuffix(' AND')}" if scope else ""
+    scope, params = _scope(snapshot.context)
+    where = f"WHERE {scope.removesuffix(' AND ')}" if scope else ""
     return int(conn.execute(text(f"SELECT count(*) FROM {table_name(dataset)} t {where}"), params).scalar_one())
 
 
@@ -139,10 +137,10 @@ def _save_state(conn: Connection, dataset: Dataset, partition: str, v: Validator
     now = datetime.now(timezone.utc)
     conn.execute(
         text(
-            f"INSERT INTO {SYNC_STATE} AS s (dataset, partition_key, page_etags, last_modified, expires_at, data_version,"
-            " row_count, last_checked_at, last_changed_at, last_success_at)"
-            " VALUES (:d, :p, CAST(:etags AS jsonb), :lm, :exp, :dv, :rows, :now, :changed_at, :now)"
-            " ON CONFLICT (dataset, partition_key) DO UPDATE SET page_etags = EXCLUDED.page_etags,"
+            f"INSERT INTO {SYNC_STATE} AS s (dataset, partition_key, page_etags, last_modified, expires_at, cursor,"
+            " data_version, row_count, last_checked_at, last_changed_at, last_success_at)"
+            " VALUES (:d, :p, CAST(:etags AS jsonb), :lm, :exp, :cursor, :dv, :rows, :now, :changed_at, :now)"
+            " ON CONFLICT (dataset, partition_key) DO UPDATE SET page_etags = EXCLUDED.page_etags, cursor = EXCLUDED.cursor,"
             " last_modified = EXCLUDED.last_modified, expires_at = EXCLUDED.expires_at,"
             " data_version = EXCLUDED.data_version, row_count = EXCLUDED.row_count,"
             " last_checked_at = EXCLUDED.last_checked_at, last_success_at = EXCLUDED.last_success_at,"
@@ -150,6 +148,6 @@ def _save_state(conn: Connection, dataset: Dataset, partition: str, v: Validator
         ),
         {
             "d": dataset.key, "p": partition, "etags": json.dumps(list(v.page_etags)), "lm": v.last_modified,
-            "exp": v.expires_at, "dv": v.data_version, "rows": total, "now": now, "changed_at": now if changed else None,
+            "exp": v.expires_at, "cursor": v.cursor, "dv": v.data_version, "rows": total, "now": now, "changed_at": now if changed else None,
         },
     )
