@@ -7,18 +7,33 @@ import os
 import dagster as dg
 
 from .api import DEFAULT_ESI_URL, EsiResource
+from .api.esi_auth import EsiAuthResource
+from .auth.sso import DEFAULT_SSO_URL
 from .datasets import ESI_DATASETS
-from .defs.assets import IO_MANAGER_KEY, build_sync_asset
+from .datasets.esi import CORPORATIONS
+from .defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
 from .defs.automation import build_schedule, build_sync_job
+from .defs.sensors import build_corporation_sensor
 from .warehouse import PostgresWarehouse, SnapshotIOManager
 
 ESI_URL_ENV = "SYNC_ASSETS_ESI_URL"
 DATABASE_URL_ENV = "SYNC_ASSETS_DATABASE_URL"
 
 
-def build_definitions(esi: EsiResource | None = None, warehouse: PostgresWarehouse | None = None) -> dg.Definitions:
+def build_definitions(
+    esi: EsiResource | None = None, warehouse: PostgresWarehouse | None = None, esi_auth: EsiAuthResource | None = None
+) -> dg.Definitions:
     esi = esi or EsiResource(base_url=os.environ.get(ESI_URL_ENV) or DEFAULT_ESI_URL)
     warehouse = warehouse or PostgresWarehouse(database_url=dg.EnvVar(DATABASE_URL_ENV))
+    esi_auth = esi_auth or EsiAuthResource(
+        esi=esi,
+        database_url=dg.EnvVar(DATABASE_URL_ENV),
+        client_id=dg.EnvVar("ESI_CLIENT_ID"),
+        client_secret=dg.EnvVar("ESI_CLIENT_SECRET"),
+        token_key=dg.EnvVar("SYNC_ASSETS_TOKEN_KEY"),
+        sso_url=os.environ.get("ESI_SSO_URL") or DEFAULT_SSO_URL,
+        sso_issuer=os.environ.get("ESI_SSO_ISSUER") or None,
+    )
     assets, jobs, schedules = [], [], []
     for dataset in ESI_DATASETS:
         asset = build_sync_asset(dataset, resource_key="esi")
@@ -30,8 +45,10 @@ def build_definitions(esi: EsiResource | None = None, warehouse: PostgresWarehou
         assets=assets,
         jobs=jobs,
         schedules=schedules,
+        sensors=[build_corporation_sensor(CORPORATIONS.dynamic or "")],
         resources={
             "esi": esi,
+            AUTH_RESOURCE_KEY: esi_auth,
             "warehouse": warehouse,
             IO_MANAGER_KEY: SnapshotIOManager(warehouse=warehouse),
         },

@@ -32,7 +32,7 @@ def test_dagster_definitions_validate_passes(database_url: str, tmp_path: Path) 
 
 def test_assets_are_partitioned_grouped_pooled_and_have_freshness() -> None:
     specs = {s.key: s for s in defs.resolve_all_asset_specs()}
-    assert set(specs) == {ORDERS, PRICES}
+    assert {ORDERS, PRICES} <= set(specs)
     orders, prices = specs[ORDERS], specs[PRICES]
     assert orders.partitions_def.get_partition_keys() == ["10000002", "10000043", "10000032", "10000030", "10000042"]
     assert prices.partitions_def is None

@@ -1,7 +1,7 @@
 """Dataset declarations, one module per API."""
 
 from .base import Auth, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
-from .esi import ESI_DATASETS, MARKET_ORDERS, MARKET_PRICES
+from .esi import ESI_CORPORATION_DATASETS, ESI_DATASETS, ESI_PUBLIC_DATASETS, MARKET_ORDERS, MARKET_PRICES
 
 ALL_DATASETS = ESI_DATASETS
 DATASETS_BY_KEY = {d.key: d for d in ALL_DATASETS}
@@ -26,7 +26,9 @@ __all__ = [
     "ColumnType",
     "DATASETS_BY_KEY",
     "Dataset",
+    "ESI_CORPORATION_DATASETS",
     "ESI_DATASETS",
+    "ESI_PUBLIC_DATASETS",
     "MARKET_ORDERS",
     "MARKET_PRICES",
     "Partitioning",

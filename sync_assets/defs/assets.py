@@ -67,7 +67,7 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: EsiResource = getattr(context.resources, resource_key)
         # Token first: a missing scope or role fails here, before any API call is spent.
-        bearer = getattr(context.resources, AUTH_RESOURCE_KEY).bearer_for(dataset, partition_key) if dataset.auth else None
+        bearer = getattr(context.resources, AUTH_RESOURCE_KEY).bearer_for(dataset, partition_key, context.log) if dataset.auth else None
         requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
         if dataset.slices is None:
             snapshot = _fetch(context, api, warehouse, dataset, requests[0], bearer, config)
