@@ -61,6 +61,7 @@ class Column:
     type: ColumnType
     required: bool = True
     description: str = ""
+    source: str | None = None  # payload path when it differs from the name, e.g. "victim.items"
 
     @property
     def pandas_dtype(self) -> str:
