@@ -35,7 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     esi.add_argument("--scale", default="full", help="full (The Forge 300 pages), small, tiny or a factor")
     esi.add_argument("--auto-refresh", action="store_true", help="new data after every cache window, like ESI")
 
+    esi_tokens = commands.add_parser("esi", help="EVE SSO tokens for the corporation datasets")
+    token_commands = esi_tokens.add_subparsers(dest="action", required=True)
+    login = token_commands.add_parser("login", help="log a character in (browser, PKCE, local callback on 127.0.0.1)")
+    login.add_argument("--scope", action="append", help="request only these scopes (default: every dataset's)")
+    login.add_argument("--open", action="store_true", help="open the login page in a browser")
+    token_commands.add_parser("add-token", help="store a refresh token read from stdin or ESI_REFRESH_TOKEN (headless)")
+    token_commands.add_parser("tokens", help="list stored tokens (no secrets)")
+
     args = parser.parse_args(argv)
+    if args.command == "esi":
+        return _esi_tokens(args)
     if args.command == "sandbox":
         from .sandbox.server import run
 
@@ -50,6 +60,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         return _run_dagster_dev(env, args.host, args.port)
     return _run_demo(env, args.host, args.port, args.sandbox_port)
+
+
+def _esi_tokens(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from .api import DEFAULT_ESI_URL, EsiResource
+    from .api.esi_auth import lookup_identity
+    from .auth import login as sso_login
+    from .auth.errors import AuthError
+
+    env = dict(os.environ)
+    if not env.get("SYNC_ASSETS_DATABASE_URL"):
+        prepare_environment(env)  # the embedded database, as `sync-assets dev` uses it
+    lookup = partial(lookup_identity, EsiResource(base_url=env.get("SYNC_ASSETS_ESI_URL") or DEFAULT_ESI_URL))
+    try:
+        if args.action == "login":
+            sso_login.login(tuple(args.scope) if args.scope else sso_login.DEFAULT_SCOPES, lookup=lookup, env=env, open_browser=args.open)
+        elif args.action == "add-token":
+            sso_login.add_token(lookup=lookup, env=env)
+        else:
+            sso_login.print_tokens(env=env)
+    except AuthError as exc:
+        print(f"sync-assets: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int) -> int:

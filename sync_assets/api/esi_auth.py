@@ -21,6 +21,17 @@ from .http import DEFAULT_LOG, Log
 ROLES_MAX_AGE = timedelta(hours=1)  # ESI caches /characters/{id}/roles for 3600 s: no point asking sooner
 
 
+def lookup_identity(esi: EsiResource, access_token: str, character_id: int) -> tuple[int, Sequence[str]]:
+    """(corporation id, corporation roles) of a character, from ESI: the public character sheet
+    and /characters/{id}/roles (only `roles`: hq/base/other roles do not open corporation routes)."""
+    http = esi._client()
+    character = http.get_page(f"/characters/{character_id}", {}, None, None).data
+    roles = http.get_page(
+        f"/characters/{character_id}/roles", {}, None, None, headers={"Authorization": f"Bearer {access_token}"}
+    ).data
+    return int(character["corporation_id"]), list(roles.get("roles") or [])
+
+
 @dataclass(frozen=True)
 class Bearer:
     character_id: int
@@ -91,13 +102,7 @@ class EsiAuthResource(dg.ConfigurableResource):
             tokens.update_identity(engine, token.character_id, corporation, roles)
 
     def lookup_identity(self, access_token: str, character_id: int) -> tuple[int, Sequence[str]]:
-        """(corporation id, corporation roles) of a character, from ESI."""
-        http = self.esi._client()
-        character = http.get_page(f"/characters/{character_id}", {}, None, None).data
-        roles = http.get_page(
-            f"/characters/{character_id}/roles", {}, None, None, headers={"Authorization": f"Bearer {access_token}"}
-        ).data
-        return int(character["corporation_id"]), list(roles.get("roles") or [])
+        return lookup_identity(self.esi, access_token, character_id)
 
     def report_forbidden(self, bearer: Bearer, dataset: Dataset, detail: str) -> None:
         """ESI refused the token (role lost, left the corporation): mark it so the next run picks

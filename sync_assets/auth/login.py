@@ -27,26 +27,16 @@ from sqlalchemy import Engine, create_engine
 
 from ..warehouse.urls import psycopg2_url
 from .crypto import TokenCipher
+from ..datasets import ESI_DATASETS
 from .errors import LoginError, SsoConfigError, TokenStoreError
 from .sso import EveSso
 from .tokens import Lookup, TokenInfo, ensure_tokens_table, list_tokens, store_grant
 
 __all__ = ["DEFAULT_SCOPES", "add_token", "engine_from_env", "login", "print_tokens"]
 
-#: Every scope the corporation datasets need (ESI.md §8), plus reading the character's roles.
-DEFAULT_SCOPES: tuple[str, ...] = (
-    "esi-assets.read_corporation_assets.v1",
-    "esi-characters.read_corporation_roles.v1",
-    "esi-corporations.read_container_logs.v1",
-    "esi-corporations.read_corporation_membership.v1",
-    "esi-corporations.read_divisions.v1",
-    "esi-corporations.track_members.v1",
-    "esi-industry.read_corporation_jobs.v1",
-    "esi-industry.read_corporation_mining.v1",
-    "esi-killmails.read_corporation_killmails.v1",
-    "esi-markets.read_corporation_orders.v1",
-    "esi-wallet.read_corporation_wallets.v1",
-)
+ROLES_SCOPE = "esi-characters.read_corporation_roles.v1"  # token selection reads the character's roles
+#: Every scope the declared datasets need, plus reading the character's roles.
+DEFAULT_SCOPES: tuple[str, ...] = tuple(sorted({d.auth.scope for d in ESI_DATASETS if d.auth} | {ROLES_SCOPE}))
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _PAGE = (
     "<!doctype html><html><head><meta charset='utf-8'><title>sync-assets</title></head>"
