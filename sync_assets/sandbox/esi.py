@@ -167,6 +167,7 @@ _CORP_PATH_RES: tuple[tuple[str, re.Pattern], ...] = tuple(
         ("killmail", r"/killmails/(?P<killmail_id>[^/]+)/(?P<killmail_hash>[^/]+)"),
         ("container_logs", _C + r"/containers/logs"),
         ("character_roles", r"/characters/(?P<character>[^/]+)/roles"),
+        ("character", r"/characters/(?P<character>[^/]+)"),
     )
 )
 ERROR_NOT_MEMBER = "Character is not in the corporation"
@@ -1127,6 +1128,8 @@ class EsiSandbox:
                 meta["injected"] = True
             elif kind == "other":
                 status, ctype, body = 404, _JSON_CT, _err("Not found")
+            elif kind == "character":
+                status, ctype, body = self._character_route(m, request, now, headers)
             elif kind in CORP_ROUTES:
                 status, ctype, body = await self._corp_route(kind, m, request, now, headers, meta)
             else:
@@ -1404,6 +1407,39 @@ class EsiSandbox:
         headers["content-language"] = "en"
         headers["vary"] = "Accept-Language"
         meta["etag"] = etag
+        return 200, _JSON_CT, body
+
+    def _character_route(self, m: re.Match, request: Request, now: float, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        """Public ``GET /characters/{character_id}`` of a character the SSO knows: where a token
+        holder's corporation comes from. Deterministic sheet; cached 86400 s like ESI."""
+        raw = m.group("character")
+        try:
+            character_id = int(raw)
+        except ValueError:
+            return 400, _JSON_CT, _err(f"Invalid value for path parameter 'character_id': {raw!r} is not an integer")
+        try:
+            character = self.sso.character(character_id)
+        except KeyError:
+            return 404, _JSON_CT, _err("Character not found")
+        rng = random.Random(character_id)
+        sheet = {
+            "achievement_score": rng.randrange(0, 5000),
+            "birthday": f"20{rng.randrange(3, 24):02d}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}T{rng.randrange(24):02d}:00:00Z",
+            "bloodline_id": rng.randrange(1, 15),
+            "corporation_id": character.corporation_id,
+            "gender": rng.choice(("male", "female")),
+            "name": character.name,
+            "race_id": rng.choice((1, 2, 4, 8)),
+            "security_status": round(rng.uniform(-10, 5), 2),
+        }
+        body = orjson.dumps(sheet)
+        etag = md.etag_of(body)
+        headers["cache-control"] = "public"
+        headers["etag"] = etag
+        headers["expires"] = _http_date(now + 86400)
+        headers["last-modified"] = _http_date(now)
+        if request.headers.get("if-none-match") == etag:
+            return 304, _JSON_CT, b""
         return 200, _JSON_CT, body
 
     async def _killmail_route(

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from ..api.snapshot import Snapshot, Validators
-from ..datasets import Dataset
+from ..datasets import ColumnType, Dataset
 from .tables import ensure_sync_state, ensure_table, qi, table_name
 from .urls import psycopg2_url, redacted
 from .writer import WriteResult, read_validators, write_snapshot
@@ -90,7 +90,8 @@ class PostgresWarehouse(dg.ConfigurableResource):
 
     def read_table(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> pd.DataFrame:
         self.ensure_dataset(dataset)
-        cols = ", ".join(qi(c.name) for c in dataset.table_columns)
+        # JSONB comes back as JSON text, the same shape the frames carry it in
+        cols = ", ".join(f"{qi(c.name)}::text AS {qi(c.name)}" if c.type is ColumnType.JSON else qi(c.name) for c in dataset.table_columns)
         sql, params = f"SELECT {cols} FROM {table_name(dataset)}", {}
         if partition_keys is not None and dataset.partitioning is not None:
             sql += f" WHERE {qi(dataset.partitioning.column.name)} = ANY(:keys)"
