@@ -30,7 +30,7 @@ from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 from .conftest import create_database, drop_database
 
-CORP_A, CORP_B = 98000001, 98000002
+CORP_A, CORP_B, CORP_C = 98000001, 98000002, 98000003  # C: token lifecycle tests
 ASSETS = {d.key: build_sync_asset(d, "esi") for d in ESI_CORPORATION_DATASETS}
 PARTITIONS = ESI_CORPORATION_DATASETS[0].partitioning.dynamic
 
@@ -47,7 +47,7 @@ class World:
             client_secret=sandbox.sso.client_secret, token_key=self.key, sso_url=url, sso_issuer="login.eveonline.com",
         )
         self.instance = dg.DagsterInstance.ephemeral()
-        self.instance.add_dynamic_partitions(PARTITIONS, [str(CORP_A), str(CORP_B)])
+        self.instance.add_dynamic_partitions(PARTITIONS, [str(CORP_A), str(CORP_B), str(CORP_C)])
         self.directors: dict[int, int] = {}
 
     def connect(self, corporation_id: int, **character: Any) -> int:
@@ -71,13 +71,22 @@ class World:
         return dg.materialize(assets, partition_key=str(corporation_id), resources=self.resources(),
                               instance=self.instance, raise_on_error=raise_on_error)
 
+    def expire(self, dataset: Dataset, corporation_id: int) -> None:
+        """Let the stored ESI cache times pass (as if the clock moved past Expires)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE sync_assets.sync_state SET expires_at = now() - interval '1 second' "
+                     "WHERE dataset = :d AND partition_key LIKE :p"),
+                {"d": dataset.key, "p": f"{corporation_id}%"},
+            )
+
     def table(self, dataset: Dataset, corporation_id: int) -> pd.DataFrame:
         return self.warehouse.read_table(dataset, [str(corporation_id)])
 
 
 @pytest.fixture(scope="module")
 def world(pg_server_url: str) -> Iterator[World]:
-    sandbox = EsiSandbox(regions={10000002: 1}, n_price_types=10, corporations={CORP_A: "small", CORP_B: "small"})
+    sandbox = EsiSandbox(regions={10000002: 1}, n_price_types=10, corporations={c: "small" for c in (CORP_A, CORP_B, CORP_C)})
     database_url = create_database(pg_server_url, "corp")
     with serve_in_thread(sandbox) as url:
         w = World(sandbox, url, database_url)
@@ -154,3 +163,119 @@ def test_every_corporation_dataset_syncs_for_two_corporations(world: World) -> N
     # the two partitions hold different data
     a, b = (world.table(declared.CORPORATION_ASSETS, c) for c in (CORP_A, CORP_B))
     assert set(a["item_id"]).isdisjoint(set(b["item_id"]))
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    texts = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None:
+            texts.append(error.message)
+            error = error.cause
+    return "\n".join(texts)
+
+
+def test_wallet_transactions_resume_from_the_stored_id_without_duplicates(world: World) -> None:
+    dataset = declared.WALLET_TRANSACTIONS
+    world.sync([dataset], CORP_A)
+    before = world.table(dataset, CORP_A)
+    world.sandbox.refresh("wallet_transactions", corporation_id=CORP_A)
+    world.expire(dataset, CORP_A)
+    world.sandbox.reset_counters()
+    result = world.sync([dataset], CORP_A)
+    # a ledger keeps what ESI has forgotten: the table is what it held plus what ESI serves now
+    current = world.sandbox.corp_data(CORP_A).transactions.assign(corporation_id=CORP_A)
+    columns, key = [c.name for c in dataset.table_columns], list(dataset.primary_key)
+    union = pd.concat([before[columns], current[columns].astype(before[columns].dtypes.to_dict())]).drop_duplicates(key, keep="last")
+    table = world.table(dataset, CORP_A)
+    assert rows(table, columns, key) == rows(union, columns, key)
+    new = len(table) - len(before)
+    assert new > 0 and len(current) > 0
+    [event] = result.get_asset_materialization_events()
+    assert event.materialization.metadata["rows_inserted"].value == new
+    assert event.materialization.metadata["rows_updated"].value == 0
+    # one call per division: each walk stopped at the newest stored transaction
+    assert world.sandbox.counter("wallet_transactions")["requests"] == 7
+    cursors = world.engine.connect().execute(text(
+        "SELECT partition_key, cursor FROM sync_assets.sync_state WHERE dataset = 'esi.wallet_transactions' "
+        "AND partition_key LIKE :p"), {"p": f"{CORP_A}/%"}).all()
+    for key, cursor in cursors:
+        division = int(key.split("division=")[1])
+        ids = table.loc[table.division == division, "transaction_id"]
+        assert (cursor is None and ids.empty) or int(cursor) == ids.max()
+
+
+def test_killmail_details_are_fetched_once(world: World) -> None:
+    ids, details = declared.CORPORATION_KILLMAIL_IDS, declared.CORPORATION_KILLMAILS
+    world.sandbox.reset_counters()
+    world.sync([ids, details], CORP_B)  # everything already stored: nothing to fetch
+    assert world.sandbox.killmail_fetch_counts() == {}
+    stored = set(world.table(details, CORP_B)["killmail_id"])
+    world.sandbox.refresh("killmails_recent", corporation_id=CORP_B)
+    world.expire(ids, CORP_B)
+    world.sync([ids, details], CORP_B)
+    counts = world.sandbox.killmail_fetch_counts()
+    now_stored = set(world.table(details, CORP_B)["killmail_id"])
+    assert now_stored > stored
+    assert set(counts) == now_stored - stored and set(counts.values()) == {1}
+
+
+def test_a_missing_scope_fails_fast_naming_it_without_calling_esi(world: World) -> None:
+    scopes = [s for s in world.sandbox.sso.character(world.directors[CORP_A]).scopes if s != "esi-assets.read_corporation_assets.v1"]
+    world.connect(CORP_C, scopes=scopes, roles=("Director", "Accountant", "Factory_Manager", "Trader"))
+    world.sandbox.reset_counters()
+    result = world.sync([declared.CORPORATION_ASSETS], CORP_C, raise_on_error=False)
+    assert not result.success
+    message = failure_text(result)
+    assert "esi-assets.read_corporation_assets.v1" in message and str(CORP_C) in message
+    assert world.sandbox.counter("assets")["requests"] == 0
+
+
+def test_a_role_lost_mid_sync_is_a_403_that_deletes_nothing(world: World) -> None:
+    dataset = declared.MEMBER_TRACKING
+    assert world.sync([dataset], CORP_C).success
+    before = world.table(dataset, CORP_C)
+    [character] = [t.character_id for t in tokens.list_tokens(world.engine) if t.corporation_id == CORP_C]
+    world.sandbox.sso.set_roles(character, ["Accountant"])  # in game; our stored roles still say Director
+    world.expire(dataset, CORP_C)
+    result = world.sync([dataset], CORP_C, raise_on_error=False)
+    assert not result.success and "Character does not have required role(s)" in failure_text(result)
+    pd.testing.assert_frame_equal(world.table(dataset, CORP_C), before)
+    token = tokens.get_token(world.engine, character)
+    assert token.status == "lost_role" and "member_tracking" in token.status_detail
+
+
+def test_invalid_grant_marks_the_token_and_tells_the_user_to_log_in_again(world: World) -> None:
+    dataset = declared.CORPORATION_MEMBERS
+    assert world.sync([dataset], CORP_C).success
+    before = world.table(dataset, CORP_C)
+    [character] = [t.character_id for t in tokens.list_tokens(world.engine) if t.corporation_id == CORP_C]
+    world.sandbox.sso.revoke(character)
+    tokens.forget_access_token(world.engine, character)  # the next use must refresh
+    world.expire(dataset, CORP_C)
+    result = world.sync([dataset], CORP_C, raise_on_error=False)
+    assert not result.success and "log in again" in failure_text(result)
+    assert tokens.get_token(world.engine, character).status == "invalid_grant"
+    pd.testing.assert_frame_equal(world.table(dataset, CORP_C), before)
+
+
+def test_no_secret_in_the_event_log_metadata_or_any_table(world: World) -> None:
+    secrets = set(world.sandbox.sso.issued_secrets()) | {world.key, world.sandbox.sso.client_secret}
+    assert len(secrets) > 5
+    haystacks: list[str] = []
+    for run in world.instance.get_runs():
+        for entry in world.instance.all_logs(run.run_id):
+            haystacks.append(entry.user_message or "")
+            if entry.dagster_event is not None:
+                haystacks.append(repr(entry.dagster_event))
+        haystacks.append(repr(run.run_config) + repr(run.tags))
+    with world.engine.connect() as conn:
+        tables = conn.execute(text(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema IN ('esi', 'sync_assets')")).all()
+        assert len(tables) >= 15
+        for schema, table in tables:
+            haystacks.extend(conn.execute(text(f'SELECT t::text FROM "{schema}"."{table}" t')).scalars().all())
+    text_blob = "\n".join(haystacks)
+    assert len(text_blob) > 1_000_000
+    leaked = [s[:6] + "…" for s in secrets if s in text_blob]
+    assert leaked == []

@@ -291,7 +291,8 @@ def select_token(engine: Engine, corporation_id: int, scope: str, roles_any: Seq
     rejected = []
     for token in members:
         why = []
-        if token.status != "valid":
+        # A token that lost a role still serves routes that need none (membership is enough).
+        if token.status != "valid" and not (token.status == "lost_role" and not roles_any):
             why.append(f"status {token.status}" + (f" ({token.status_detail})" if token.status_detail else ""))
         if scope not in token.scopes:
             why.append("lacks the scope")
