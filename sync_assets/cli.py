@@ -96,9 +96,43 @@ def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int) -> i
         _wait_for(f"{url}/status", sandbox)
         env["SYNC_ASSETS_ESI_URL"] = url
         print(f"sync-assets: ESI sandbox at {url}", flush=True)
+        _connect_demo_corporations(env, url)
         return _run_dagster_dev(env, host, port)
     finally:
         _stop(sandbox)
+
+
+def _connect_demo_corporations(env: dict[str, str], url: str) -> None:
+    """Point the EVE SSO settings at the sandbox and log in a director of each sandbox
+    corporation, so the corporation datasets work offline too (the sensor adds the partitions)."""
+    from functools import partial
+
+    from cryptography.fernet import Fernet
+
+    from .api import EsiResource
+    from .api.esi_auth import lookup_identity
+    from .auth import tokens
+    from .auth.crypto import TokenCipher
+    from .auth.login import engine_from_env
+    from .auth.sso import EveSso
+    from .sandbox.sso import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+
+    key_file = Path(env["DAGSTER_HOME"]) / "demo_token_key"
+    if not key_file.exists():
+        key_file.write_text(Fernet.generate_key().decode())
+        key_file.chmod(0o600)
+    env.update(
+        ESI_SSO_URL=url, ESI_SSO_ISSUER="login.eveonline.com", ESI_CLIENT_ID=SANDBOX_CLIENT_ID,
+        ESI_CLIENT_SECRET=SANDBOX_CLIENT_SECRET, SYNC_ASSETS_TOKEN_KEY=env.get("SYNC_ASSETS_TOKEN_KEY") or key_file.read_text().strip(),
+    )
+    engine = engine_from_env(env)
+    lookup = partial(lookup_identity, EsiResource(base_url=url))
+    with EveSso.from_env(env) as sso:
+        for corporation_id in map(int, httpx.get(f"{url}/_sandbox/corporations", timeout=30).json()):
+            grant = httpx.post(f"{url}/_sandbox/characters", json={"corporation_id": corporation_id, "director": True}, timeout=30).json()
+            info = tokens.add_refresh_token(engine, sso, grant["refresh_token"], lookup=lookup, cipher=TokenCipher.from_env(env))
+            print(f"sync-assets: demo director {info.label} of corporation {corporation_id} connected", flush=True)
+    engine.dispose()
 
 
 def _run_dagster_dev(env: dict[str, str], host: str, port: int) -> int:

@@ -279,3 +279,22 @@ def test_no_secret_in_the_event_log_metadata_or_any_table(world: World) -> None:
     assert len(text_blob) > 1_000_000
     leaked = [s[:6] + "…" for s in secrets if s in text_blob]
     assert leaked == []
+
+
+def test_the_sensor_adds_new_corporations_and_reports_dead_ones_without_deleting(world: World) -> None:
+    from sync_assets.defs.sensors import build_corporation_sensor
+
+    sensor = build_corporation_sensor(PARTITIONS)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(PARTITIONS, [str(CORP_C)])  # C's only token is invalid by now (above)
+        with dg.build_sensor_context(instance=instance, resources={AUTH_RESOURCE_KEY: world.auth}) as context:
+            result = sensor.evaluate_tick(context)
+        [request] = result.dynamic_partitions_requests
+        assert sorted(request.partition_keys) == [str(CORP_A), str(CORP_B)]
+        assert isinstance(request, dg.AddDynamicPartitionsRequest)
+        assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == [str(CORP_C)]  # nothing removed
+        instance.add_dynamic_partitions(PARTITIONS, [str(CORP_A), str(CORP_B)])
+        with dg.build_sensor_context(instance=instance, resources={AUTH_RESOURCE_KEY: world.auth}) as context:
+            again = sensor.evaluate_tick(context)
+        assert not again.dynamic_partitions_requests
+        assert str(CORP_C) in again.skip_message and "data kept" in again.skip_message

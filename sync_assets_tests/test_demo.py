@@ -118,3 +118,43 @@ def _data_url(data_dir: Path) -> str:
     from sync_assets.warehouse.urls import with_database
 
     return with_database(start_embedded_postgres(data_dir), "sync_assets")
+
+
+PARTITIONS = """
+query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode { partitionKeys } } }
+"""
+
+
+def _wait_for_run(demo: Demo, run_id: str) -> str | None:
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        status = demo.graphql(RUN, {"id": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    return status
+
+
+def test_demo_connects_sandbox_corporations_and_the_sensor_adds_their_partitions(demo: Demo) -> None:
+    deadline, keys = time.monotonic() + 180, []
+    while time.monotonic() < deadline:
+        node = demo.graphql(PARTITIONS, {"key": {"path": ["esi", "corporation_members"]}})["assetNodeOrError"]
+        keys = node.get("partitionKeys") or []
+        if len(keys) >= 2:
+            break
+        time.sleep(3)
+    assert sorted(keys) == ["98000001", "98000002"]
+    params = {
+        "selector": {"repositoryLocationName": "sync_assets", "repositoryName": "__repository__", "jobName": "sync_esi_corporation_members"},
+        "mode": "default",
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "98000001"}]},
+    }
+    launched = demo.graphql(LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    assert _wait_for_run(demo, launched["run"]["runId"]) == "SUCCESS"
+    engine = create_engine(_data_url(demo.home / "pgdata"))
+    with engine.connect() as conn:
+        members = conn.execute(text("SELECT count(*) FROM esi.corporation_members WHERE corporation_id = 98000001")).scalar_one()
+    engine.dispose()
+    assert members > 10

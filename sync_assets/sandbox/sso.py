@@ -52,6 +52,10 @@ INVALID_REFRESH = "Invalid refresh token. Token missing/expired."
 _FORM = "application/x-www-form-urlencoded"
 
 
+# The sandbox application's credentials (offline only; the demo configures the client with them).
+SANDBOX_CLIENT_ID = "sandbox-client-id"
+SANDBOX_CLIENT_SECRET = "sandbox-client-secret"
+
 class SsoAuthError(Exception):
     """What ESI answers for a missing, invalid or expired bearer token (ESI.md §7.5)."""
 
@@ -112,8 +116,8 @@ class SsoSandbox:
 
     def __init__(
         self,
-        client_id: str = "sandbox-client-id",
-        client_secret: str = "sandbox-client-secret",
+        client_id: str = SANDBOX_CLIENT_ID,
+        client_secret: str = SANDBOX_CLIENT_SECRET,
         *,
         access_token_ttl: int = 1200,
         issuer: str = "https://login.eveonline.com",
