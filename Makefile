@@ -31,6 +31,7 @@ validate: install
 
 ## Benchmarks (not part of `make test`); results go to bench/RESULTS.md.
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/market_orders.py --write bench/RESULTS.md
 
 clean:
