@@ -14,6 +14,7 @@ from .datasets.esi import CORPORATIONS
 from .defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
 from .defs.automation import build_schedule, build_sync_job
 from .defs.sensors import build_corporation_sensor
+from .settings import with_overrides
 from .warehouse import PostgresWarehouse, SnapshotIOManager
 
 ESI_URL_ENV = "SYNC_ASSETS_ESI_URL"
@@ -35,7 +36,7 @@ def build_definitions(
         sso_issuer=os.environ.get("ESI_SSO_ISSUER") or None,
     )
     assets, jobs, schedules = [], [], []
-    for dataset in ESI_DATASETS:
+    for dataset in map(with_overrides, ESI_DATASETS):
         asset = build_sync_asset(dataset, resource_key="esi")
         job = build_sync_job(dataset, asset)
         assets.append(asset)

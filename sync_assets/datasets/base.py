@@ -139,6 +139,7 @@ class Dataset:
     transform: Callable[[Any], Any] | None = None  # payload -> list of row dicts, when not already that
     rate_limit_group: str | None = None
     cron: str | None = None  # schedule; derived from cache_seconds when None
+    freshness: tuple[int, int] | None = None  # (warn, fail) seconds; derived from cache_seconds when None
     group: str | None = None  # Dagster asset group; the API name when None
 
     @property
@@ -167,6 +168,8 @@ class Dataset:
     @property
     def freshness_windows(self) -> tuple[timedelta, timedelta]:
         """(warn, fail): a dataset is late after missing two refreshes, failing after five."""
+        if self.freshness is not None:
+            return timedelta(seconds=self.freshness[0]), timedelta(seconds=self.freshness[1])
         period = max(self.cache_seconds, 60)
         return timedelta(seconds=3 * period), timedelta(seconds=6 * period)
 
