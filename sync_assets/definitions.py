@@ -24,7 +24,7 @@ DATABASE_URL_ENV = "SYNC_ASSETS_DATABASE_URL"
 def build_definitions(
     esi: EsiResource | None = None, warehouse: PostgresWarehouse | None = None, esi_auth: EsiAuthResource | None = None
 ) -> dg.Definitions:
-    esi = esi or EsiResource(base_url=os.environ.get(ESI_URL_ENV) or DEFAULT_ESI_URL)
+    esi = esi or EsiResource(base_url=os.environ.get(ESI_URL_ENV) or DEFAULT_ESI_URL, budget_database_url=dg.EnvVar(DATABASE_URL_ENV))
     warehouse = warehouse or PostgresWarehouse(database_url=dg.EnvVar(DATABASE_URL_ENV))
     esi_auth = esi_auth or EsiAuthResource(
         esi=esi,

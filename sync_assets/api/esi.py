@@ -9,12 +9,15 @@ from typing import Any
 import dagster as dg
 import httpx
 import pandas as pd
+from sqlalchemy import create_engine
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
 from ..datasets import Dataset, Paging
 from .frames import empty_frame, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
+from ..warehouse.urls import psycopg2_url
+from .budget import BudgetKey, BudgetPolicy, PostgresBudget
 from .errors import MalformedPayload
 from .pagination import FromIdWalker, XPagesWalker
 from .requests import SliceRequest
@@ -40,6 +43,11 @@ class EsiResource(dg.ConfigurableResource):
     max_walks: int = Field(default=3, ge=1, le=10, description="Page walks per snapshot before giving up")
     error_limit_floor: int = Field(default=10, ge=0, description="Wait for the error window reset at this many errors left")
     expiry_guard_s: float = Field(default=3.0, ge=0, description="Wait for the next snapshot if page 1 expires this soon")
+    budget_database_url: str | None = Field(
+        default=None,
+        description="Postgres holding the budgets shared by every process (rate-limit buckets, error-limit latch, "
+        "circuit breaker); env SYNC_ASSETS_DATABASE_URL. Unset: budgets are per process.",
+    )
 
     _http: ApiHttpClient | None = PrivateAttr(default=None)
 
@@ -69,6 +77,7 @@ class EsiResource(dg.ConfigurableResource):
         previous: Validators | None = None,
         *,
         bearer: str | None = None,
+        principal: str = "public",
         full_refresh: bool = False,
         log: Log = DEFAULT_LOG,
     ) -> Snapshot:
@@ -88,20 +97,25 @@ class EsiResource(dg.ConfigurableResource):
         stats = FetchStats()
         started = time.perf_counter()
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+        budget_key = BudgetKey(dataset.api, dataset.rate_limit_group, principal)
         parse = _page_parser(dataset, label)
         if dataset.paging is Paging.FROM_ID:
-            responses, frames = self._walk_from_id(dataset, request, previous, full_refresh, headers, parse, stats, log)
+            responses, frames = self._walk_from_id(dataset, request, previous, full_refresh, headers, parse, stats, log, budget_key)
         else:
             walker = XPagesWalker(
                 self._client(), request.path, dataset.query, paginated=dataset.paging is Paging.X_PAGES,
                 max_concurrency=self.max_concurrency, max_walks=self.max_walks, expiry_guard_s=self.expiry_guard_s,
-                parse=parse, stats=stats, log=log, label=label, headers=headers,
+                parse=parse, stats=stats, log=log, label=label, headers=headers, budget_key=budget_key,
             )
             etags = None if full_refresh or not previous else previous.page_etags
             result = walker.walk(etags or None)
             responses, frames = result.responses, result.parsed
         stats.pages = len(responses)
         stats.duration_s = time.perf_counter() - started
+        budget = self._client().budget
+        if budget is not None:
+            stats.budget_remaining = budget.remaining(budget_key)
+            stats.budget_wait_s = budget.waited_s
         validators = Validators(
             # from_id walks revalidate only their first (newest) response; page walks every page
             page_etags=tuple(r.etag or "" for r in (responses[:1] if dataset.paging is Paging.FROM_ID else responses)),
@@ -119,9 +133,9 @@ class EsiResource(dg.ConfigurableResource):
         )
         return Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, frame, stats, context=request.context)
 
-    def _walk_from_id(self, dataset, request, previous, full_refresh, headers, parse, stats, log):
+    def _walk_from_id(self, dataset, request, previous, full_refresh, headers, parse, stats, log, budget_key):
         walker = FromIdWalker(self._client(), request.path, dataset.query, id_field=dataset.cursor_field or "",
-                              parse=parse, stats=stats, log=log, label=request.label, headers=headers)
+                              parse=parse, stats=stats, log=log, label=request.label, headers=headers, budget_key=budget_key)
         use_state = previous is not None and not full_refresh
         first_etag = previous.page_etags[0] if use_state and previous.page_etags else None
         stop_at = int(previous.cursor) if use_state and previous.cursor else None
@@ -144,7 +158,15 @@ class EsiResource(dg.ConfigurableResource):
             max_connections=self.max_concurrency,
             retry=RetryPolicy(self.max_attempts, self.backoff_initial_s, self.backoff_max_s),
             gate=ErrorLimitGate(self.error_limit_floor),
+            budget=self._budget(),
         )
+
+    def _budget(self) -> PostgresBudget | None:
+        if not self.budget_database_url:
+            return None
+        url = psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL")
+        engine = create_engine(url, pool_pre_ping=True, pool_size=max(2, self.max_concurrency), max_overflow=4)
+        return PostgresBudget(engine, BudgetPolicy(error_limit_floor=self.error_limit_floor))
 
 
 def _page_parser(dataset: Dataset, label: str):

@@ -8,13 +8,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import httpx
 import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .errors import HttpStatusError, MalformedPayload, PageOutOfRange, PermanentHttpError, TransientHttpError
+
+if TYPE_CHECKING:
+    from .budget import BudgetKey, PostgresBudget
 
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 520})
 ERROR_LIMITED = 420  # ESI: the error budget is exhausted, every route answers 420 until the reset
@@ -108,9 +111,11 @@ class ApiHttpClient:
         gate: ErrorLimitGate,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        budget: "PostgresBudget | None" = None,
     ):
         self.retry = retry
         self.gate = gate
+        self.budget = budget  # shared across processes; without it only this process's view counts
         self._sleep = sleep
         self._client = httpx.Client(
             base_url=base_url,
@@ -132,6 +137,7 @@ class ApiHttpClient:
         log: Log = DEFAULT_LOG,
         on_retry: Callable[[], None] = lambda: None,
         headers: Mapping[str, str] | None = None,
+        budget_key: "BudgetKey | None" = None,
     ) -> PageResponse:
         """GET one page; retries transient failures, raises a precise error otherwise."""
 
@@ -154,8 +160,9 @@ class ApiHttpClient:
         )
         for attempt in retrying:
             with attempt:
-                self.gate.wait_turn(log)
-                return self._get_once(path, params, page, etag, headers)
+                if self.budget is None:
+                    self.gate.wait_turn(log)
+                return self._get_once(path, params, page, etag, headers, budget_key, log)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _wait(self, state: RetryCallState) -> float:
@@ -165,7 +172,8 @@ class ApiHttpClient:
         return wait_exponential_jitter(initial=self.retry.initial_wait_s, max=self.retry.max_wait_s)(state)
 
     def _get_once(
-        self, path: str, params: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None
+        self, path: str, params: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None,
+        budget_key: "BudgetKey | None" = None, log: Log = DEFAULT_LOG,
     ) -> PageResponse:
         query = dict(params)
         if page is not None:
@@ -173,7 +181,15 @@ class ApiHttpClient:
         headers = dict(extra or {})
         if etag:
             headers["If-None-Match"] = etag
-        response = self._client.get(path, params=query, headers=headers)
+        reservation = self.budget.before_request(budget_key, log) if self.budget and budget_key else None
+        try:
+            response = self._client.get(path, params=query, headers=headers)
+        except httpx.TransportError:
+            if reservation:
+                self.budget.after_response(reservation, None, {})  # type: ignore[union-attr]
+            raise
+        if reservation:
+            self.budget.after_response(reservation, response.status_code, response.headers)  # type: ignore[union-attr]
         self.gate.observe(response.headers)
         status = response.status_code
         if status == 304 or status == 200:

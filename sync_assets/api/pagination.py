@@ -54,8 +54,9 @@ class XPagesWalker:
         log: Log,
         label: str,
         headers: Mapping[str, str] | None = None,
+        budget_key: Any = None,
     ):
-        self.headers = headers
+        self.headers, self.budget_key = headers, budget_key
         self.http, self.path, self.params = http, path, params
         self.paginated, self.max_concurrency = paginated, max_concurrency
         self.max_walks, self.expiry_guard_s = max_walks, expiry_guard_s
@@ -133,7 +134,7 @@ class XPagesWalker:
     def _fetch(self, page: int, etag: str | None) -> PageResponse:
         response = self.http.get_page(
             self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=self._count_retry,
-            headers=self.headers,
+            headers=self.headers, budget_key=self.budget_key,
         )
         with self._stats_lock:
             self.stats.requests += 1
@@ -201,8 +202,9 @@ class FromIdWalker:
 
     def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, id_field: str,
                  parse: ParsePage, stats: FetchStats, log: Log, label: str,
-                 headers: Mapping[str, str] | None = None, max_calls: int = 10_000):
+                 headers: Mapping[str, str] | None = None, max_calls: int = 10_000, budget_key: Any = None):
         self.http, self.path, self.params, self.id_field = http, path, params, id_field
+        self.budget_key = budget_key
         self.parse, self.stats, self.log, self.label, self.headers = parse, stats, log, label, headers
         self.max_calls = max_calls
 
@@ -241,7 +243,9 @@ class FromIdWalker:
         params = dict(self.params)
         if from_id is not None:
             params["from_id"] = from_id
-        response = self.http.get_page(self.path, params, None, etag, self.log, on_retry=self._count_retry, headers=self.headers)
+        response = self.http.get_page(
+            self.path, params, None, etag, self.log, on_retry=self._count_retry, headers=self.headers, budget_key=self.budget_key
+        )
         self.stats.requests += 1
         self.stats.body_bytes += response.body_bytes
         if response.status == 200:

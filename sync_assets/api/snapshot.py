@@ -42,6 +42,8 @@ class FetchStats:
     walks: int = 0  # page walks started (more than one means a refetch for consistency)
     duplicates_dropped: int = 0
     duration_s: float = 0.0
+    budget_remaining: int | None = None  # tokens left in the rate-limit bucket after the fetch
+    budget_wait_s: float = 0.0  # time spent waiting for shared budgets
 
 
 class Outcome(str, Enum):

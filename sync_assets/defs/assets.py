@@ -82,7 +82,8 @@ def _fetch(context, api, warehouse, dataset: Dataset, request: SliceRequest, bea
     previous = None if _stateless(dataset) else warehouse.read_validators(dataset, request.state_key)
     try:
         return api.fetch_snapshot(
-            dataset, request, previous, bearer=bearer.token if bearer else None, full_refresh=config.full_refresh, log=context.log
+            dataset, request, previous, bearer=bearer.token if bearer else None,
+            principal=str(bearer.character_id) if bearer else "public", full_refresh=config.full_refresh, log=context.log,
         )
     except PermanentHttpError as exc:
         if bearer is not None and exc.status == 403:  # e.g. the character lost its role: say so, delete nothing
@@ -149,8 +150,11 @@ def fetch_metadata(snapshot: Snapshot) -> dict[str, Any]:
         "retries": stats.retries,
         "page_walks": stats.walks,
         "fetch_seconds": round(stats.duration_s, 3),
+        "budget_wait_seconds": round(stats.budget_wait_s, 3),
         "data_version": snapshot.data_version,
     }
+    if stats.budget_remaining is not None:
+        metadata["budget_remaining"] = stats.budget_remaining
     if v.expires_at:
         metadata["expires_at"] = dg.MetadataValue.timestamp(v.expires_at)
     if v.last_modified:

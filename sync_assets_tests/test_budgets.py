@@ -1,0 +1,93 @@
+"""Budgets shared by every process, through Postgres, against the sandbox's real limiters."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Iterator
+
+import dagster as dg
+import pytest
+
+from sync_assets.api import EsiResource
+from sync_assets.api.budget import BudgetKey, BudgetPolicy, CircuitOpen, PostgresBudget
+from sync_assets.datasets import MARKET_ORDERS
+from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.sandbox.esi import EsiSandbox
+from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
+
+REGIONS = ["10000002", "10000043", "10000032", "10000030"]
+R = 8  # requests per second the sandbox allows on the market-order route
+
+
+def _sync_region(url: str, database_url: str, region: str) -> bool:
+    """One run in its own process, as the multiprocess executor or a run launcher would do."""
+    warehouse = PostgresWarehouse(database_url=database_url)
+    esi = EsiResource(base_url=url, budget_database_url=database_url, expiry_guard_s=0, max_concurrency=8)
+    result = dg.materialize(
+        [build_sync_asset(MARKET_ORDERS, "esi")], partition_key=region,
+        resources={"esi": esi, "warehouse": warehouse, IO_MANAGER_KEY: SnapshotIOManager(warehouse=warehouse)},
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+    )
+    return result.success
+
+
+@pytest.fixture
+def limited_sandbox() -> Iterator[tuple[EsiSandbox, str]]:
+    sandbox = EsiSandbox(regions={int(r): 6 for r in REGIONS}, n_price_types=10, request_log=True,
+                         rate_limit_window=1, rate_limit_tokens={"market-order": 2 * R})  # a 200 costs 2 tokens
+    with serve_in_thread(sandbox) as url:
+        yield sandbox, url
+
+
+def test_four_concurrent_runs_share_one_bucket_without_a_429(limited_sandbox, database_url: str) -> None:
+    sandbox, url = limited_sandbox
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        results = pool.starmap(_sync_region, [(url, database_url, region) for region in REGIONS])
+    assert results == [True] * 4
+    orders = sandbox.counters()["orders"]
+    assert orders["status_429"] == 0 and orders["status_200"] == 4 * 6
+    times = sorted(entry["time"] for entry in sandbox.request_log() if entry["route"] == "orders")
+    peak = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert peak <= R, f"{peak} requests within one second, the limit is {R}"
+
+
+def test_a_403_storm_stops_before_the_error_limit_and_never_earns_a_420(database_url: str) -> None:
+    sandbox = EsiSandbox(regions={10000002: 1}, n_price_types=10, corporations={98000001: "small"},
+                         error_limit=20, error_limit_window=3)
+    with serve_in_thread(sandbox) as url:
+        esi = EsiResource(base_url=url, budget_database_url=database_url, error_limit_floor=5, max_attempts=1)
+        http = esi._client()
+        key = BudgetKey("esi", None)
+        rejected = 0
+        for _ in range(45):  # no token at all: every call is a 401/403 error
+            with pytest.raises(Exception):
+                http.get_page("/corporations/98000001/assets", {}, 1, None, budget_key=key)
+            rejected += 1
+        counters = sandbox.counters()["total"]
+        assert counters["status_4xx"] == rejected and counters["status_420"] == 0
+        assert http.budget is not None and http.budget.waited_s > 0  # it waited for window resets instead
+        esi.close()
+
+
+def test_repeated_server_errors_open_the_circuit_for_every_process(database_url: str) -> None:
+    sandbox = EsiSandbox(regions={10000002: 1}, n_price_types=10, error_rate=1.0)
+    with serve_in_thread(sandbox) as url:
+        esi = EsiResource(base_url=url, budget_database_url=database_url, max_attempts=1)
+        for _ in range(8):
+            with pytest.raises(Exception):
+                esi._client().get_page("/markets/prices", {}, None, None, budget_key=BudgetKey("esi", None))
+        other_process = PostgresBudget(esi._client().budget.engine, BudgetPolicy())
+        assert other_process.open_circuit("esi")
+        before = sandbox.counters()["total"]["requests"]
+        with pytest.raises(CircuitOpen, match="circuit is open"):
+            other_process.before_request(BudgetKey("esi", None), log=_quiet())
+        assert sandbox.counters()["total"]["requests"] == before  # refused without asking
+        esi.close()
+
+
+class _quiet:
+    def info(self, msg: str) -> None: ...
+
+    def warning(self, msg: str) -> None: ...
