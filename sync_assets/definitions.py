@@ -13,7 +13,9 @@ from .datasets import ESI_DATASETS
 from .datasets.esi import CORPORATIONS
 from .defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
 from .defs.automation import build_schedule, build_sync_job
-from .defs.sensors import build_corporation_sensor
+from .defs.checks import build_schema_check
+from .defs.maintenance import maintenance_job, maintenance_schedule
+from .defs.sensors import build_corporation_sensor, build_expiry_sensor, build_failure_sensor
 from .settings import with_overrides
 from .warehouse import PostgresWarehouse, SnapshotIOManager
 
@@ -35,18 +37,21 @@ def build_definitions(
         sso_url=os.environ.get("ESI_SSO_URL") or DEFAULT_SSO_URL,
         sso_issuer=os.environ.get("ESI_SSO_ISSUER") or None,
     )
-    assets, jobs, schedules = [], [], []
+    assets, checks, jobs, schedules, entries = [], [], [], [], {}
     for dataset in map(with_overrides, ESI_DATASETS):
         asset = build_sync_asset(dataset, resource_key="esi")
         job = build_sync_job(dataset, asset)
         assets.append(asset)
+        checks.append(build_schema_check(dataset, asset))
         jobs.append(job)
         schedules.append(build_schedule(dataset, asset, job))
+        entries[dataset.key] = (dataset, asset, job)
     return dg.Definitions(
         assets=assets,
-        jobs=jobs,
-        schedules=schedules,
-        sensors=[build_corporation_sensor(CORPORATIONS.dynamic or "")],
+        asset_checks=checks,
+        jobs=[*jobs, maintenance_job],
+        schedules=[*schedules, maintenance_schedule],
+        sensors=[build_corporation_sensor(CORPORATIONS.dynamic or ""), build_expiry_sensor(entries), build_failure_sensor()],
         resources={
             "esi": esi,
             AUTH_RESOURCE_KEY: esi_auth,

@@ -63,43 +63,46 @@ def _database_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNC_ASSETS_DATABASE_URL", "postgresql+psycopg2://sync@127.0.0.1:1/unused")
 
 
-def _tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance):
-    ctx = dg.build_schedule_context(
+def _tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, database_url: str, hour: int = 5):
+    from sync_assets.warehouse import PostgresWarehouse
+
+    with dg.build_schedule_context(
         instance=instance,
-        scheduled_execution_time=datetime(2026, 11, 23, 5, 7, tzinfo=timezone.utc),
+        scheduled_execution_time=datetime(2026, 11, 23, hour, 7, tzinfo=timezone.utc),
         repository_def=defs.get_repository_def(),
-    )
-    return schedule.evaluate_tick(ctx)
+        resources={"warehouse": PostgresWarehouse(database_url=database_url)},
+    ) as ctx:
+        return schedule.evaluate_tick(ctx)
 
 
-def test_schedule_skips_a_partition_whose_run_is_still_active() -> None:
+def test_schedule_skips_a_partition_whose_run_is_still_active(database_url: str) -> None:
     schedules = {s.name: s for s in defs.schedules}
     schedule = schedules[f"{job_name(MARKET_ORDERS)}_schedule"]
     job = defs.resolve_job_def(job_name(MARKET_ORDERS))
     with dg.instance_for_test() as instance:
-        assert sorted(r.partition_key for r in _tick(schedule, instance).run_requests) == sorted(MARKET_ORDERS.partitioning.keys)
+        assert sorted(r.partition_key for r in _tick(schedule, instance, database_url).run_requests) == sorted(MARKET_ORDERS.partitioning.keys)
         instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTED, tags={"dagster/partition": "10000002"},
                                     asset_selection=frozenset({ORDERS}))
-        result = _tick(schedule, instance)
+        result = _tick(schedule, instance, database_url)
         assert "10000002" not in {r.partition_key for r in result.run_requests}
         assert len(result.run_requests) == 4
 
 
-def test_unpartitioned_schedule_returns_a_skip_reason_while_running() -> None:
+def test_unpartitioned_schedule_returns_a_skip_reason_while_running(database_url: str) -> None:
     schedules = {s.name: s for s in defs.schedules}
     schedule = schedules[f"{job_name(MARKET_PRICES)}_schedule"]
     job = defs.resolve_job_def(job_name(MARKET_PRICES))
     with dg.instance_for_test() as instance:
-        assert len(_tick(schedule, instance).run_requests) == 1
+        assert len(_tick(schedule, instance, database_url).run_requests) == 1
         run = instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTING, asset_selection=frozenset({PRICES}))
-        result = _tick(schedule, instance)
+        result = _tick(schedule, instance, database_url)
         assert result.run_requests == [] and run.run_id[:8] in result.skip_message
         # a run of another asset does not block this one
         other = defs.resolve_job_def(job_name(MARKET_ORDERS))
         instance.report_run_canceled(run)
         instance.create_run_for_job(job_def=other, status=DagsterRunStatus.STARTED, asset_selection=frozenset({ORDERS}),
                                     tags={"dagster/partition": "10000002"})
-        assert len(_tick(schedule, instance).run_requests) == 1
+        assert len(_tick(schedule, instance, database_url).run_requests) == 1
 
 
 @pytest.mark.parametrize("url", ["mysql://u@h/db", "not a url", "postgresql+psycopg://u@h/db", "postgresql://u@h"])
@@ -115,3 +118,10 @@ def test_bad_esi_url_names_the_setting() -> None:
 
     with pytest.raises(Exception, match="SYNC_ASSETS_ESI_URL"):
         EsiResource(base_url="esi.evetech.net")
+
+
+def test_schedules_skip_the_daily_esi_downtime_with_a_reason(database_url: str) -> None:
+    schedule = {s.name: s for s in defs.schedules}[f"{job_name(MARKET_PRICES)}_schedule"]
+    with dg.instance_for_test() as instance:
+        result = _tick(schedule, instance, database_url, hour=11)
+        assert result.run_requests == [] and "daily downtime" in result.skip_message

@@ -84,6 +84,7 @@ class Snapshot:
     frame: pd.DataFrame | None = None  # rows of a CHANGED snapshot, table columns and dtypes
     stats: FetchStats = field(default_factory=FetchStats)
     context: Mapping[str, Any] = field(default_factory=dict)  # partition/slice column values: the mirror scope
+    max_delete_share: float | None = None  # mirror guard: refuse a write deleting more than this share of the rows
 
     @property
     def changed(self) -> bool:

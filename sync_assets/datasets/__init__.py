@@ -3,7 +3,10 @@
 from .base import Auth, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
 from .esi import ESI_CORPORATION_DATASETS, ESI_DATASETS, ESI_PUBLIC_DATASETS, MARKET_ORDERS, MARKET_PRICES
 
+from .esi import ESI_DOWNTIME
+
 ALL_DATASETS = ESI_DATASETS
+DOWNTIMES = {"esi": ESI_DOWNTIME}  # per API
 DATASETS_BY_KEY = {d.key: d for d in ALL_DATASETS}
 
 
@@ -25,6 +28,7 @@ __all__ = [
     "Column",
     "ColumnType",
     "DATASETS_BY_KEY",
+    "DOWNTIMES",
     "Dataset",
     "ESI_CORPORATION_DATASETS",
     "ESI_DATASETS",

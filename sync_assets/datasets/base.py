@@ -7,7 +7,8 @@ so adding an endpoint is a declaration here, not a new module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from datetime import time as time_of_day
 from enum import Enum
 from typing import Any, Callable, Mapping
 
@@ -75,6 +76,19 @@ class Column:
     @property
     def postgres_type(self) -> str:
         return POSTGRES_TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class Downtime:
+    """A daily window when the API is down (ESI: 11:00 UTC, usually ~15 minutes)."""
+
+    start_utc: time_of_day
+    minutes: int
+
+    def contains(self, at: datetime) -> bool:
+        at = at.astimezone(timezone.utc)
+        start = at.replace(hour=self.start_utc.hour, minute=self.start_utc.minute, second=0, microsecond=0)
+        return start <= at < start + timedelta(minutes=self.minutes)
 
 
 class Paging(str, Enum):

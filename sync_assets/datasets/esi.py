@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-from .base import Auth, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
+from datetime import time
+
+from .base import Auth, Downtime, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
+
+# Daily downtime at 11:00 UTC (ESI.md §6): scheduled work skips it instead of failing.
+ESI_DOWNTIME = Downtime(start_utc=time(11, 0), minutes=15)
 
 I, F, B, S, T = ColumnType.INT64, ColumnType.FLOAT64, ColumnType.BOOL, ColumnType.STRING, ColumnType.TIMESTAMP
 

@@ -1,6 +1,7 @@
 """Assets derived from dataset declarations: one factory, no per-dataset code."""
 
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,9 +24,18 @@ class SyncConfig(dg.Config):
         default=False,
         description="Ignore stored ETags and Expires and fetch every page unconditionally (repairs a stale cache).",
     )
+    max_delete_share: float = Field(
+        default_factory=lambda: float(os.environ.get(MAX_DELETE_SHARE_ENV) or 0.5),
+        ge=0.0,
+        le=1.0,
+        description="Mirror datasets: refuse (and write nothing) when a snapshot would delete more than this share of "
+        "the stored rows. 1.0 allows any change (env SYNC_ASSETS_MAX_DELETE_SHARE).",
+    )
 
 
 AUTH_RESOURCE_KEY = "esi_auth"
+MAX_DELETE_SHARE_ENV = "SYNC_ASSETS_MAX_DELETE_SHARE"
+LAST_SYNC_CHECK = "last_sync"
 
 
 def partitions_def(dataset: Dataset) -> dg.PartitionsDefinition | None:
@@ -61,8 +71,15 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
             **({"sso_scope": dataset.auth.scope, "roles_any_of": ", ".join(dataset.auth.roles) or "member"} if dataset.auth else {}),
         },
         required_resource_keys=resource_keys,
+        check_specs=[
+            dg.AssetCheckSpec(
+                LAST_SYNC_CHECK,
+                asset=dg.AssetKey([dataset.api, dataset.name]),
+                description="Passes when a sync succeeds; the failure sensor fails it with the class and reason of a failed sync.",
+            )
+        ],
     )
-    def sync(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
+    def sync(context: dg.AssetExecutionContext, config: SyncConfig):  # -> MaterializeResult carrying a Snapshot(Set)
         partition_key = context.partition_key if dataset.partitioning else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: EsiResource = getattr(context.resources, resource_key)
@@ -70,10 +87,17 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
         bearer = getattr(context.resources, AUTH_RESOURCE_KEY).bearer_for(dataset, partition_key, context.log) if dataset.auth else None
         requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
         if dataset.slices is None:
-            snapshot = _fetch(context, api, warehouse, dataset, requests[0], bearer, config)
-            return dg.MaterializeResult(value=snapshot, metadata=fetch_metadata(snapshot), data_version=dg.DataVersion(snapshot.data_version))
-        batch = _fetch_slices(context, api, warehouse, dataset, requests, bearer, config)
-        return dg.MaterializeResult(value=batch, metadata=batch_metadata(batch), data_version=dg.DataVersion(batch.data_version))
+            result: Snapshot | SnapshotSet = _fetch(context, api, warehouse, dataset, requests[0], bearer, config)
+            metadata = fetch_metadata(result)
+        else:
+            result = _fetch_slices(context, api, warehouse, dataset, requests, bearer, config)
+            metadata = batch_metadata(result)
+        for snapshot in result.snapshots if isinstance(result, SnapshotSet) else [result]:
+            snapshot.max_delete_share = config.max_delete_share
+        check = dg.AssetCheckResult(check_name=LAST_SYNC_CHECK, passed=True, metadata={"partition": partition_key or ""})
+        return dg.MaterializeResult(
+            value=result, metadata=metadata, data_version=dg.DataVersion(result.data_version), check_results=[check]
+        )
 
     return sync
 

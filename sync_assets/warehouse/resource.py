@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Sequence
 
 import dagster as dg
@@ -13,7 +14,8 @@ from sqlalchemy.exc import OperationalError
 
 from ..api.snapshot import Snapshot, Validators
 from ..datasets import ColumnType, Dataset
-from .tables import ensure_sync_state, ensure_table, qi, table_name
+from . import history
+from .tables import ensure_sync_state, ensure_table, qi, schema_problems, table_name
 from .urls import psycopg2_url, redacted
 from .writer import WriteResult, read_validators, write_snapshot
 
@@ -66,6 +68,24 @@ class PostgresWarehouse(dg.ConfigurableResource):
         self.ensure_dataset(dataset)
         with self._begin() as conn:
             return write_snapshot(conn, dataset, snapshot)
+
+    def expired_partitions(self, margin_s: float) -> list[tuple[str, str, "datetime"]]:
+        with self._begin() as conn:
+            ensure_sync_state(conn)
+            return history.expired(conn, margin_s)
+
+    def record_failure(self, dataset: str, partition_key: str | None, run_id: str, failure_class: str, message: str) -> None:
+        with self._begin() as conn:
+            history.record_failure(conn, dataset, partition_key, run_id, failure_class, message)
+
+    def trim_history(self, keep_days: int) -> dict[str, int]:
+        with self._begin() as conn:
+            ensure_sync_state(conn)
+            return history.trim(conn, keep_days)
+
+    def schema_problems(self, dataset: Dataset) -> list[str]:
+        with self._begin() as conn:
+            return schema_problems(conn, dataset)
 
     def count_rows(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> int:
         self.ensure_dataset(dataset)

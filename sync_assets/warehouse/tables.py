@@ -73,3 +73,31 @@ def ensure_table(conn: Connection, dataset: Dataset) -> None:
         raise SchemaMismatch(f"{dataset.api}.{dataset.name} does not match its declaration ({'; '.join(wrong)}); migrate the table first")
     description = dataset.description.replace("'", "''")
     conn.execute(text(f"COMMENT ON TABLE {table_name(dataset)} IS '{description}'"))
+
+
+def schema_problems(conn: Connection, dataset: Dataset) -> list[str]:
+    """Differences between the table and its declaration: missing/extra/retyped columns, primary key."""
+    actual = dict(
+        conn.execute(
+            text("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s AND table_name = :t"),
+            {"s": dataset.api, "t": dataset.name},
+        ).all()
+    )
+    if not actual:
+        return [f"table {dataset.api}.{dataset.name} does not exist"]
+    declared = {c.name: c.postgres_type for c in dataset.table_columns}
+    problems = [f"missing column {n}" for n in declared if n not in actual]
+    problems += [f"undeclared column {n}" for n in actual if n not in declared]
+    problems += [f"{n} is {actual[n]}, declared {t}" for n, t in declared.items() if n in actual and actual[n] != t]
+    key = conn.execute(
+        text(
+            "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
+            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = CAST(:t AS regclass) AND i.indisprimary"
+        ),
+        {"t": f"{qi(dataset.api)}.{qi(dataset.name)}"},
+    ).scalar()
+    if list(key or []) != list(dataset.primary_key):
+        problems.append(f"primary key is ({', '.join(key or [])}), declared ({', '.join(dataset.primary_key)})")
+    return problems

@@ -49,6 +49,8 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> Wr
     if snapshot.changed:
         assert snapshot.frame is not None
         _stage(conn, dataset, snapshot.frame)
+        if dataset.write_mode is WriteMode.MIRROR and snapshot.max_delete_share is not None:
+            _guard_mirror(conn, dataset, snapshot)
         counts = _merge(conn, dataset, snapshot.context)
     total = _count(conn, dataset, snapshot)
     if not (dataset.slices and dataset.slices.only_new):  # immutable items need no validators
@@ -87,6 +89,33 @@ def _stage(conn: Connection, dataset: Dataset, frame: pd.DataFrame) -> None:
     finally:
         cursor.close()
     conn.execute(text(f"ANALYZE {STAGE}"))
+
+
+MIRROR_GUARD_MIN_ROWS = 100  # small tables change wholesale legitimately
+
+
+class MirrorGuardError(RuntimeError):
+    """A mirror snapshot would delete an implausible share of the table; nothing was written."""
+
+
+def _guard_mirror(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> None:
+    scope, params = _scope(snapshot.context)
+    match = " AND ".join(f"s.{qi(k)} = t.{qi(k)}" for k in dataset.primary_key)
+    stored, vanishing = conn.execute(
+        text(
+            f"SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE {match})) "
+            f"FROM {table_name(dataset)} t {'WHERE ' + scope.removesuffix(' AND ') if scope else ''}"
+        ),
+        params,
+    ).one()
+    share = snapshot.max_delete_share or 0.0
+    if stored >= MIRROR_GUARD_MIN_ROWS and vanishing > share * stored:
+        where = f"{dataset.key}[{snapshot.state_key}]" if snapshot.state_key else dataset.key
+        raise MirrorGuardError(
+            f"{where}: the new snapshot would delete {vanishing:,} of {stored:,} rows ({vanishing / stored:.0%}), more than "
+            f"the allowed {share:.0%}; nothing was written. If the API really dropped them, rerun with run config "
+            "max_delete_share: 1.0 (or raise SYNC_ASSETS_MAX_DELETE_SHARE)."
+        )
 
 
 def _merge(conn: Connection, dataset: Dataset, context: Mapping[str, Any]) -> dict[str, int]:
