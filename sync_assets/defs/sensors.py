@@ -116,7 +116,7 @@ def build_failure_sensor() -> dg.SensorDefinition:
         message = redact(_failure_text(context))
         failure_class = classify(message)
         partition = run.tags.get("dagster/partition")
-        for key in sorted(run.asset_selection or (), key=lambda k: k.to_user_string()):
+        for key in sorted(_run_assets(context), key=lambda k: k.to_user_string()):
             dataset_key = ".".join(key.path)
             if dataset_key not in DATASETS_BY_KEY:
                 continue
@@ -135,6 +135,15 @@ def build_failure_sensor() -> dg.SensorDefinition:
         context.log.info(f"run {run.run_id[:8]} failed ({failure_class})")
 
     return sync_failure_sensor
+
+
+def _run_assets(context: dg.RunFailureSensorContext) -> set[dg.AssetKey]:
+    """The assets the failed run was to materialize (its selection, or its planned materializations)."""
+    run = context.dagster_run
+    if run.asset_selection:
+        return set(run.asset_selection)
+    planned = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    return {entry.dagster_event.event_specific_data.asset_key for entry in planned if entry.dagster_event}
 
 
 def _failure_text(context: dg.RunFailureSensorContext) -> str:

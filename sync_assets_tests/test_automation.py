@@ -1,0 +1,147 @@
+"""Expiry-driven launches, failure recording, checks, the mirror guard and retention, against
+the sandbox over HTTP and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Iterator
+
+import dagster as dg
+import pytest
+from sqlalchemy import create_engine, text
+
+from sync_assets.api import EsiResource
+from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.defs.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
+from sync_assets.defs.automation import build_sync_job
+from sync_assets.defs.checks import build_schema_check
+from sync_assets.defs.maintenance import maintenance_job
+from sync_assets.defs.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor, build_failure_sensor
+from sync_assets.sandbox.esi import EsiSandbox
+from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
+
+FORGE = "10000002"
+ORDERS = build_sync_asset(MARKET_ORDERS, "esi")
+PRICES = build_sync_asset(MARKET_PRICES, "esi")
+
+
+@pytest.fixture
+def env(database_url: str) -> Iterator[tuple[EsiSandbox, str, PostgresWarehouse, dg.DagsterInstance]]:
+    sandbox = EsiSandbox(regions={int(FORGE): 4}, n_price_types=2000, request_log=True)
+    with serve_in_thread(sandbox) as url, dg.instance_for_test() as instance:
+        yield sandbox, url, PostgresWarehouse(database_url=database_url), instance
+
+
+def resources(url: str, warehouse: PostgresWarehouse, **esi: object) -> dict[str, object]:
+    return {"esi": EsiResource(base_url=url, expiry_guard_s=0, backoff_initial_s=0.01, backoff_max_s=0.02, **esi),
+            "warehouse": warehouse, IO_MANAGER_KEY: SnapshotIOManager(warehouse=warehouse)}
+
+
+def test_expiry_sensor_launches_after_expires_and_never_before(env, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox, url, warehouse, instance = env
+    monkeypatch.setenv(EXPIRY_MARGIN_ENV, "1")
+    sandbox.configure(cache_seconds={"orders": 3})
+    job = build_sync_job(MARKET_ORDERS, ORDERS)
+    sensor = build_expiry_sensor({MARKET_ORDERS.key: (MARKET_ORDERS, ORDERS, job)})
+    repository = dg.Definitions(assets=[ORDERS], jobs=[job], sensors=[sensor], resources=resources(url, warehouse)).get_repository_def()
+    dg.materialize([ORDERS], partition_key=FORGE, resources=resources(url, warehouse), instance=instance)
+    expires = warehouse.read_validators(MARKET_ORDERS, FORGE).expires_at
+    first_sync_requests = sandbox.counters()["orders"]["requests"]
+
+    def tick():
+        with dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse}, repository_def=repository) as context:
+            return sensor.evaluate_tick(context)
+
+    before = tick()
+    assert before.run_requests == [] and before.skip_message == "nothing expired"
+    while datetime.now(timezone.utc).timestamp() < expires.timestamp() + 1.2:
+        time.sleep(0.2)
+    [request] = tick().run_requests
+    assert request.partition_key == FORGE and request.job_name == "sync_esi_market_orders"
+    assert sandbox.counters()["orders"]["requests"] == first_sync_requests  # nothing asked before Expires
+    sandbox.refresh("orders", int(FORGE))
+    result = dg.materialize([ORDERS], partition_key=FORGE, resources=resources(url, warehouse), instance=instance,
+                            tags=request.tags)
+    assert result.success
+    later = [e["time"] for e in sandbox.request_log() if e["route"] == "orders"][first_sync_requests:]
+    assert later and min(later) >= expires.timestamp()
+    assert warehouse.read_table(MARKET_ORDERS, [FORGE])["order_id"].tolist() == sorted(sandbox.orders_snapshot(int(FORGE))["order_id"])
+    assert tick().run_requests == []  # the new Expires is in the future again
+
+
+def test_failed_sync_is_recorded_with_its_class_and_marks_the_check_red(env) -> None:
+    sandbox, url, warehouse, instance = env
+    sandbox.configure(error_rate=1.0)
+    result = dg.materialize([PRICES], resources=resources(url, warehouse, max_attempts=2), instance=instance, raise_on_error=False)
+    assert not result.success
+    run = instance.get_run_by_id(result.run_id)
+    failure = next(e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE)
+    sensor = build_failure_sensor()
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_event=failure.dagster_event, dagster_instance=instance, dagster_run=run,
+        resources={"warehouse": warehouse},
+    ).for_run_failure()
+    sensor._run_status_sensor_fn(context, warehouse=warehouse)
+    with warehouse.engine().connect() as conn:
+        row = conn.execute(text("SELECT dataset, failure_class, message FROM sync_assets.sync_failures")).one()
+    assert row.dataset == MARKET_PRICES.key and row.failure_class == "transient" and "HTTP 50" in row.message
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(PRICES.key, LAST_SYNC_CHECK)])[dg.AssetCheckKey(PRICES.key, LAST_SYNC_CHECK)]
+    assert check.status.value == "FAILED"
+
+
+def test_schema_check_passes_then_catches_a_hand_edit(env) -> None:
+    sandbox, url, warehouse, instance = env
+    check = build_schema_check(MARKET_PRICES, PRICES)
+    result = dg.materialize([PRICES, check], resources=resources(url, warehouse), instance=instance)
+    [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == "schema_matches"]
+    assert evaluation.passed
+    with warehouse.engine().begin() as conn:
+        conn.execute(text("ALTER TABLE esi.market_prices ADD COLUMN note text"))
+    again = dg.materialize([PRICES, check], resources=resources(url, warehouse), instance=instance)
+    [evaluation] = [e for e in again.get_asset_check_evaluations() if e.check_name == "schema_matches"]
+    assert not evaluation.passed and "undeclared column note" in evaluation.metadata["problems"].value
+
+
+def test_a_mirror_that_would_delete_most_rows_stops_before_writing(env) -> None:
+    sandbox, url, warehouse, instance = env
+    dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance)
+    real = len(warehouse.read_table(MARKET_PRICES))
+    with warehouse.engine().begin() as conn:  # rows the next snapshot will not contain: more than half of the table
+        conn.execute(text("INSERT INTO esi.market_prices (type_id, average_price, adjusted_price) "
+                          "SELECT 900000000 + g, 1, 1 FROM generate_series(1, :n) g"), {"n": real * 2})
+        conn.execute(text("UPDATE sync_assets.sync_state SET expires_at = now() - interval '1 second'"))
+    full = {"ops": {PRICES.op.name: {"config": {"full_refresh": True}}}}  # a changed snapshot, not a 304
+    refused = dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance, raise_on_error=False, run_config=full)
+    assert not refused.success
+    error = refused.get_step_failure_events()[0].step_failure_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    assert any(f"would delete {real * 2:,} of {real * 3:,} rows" in m and "nothing was written" in m for m in messages)
+    assert len(warehouse.read_table(MARKET_PRICES)) == real * 3  # nothing written
+    allowed = dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance,
+                             run_config={"ops": {PRICES.op.name: {"config": {"full_refresh": True, "max_delete_share": 1.0}}}})
+    assert allowed.success and len(warehouse.read_table(MARKET_PRICES)) == real
+
+
+def test_retention_trims_old_bookkeeping_but_never_data(env) -> None:
+    sandbox, url, warehouse, instance = env
+    dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance)
+    warehouse.record_failure("esi.market_prices", None, "old-run", "transient", "HTTP 502")
+    warehouse.record_failure("esi.market_prices", None, "new-run", "transient", "HTTP 502")
+    engine = create_engine(warehouse.url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sync_assets.sync_failures SET failed_at = now() - interval '40 days' WHERE run_id = 'old-run'"))
+    rows = len(warehouse.read_table(MARKET_PRICES))
+    result = maintenance_job.execute_in_process(resources={"warehouse": warehouse},
+                                                run_config={"ops": {"trim_sync_history": {"config": {"keep_days": 30}}}})
+    assert result.success
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT run_id FROM sync_assets.sync_failures")).scalars().all() == ["new-run"]
+        assert conn.execute(text("SELECT count(*) FROM sync_assets.sync_state")).scalar_one() == 1
+    engine.dispose()
+    assert len(warehouse.read_table(MARKET_PRICES)) == rows
