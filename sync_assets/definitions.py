@@ -9,11 +9,11 @@ import dagster as dg
 from .api import DEFAULT_ESI_URL, EsiResource
 from .api.esi_auth import EsiAuthResource
 from .auth.sso import DEFAULT_SSO_URL
-from .datasets import ESI_DATASETS
+from .datasets import ESI_DATASETS, WriteMode
 from .datasets.esi import CORPORATIONS
 from .defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
 from .defs.automation import build_schedule, build_sync_job
-from .defs.checks import build_schema_check
+from .defs.checks import build_row_change_check, build_schema_check
 from .defs.maintenance import maintenance_job, maintenance_schedule
 from .defs.sensors import build_corporation_sensor, build_expiry_sensor, build_failure_sensor
 from .settings import with_overrides
@@ -43,6 +43,8 @@ def build_definitions(
         job = build_sync_job(dataset, asset)
         assets.append(asset)
         checks.append(build_schema_check(dataset, asset))
+        if dataset.write_mode is WriteMode.MIRROR:
+            checks.append(build_row_change_check(dataset, asset))
         jobs.append(job)
         schedules.append(build_schedule(dataset, asset, job))
         entries[dataset.key] = (dataset, asset, job)

@@ -15,7 +15,7 @@ from sync_assets.api import EsiResource
 from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.defs.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
 from sync_assets.defs.automation import build_sync_job
-from sync_assets.defs.checks import build_schema_check
+from sync_assets.defs.checks import build_row_change_check, build_schema_check
 from sync_assets.defs.maintenance import maintenance_job
 from sync_assets.defs.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor, build_failure_sensor
 from sync_assets.sandbox.esi import EsiSandbox
@@ -126,6 +126,10 @@ def test_a_mirror_that_would_delete_most_rows_stops_before_writing(env) -> None:
     allowed = dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance,
                              run_config={"ops": {PRICES.op.name: {"config": {"full_refresh": True, "max_delete_share": 1.0}}}})
     assert allowed.success and len(warehouse.read_table(MARKET_PRICES)) == real
+    flagged = dg.materialize([PRICES, build_row_change_check(MARKET_PRICES, PRICES)], resources=resources(url, warehouse),
+                             instance=instance, selection=dg.AssetSelection.checks(dg.AssetCheckKey(PRICES.key, "row_change_within_bounds")))
+    [evaluation] = flagged.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["rows_deleted"].value == real * 2
 
 
 def test_retention_trims_old_bookkeeping_but_never_data(env) -> None:

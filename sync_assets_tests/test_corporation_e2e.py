@@ -298,3 +298,20 @@ def test_the_sensor_adds_new_corporations_and_reports_dead_ones_without_deleting
             again = sensor.evaluate_tick(context)
         assert not again.dynamic_partitions_requests
         assert str(CORP_C) in again.skip_message and "data kept" in again.skip_message
+
+
+def test_cli_lists_tokens_without_secrets(world: World) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "SYNC_ASSETS_DATABASE_URL": world.database_url, "SYNC_ASSETS_TOKEN_KEY": world.key}
+    cli = str(Path(sys.executable).with_name("sync-assets"))
+    proc = subprocess.run([cli, "esi", "tokens"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for token in tokens.list_tokens(world.engine):
+        assert token.character_name in proc.stdout
+    assert "invalid_grant" in proc.stdout and "98000001" in proc.stdout
+    leaked = [s for s in world.sandbox.sso.issued_secrets() | {world.key} if s in proc.stdout + proc.stderr]
+    assert leaked == []

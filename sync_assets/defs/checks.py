@@ -22,3 +22,29 @@ def build_schema_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.Asset
         )
 
     return schema_matches
+
+
+def build_row_change_check(dataset: Dataset, asset: dg.AssetsDefinition, max_delete_share: float = 0.5) -> dg.AssetChecksDefinition:
+    """Mirrors only: flags a materialization that deleted an implausible share of the table (the
+    write guard refuses these unless a run explicitly allowed them)."""
+
+    @dg.asset_check(
+        asset=asset,
+        name="row_change_within_bounds",
+        description=f"The last sync deleted at most {max_delete_share:.0%} of the rows it found.",
+        blocking=False,
+    )
+    def row_change_within_bounds(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        event = context.instance.get_latest_materialization_event(asset.key)
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        deleted = int(getattr(metadata.get("rows_deleted"), "value", 0) or 0)
+        remaining = int(getattr(metadata.get("dagster/row_count"), "value", 0) or 0)
+        before = remaining + deleted - int(getattr(metadata.get("rows_inserted"), "value", 0) or 0)
+        share = deleted / before if before else 0.0
+        return dg.AssetCheckResult(
+            passed=share <= max_delete_share,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"rows_deleted": deleted, "rows_before": before, "deleted_share": round(share, 4)},
+        )
+
+    return row_change_within_bounds
