@@ -22,6 +22,8 @@ from sync_assets.sandbox.esi import EsiSandbox
 from sync_assets.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
+from .helpers import failure_messages
+
 FORGE = "10000002"
 ORDERS = build_sync_asset(MARKET_ORDERS, "esi")
 PRICES = build_sync_asset(MARKET_PRICES, "esi")
@@ -116,11 +118,7 @@ def test_a_mirror_that_would_delete_most_rows_stops_before_writing(env) -> None:
     full = {"ops": {PRICES.op.name: {"config": {"full_refresh": True}}}}  # a changed snapshot, not a 304
     refused = dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance, raise_on_error=False, run_config=full)
     assert not refused.success
-    error = refused.get_step_failure_events()[0].step_failure_data.error
-    messages = []
-    while error is not None:
-        messages.append(error.message)
-        error = error.cause
+    messages = failure_messages(refused)
     assert any(f"would delete {real * 2:,} of {real * 3:,} rows" in m and "nothing was written" in m for m in messages)
     assert len(warehouse.read_table(MARKET_PRICES)) == real * 3  # nothing written
     allowed = dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance,

@@ -29,6 +29,7 @@ from sync_assets.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 from .conftest import create_database, drop_database
+from .helpers import failure_messages
 
 CORP_A, CORP_B, CORP_C = 98000001, 98000002, 98000003  # C: token lifecycle tests
 ASSETS = {d.key: build_sync_asset(d, "esi") for d in ESI_CORPORATION_DATASETS}
@@ -166,13 +167,7 @@ def test_every_corporation_dataset_syncs_for_two_corporations(world: World) -> N
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
-    texts = []
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        while error is not None:
-            texts.append(error.message)
-            error = error.cause
-    return "\n".join(texts)
+    return "\n".join(failure_messages(result))
 
 
 def test_wallet_transactions_resume_from_the_stored_id_without_duplicates(world: World) -> None:

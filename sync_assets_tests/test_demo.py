@@ -96,15 +96,7 @@ def test_demo_runs_a_sync_launched_from_the_ui(demo: Demo) -> None:
     }
     launched = demo.graphql(LAUNCH, {"params": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
-    deadline = time.monotonic() + 240
-    status = None
-    while time.monotonic() < deadline:
-        status = demo.graphql(RUN, {"id": run_id})["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(2)
-    assert status == "SUCCESS"
+    assert _wait_for_run(demo, launched["run"]["runId"]) == "SUCCESS"
     data_url = _data_url(demo.home / "pgdata")
     engine = create_engine(data_url)
     with engine.connect() as conn:

@@ -19,6 +19,8 @@ from sync_assets.sandbox.esi import EsiSandbox
 from sync_assets.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
+from .helpers import failure_messages
+
 FORGE = "10000002"
 ORDERS_ASSET = build_sync_asset(MARKET_ORDERS, "esi")
 PRICES_ASSET = build_sync_asset(MARKET_PRICES, "esi")
@@ -182,7 +184,7 @@ def test_when_no_walk_is_consistent_nothing_is_written(harness: Harness) -> None
     harness.sandbox.refresh_after_pages(3, int(FORGE))
     result = harness.sync(max_walks=1, raise_on_error=False, full_refresh=True)
     assert not result.success
-    assert any("no consistent snapshot after 1 walks" in m and "nothing was written" in m for m in _failure_texts(result))
+    assert any("no consistent snapshot after 1 walks" in m and "nothing was written" in m for m in failure_messages(result))
     assert_same_rows(harness.table(), old, ["region_id", "order_id"])
     assert harness.warehouse.read_validators(MARKET_ORDERS, FORGE) == before
 
@@ -201,7 +203,7 @@ def test_a_failure_after_copy_before_commit_changes_nothing_and_the_next_run_loa
     harness.wait_for_expiry()
     failed = harness.sync(raise_on_error=False)
     assert not failed.success
-    assert any("injected failure before commit" in m for m in _failure_texts(failed))
+    assert any("injected failure before commit" in m for m in failure_messages(failed))
     assert_same_rows(harness.table(), old, ["region_id", "order_id"])
     assert harness.warehouse.read_validators(MARKET_ORDERS, FORGE) == before
     with engine.begin() as conn:
@@ -246,13 +248,3 @@ def test_downstream_assets_load_the_partition_as_a_dataframe(harness: Harness) -
                             instance=harness.instance, selection=[sell_order_count])
     expected = harness.expected_orders()
     assert result.output_for_node("sell_order_count") == int((~expected["is_buy_order"]).sum())
-
-
-def _failure_texts(result: dg.ExecuteInProcessResult) -> list[str]:
-    texts = []
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        while error is not None:
-            texts.append(error.message)
-            error = error.cause
-    return texts

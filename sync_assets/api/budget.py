@@ -21,13 +21,14 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 from sqlalchemy import Connection, Engine, text
 
 from .errors import ApiError
 from .http import Log
+from .http import float_or_none as _float
+from .http import int_or_none as _int
 
 SCHEMA = "sync_assets"
 BUDGET_DDL = f"""
@@ -303,21 +304,3 @@ def _parse_limit(value: str | None) -> tuple[int, float] | None:
     """'12000/15m' -> (12000, 900.0)."""
     match = _LIMIT.match(value or "")
     return (int(match.group(1)), float(int(match.group(2)) * _UNITS[match.group(3)])) if match else None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)

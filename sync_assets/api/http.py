@@ -207,7 +207,7 @@ class ApiHttpClient:
                 etag=response.headers.get("etag"),
                 last_modified=_http_date(response.headers.get("last-modified")),
                 expires=_http_date(response.headers.get("expires")),
-                x_pages=_int_or_none(response.headers.get("x-pages")),
+                x_pages=int_or_none(response.headers.get("x-pages")),
                 data=data,
                 body_bytes=len(response.content),
             )
@@ -216,9 +216,9 @@ class ApiHttpClient:
     def _status_error(self, response: httpx.Response, path: str, page: int | None) -> HttpStatusError:
         status, detail = response.status_code, _error_detail(response)
         where = f"{path}{f' (page {page})' if page else ''}"
-        retry_after = _float_or_none(response.headers.get("retry-after"))
+        retry_after = float_or_none(response.headers.get("retry-after"))
         if status == ERROR_LIMITED:
-            reset = _float_or_none(response.headers.get("x-esi-error-limit-reset")) or 60.0
+            reset = float_or_none(response.headers.get("x-esi-error-limit-reset")) or 60.0
             self.gate.trip(reset)
             return TransientHttpError("GET", where, status, detail, retry_after=reset + 1)
         if status == RATE_LIMITED:
@@ -269,14 +269,14 @@ def _http_date(value: str | None) -> datetime | None:
         return None
 
 
-def _int_or_none(value: str | None) -> int | None:
+def int_or_none(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
     except ValueError:
         return None
 
 
-def _float_or_none(value: str | None) -> float | None:
+def float_or_none(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
     except ValueError:

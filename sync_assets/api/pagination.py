@@ -137,12 +137,7 @@ class XPagesWalker:
             headers=self.headers, budget_key=self.budget_key,
         )
         with self._stats_lock:
-            self.stats.requests += 1
-            self.stats.body_bytes += response.body_bytes
-            if response.status == 200:
-                self.stats.status_200 += 1
-            else:
-                self.stats.status_304 += 1
+            self.stats.count(response.status, response.body_bytes)
         return response
 
     def _accept(self, first: PageResponse, response: PageResponse, pages: int, parsed: dict[int, Any]) -> None:
@@ -246,12 +241,7 @@ class FromIdWalker:
         response = self.http.get_page(
             self.path, params, None, etag, self.log, on_retry=self._count_retry, headers=self.headers, budget_key=self.budget_key
         )
-        self.stats.requests += 1
-        self.stats.body_bytes += response.body_bytes
-        if response.status == 200:
-            self.stats.status_200 += 1
-        else:
-            self.stats.status_304 += 1
+        self.stats.count(response.status, response.body_bytes)
         return response
 
     def _count_retry(self) -> None:

@@ -46,6 +46,16 @@ class FetchStats:
     budget_wait_s: float = 0.0  # time spent waiting for shared budgets
 
 
+    def count(self, status: int, body_bytes: int) -> None:
+        """Account one response (200 or 304)."""
+        self.requests += 1
+        self.body_bytes += body_bytes
+        if status == 200:
+            self.status_200 += 1
+        else:
+            self.status_304 += 1
+
+
 class Outcome(str, Enum):
     CHANGED = "changed"  # a complete new snapshot was fetched (all pages 200)
     NOT_MODIFIED = "not_modified"  # every page answered 304: the stored rows are current
