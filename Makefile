@@ -4,7 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev demo test validate bench clean
+.PHONY: install ui-test-deps dev demo test validate bench clean
+
+# The UI test drives Debian's Chromium through Playwright (never Playwright's own browser download).
+CHROMIUM   := /usr/bin/chromium
+PLAYWRIGHT := playwright==1.65.2
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +27,13 @@ dev: install
 demo: install
 	$(BIN)/sync-assets demo
 
-## The whole test suite (real Postgres, sandbox over HTTP, Dagster end to end).
-test: install
+## Debian's chromium (when missing) and the playwright package, for sync_assets_tests/test_ui.py.
+ui-test-deps: install
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet '$(PLAYWRIGHT)'
+
+## The whole test suite (real Postgres, sandbox over HTTP, Dagster end to end, the UI in Chromium).
+test: install ui-test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 validate: install
