@@ -206,16 +206,16 @@ def _nullable(dataset: Dataset, column: Column) -> bool:
 
 
 def _description(dataset: Dataset) -> str:
-    lines = [
-        dataset.description,
-        "",
+    facts = [
         f"Source: `GET {dataset.route}`" + (f" with `{_query(dataset)}`" if dataset.query else ""),
-        f"Table: `{dataset.api}.{dataset.name}` ({dataset.write_mode.value}, key {', '.join(dataset.primary_key)}).",
-        f"API cache: {dataset.cache_seconds} s; schedule `{dataset.schedule_cron}` (UTC).",
+        f"Table: `{dataset.api}.{dataset.name}` ({dataset.write_mode.value}, key {', '.join(dataset.primary_key)})",
+        f"API cache: {dataset.cache_seconds} s; schedule `{dataset.schedule_cron}` (UTC)",
     ]
+    if dataset.auth:
+        facts.append(f"Token: scope `{dataset.auth.scope}`, roles: {', '.join(dataset.auth.roles) or 'membership'}")
     if dataset.partitioning and dataset.partitioning.labels:
-        lines.append("Partitions: " + ", ".join(f"{k} {v}" for k, v in dataset.partitioning.labels.items()) + ".")
-    return "\n".join(lines)
+        facts.append("Partitions: " + ", ".join(f"{k} {v}" for k, v in dataset.partitioning.labels.items()))
+    return dataset.description + "\n\n" + "\n".join(f"- {fact}" for fact in facts)  # Markdown in the UI
 
 
 def _query(dataset: Dataset) -> str:
