@@ -282,14 +282,14 @@ def test_the_sensor_adds_new_corporations_and_reports_dead_ones_without_deleting
     sensor = build_corporation_sensor(PARTITIONS)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(PARTITIONS, [str(CORP_C)])  # C's only token is invalid by now (above)
-        with dg.build_sensor_context(instance=instance, resources={AUTH_RESOURCE_KEY: world.auth}) as context:
+        with dg.build_sensor_context(instance=instance, resources={"warehouse": world.warehouse}) as context:
             result = sensor.evaluate_tick(context)
         [request] = result.dynamic_partitions_requests
         assert sorted(request.partition_keys) == [str(CORP_A), str(CORP_B)]
         assert isinstance(request, dg.AddDynamicPartitionsRequest)
         assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == [str(CORP_C)]  # nothing removed
         instance.add_dynamic_partitions(PARTITIONS, [str(CORP_A), str(CORP_B)])
-        with dg.build_sensor_context(instance=instance, resources={AUTH_RESOURCE_KEY: world.auth}) as context:
+        with dg.build_sensor_context(instance=instance, resources={"warehouse": world.warehouse}) as context:
             again = sensor.evaluate_tick(context)
         assert not again.dynamic_partitions_requests
         assert str(CORP_C) in again.skip_message and "data kept" in again.skip_message

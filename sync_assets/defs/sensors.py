@@ -12,7 +12,6 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from ..auth import tokens
 from ..datasets import DATASETS_BY_KEY, Dataset
 from ..warehouse import PostgresWarehouse
-from .assets import AUTH_RESOURCE_KEY
 from .failures import classify, redact
 from .guards import active_runs, api_blocker
 
@@ -22,12 +21,12 @@ def build_corporation_sensor(partitions_name: str) -> dg.SensorDefinition:
         name="esi_corporations_sensor",
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={AUTH_RESOURCE_KEY},
+        required_resource_keys={"warehouse"},  # tokens live in the data database; no SSO settings needed to list them
         description="Adds a corporation partition when a token of a new corporation is stored; reports (never deletes) "
         "corporations whose tokens all stopped working.",
     )
     def esi_corporations_sensor(context: dg.SensorEvaluationContext):
-        stored = tokens.list_tokens(getattr(context.resources, AUTH_RESOURCE_KEY).engine())
+        stored = tokens.list_tokens(getattr(context.resources, "warehouse").engine())
         by_corporation: dict[int, list[tokens.TokenInfo]] = defaultdict(list)
         for token in stored:
             if token.corporation_id is not None:
