@@ -53,7 +53,8 @@ def test_expiry_sensor_launches_after_expires_and_never_before(env, monkeypatch:
     first_sync_requests = sandbox.counters()["orders"]["requests"]
 
     def tick():
-        with dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse}, repository_def=repository) as context:
+        with dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse, "esi": EsiResource(base_url=url)},
+                                     repository_def=repository) as context:
             return sensor.evaluate_tick(context)
 
     before = tick()

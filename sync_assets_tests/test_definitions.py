@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import dagster as dg
 import pytest
@@ -63,46 +64,62 @@ def _database_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNC_ASSETS_DATABASE_URL", "postgresql+psycopg2://sync@127.0.0.1:1/unused")
 
 
-def _tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, database_url: str, hour: int = 5):
+@pytest.fixture(scope="module")
+def esi_url() -> Iterator[str]:
+    from sync_assets.sandbox.esi import EsiSandbox
+    from sync_assets.sandbox.server import serve_in_thread
+
+    sandbox = EsiSandbox(regions={10000002: 1}, n_price_types=10)
+    with serve_in_thread(sandbox) as url:
+        sandbox_ref.append(sandbox)
+        yield url
+        sandbox_ref.clear()
+
+
+sandbox_ref: list = []
+
+
+def _tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, database_url: str, esi_url: str, hour: int = 5):
+    from sync_assets.api import EsiResource
     from sync_assets.warehouse import PostgresWarehouse
 
     with dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=datetime(2026, 11, 23, hour, 7, tzinfo=timezone.utc),
         repository_def=defs.get_repository_def(),
-        resources={"warehouse": PostgresWarehouse(database_url=database_url)},
+        resources={"warehouse": PostgresWarehouse(database_url=database_url), "esi": EsiResource(base_url=esi_url)},
     ) as ctx:
         return schedule.evaluate_tick(ctx)
 
 
-def test_schedule_skips_a_partition_whose_run_is_still_active(database_url: str) -> None:
+def test_schedule_skips_a_partition_whose_run_is_still_active(database_url: str, esi_url: str) -> None:
     schedules = {s.name: s for s in defs.schedules}
     schedule = schedules[f"{job_name(MARKET_ORDERS)}_schedule"]
     job = defs.resolve_job_def(job_name(MARKET_ORDERS))
     with dg.instance_for_test() as instance:
-        assert sorted(r.partition_key for r in _tick(schedule, instance, database_url).run_requests) == sorted(MARKET_ORDERS.partitioning.keys)
+        assert sorted(r.partition_key for r in _tick(schedule, instance, database_url, esi_url).run_requests) == sorted(MARKET_ORDERS.partitioning.keys)
         instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTED, tags={"dagster/partition": "10000002"},
                                     asset_selection=frozenset({ORDERS}))
-        result = _tick(schedule, instance, database_url)
+        result = _tick(schedule, instance, database_url, esi_url)
         assert "10000002" not in {r.partition_key for r in result.run_requests}
         assert len(result.run_requests) == 4
 
 
-def test_unpartitioned_schedule_returns_a_skip_reason_while_running(database_url: str) -> None:
+def test_unpartitioned_schedule_returns_a_skip_reason_while_running(database_url: str, esi_url: str) -> None:
     schedules = {s.name: s for s in defs.schedules}
     schedule = schedules[f"{job_name(MARKET_PRICES)}_schedule"]
     job = defs.resolve_job_def(job_name(MARKET_PRICES))
     with dg.instance_for_test() as instance:
-        assert len(_tick(schedule, instance, database_url).run_requests) == 1
+        assert len(_tick(schedule, instance, database_url, esi_url).run_requests) == 1
         run = instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTING, asset_selection=frozenset({PRICES}))
-        result = _tick(schedule, instance, database_url)
+        result = _tick(schedule, instance, database_url, esi_url)
         assert result.run_requests == [] and run.run_id[:8] in result.skip_message
         # a run of another asset does not block this one
         other = defs.resolve_job_def(job_name(MARKET_ORDERS))
         instance.report_run_canceled(run)
         instance.create_run_for_job(job_def=other, status=DagsterRunStatus.STARTED, asset_selection=frozenset({ORDERS}),
                                     tags={"dagster/partition": "10000002"})
-        assert len(_tick(schedule, instance, database_url).run_requests) == 1
+        assert len(_tick(schedule, instance, database_url, esi_url).run_requests) == 1
 
 
 @pytest.mark.parametrize("url", ["mysql://u@h/db", "not a url", "postgresql+psycopg://u@h/db", "postgresql://u@h"])
@@ -120,8 +137,19 @@ def test_bad_esi_url_names_the_setting() -> None:
         EsiResource(base_url="esi.evetech.net")
 
 
-def test_schedules_skip_the_daily_esi_downtime_with_a_reason(database_url: str) -> None:
+def test_schedules_skip_the_daily_esi_downtime_with_a_reason(database_url: str, esi_url: str) -> None:
     schedule = {s.name: s for s in defs.schedules}[f"{job_name(MARKET_PRICES)}_schedule"]
     with dg.instance_for_test() as instance:
-        result = _tick(schedule, instance, database_url, hour=11)
+        result = _tick(schedule, instance, database_url, esi_url, hour=11)
         assert result.run_requests == [] and "daily downtime" in result.skip_message
+
+
+def test_schedules_skip_while_esi_status_says_it_is_down(database_url: str, esi_url: str) -> None:
+    schedule = {s.name: s for s in defs.schedules}[f"{job_name(MARKET_PRICES)}_schedule"]
+    sandbox_ref[0].configure(error_rate=1.0, error_routes=["status"])
+    try:
+        with dg.instance_for_test() as instance:
+            result = _tick(schedule, instance, database_url, esi_url)
+            assert result.run_requests == [] and "ESI /status answered 50" in result.skip_message
+    finally:
+        sandbox_ref[0].configure(error_rate=0.0)

@@ -141,6 +141,22 @@ class EsiResource(dg.ConfigurableResource):
         stop_at = int(previous.cursor) if use_state and previous.cursor else None
         return walker.walk(first_etag, stop_at)
 
+    def server_status(self) -> str | None:
+        """A reason to hold scheduled work (ESI down, starting up, unreachable), or None.
+        One cheap GET /status (cached 30 s by ESI), not retried: a schedule tick just skips."""
+        try:
+            response = self._client()._client.get("/status", timeout=5.0)
+        except httpx.HTTPError as exc:
+            return f"ESI unreachable ({type(exc).__name__})"
+        if response.status_code >= 500:
+            return f"ESI /status answered {response.status_code} (downtime or outage)"
+        try:
+            if response.status_code == 200 and response.json().get("vip"):
+                return "ESI is in VIP mode (the cluster is starting after downtime)"
+        except ValueError:
+            return "ESI /status answered a body that is not JSON"
+        return None
+
     def _client(self) -> ApiHttpClient:
         if self._http is None:  # used outside a Dagster run (benchmarks, scripts)
             self._http = self._build_http()

@@ -26,14 +26,15 @@ def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: Unresolved
         cron_schedule=dataset.schedule_cron,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        required_resource_keys={"warehouse"},
+        required_resource_keys={"warehouse", dataset.api},
         description=f"Refresh {dataset.key} at its API cache cadence ({dataset.cache_seconds} s); "
-        "skips busy partitions, API downtime and an open circuit.",
+        "skips busy partitions, API downtime (clock and /status) and an open circuit.",
     )
     def schedule(context: dg.ScheduleEvaluationContext):
         tick = context.scheduled_execution_time.isoformat()
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
-        blocker = api_blocker(dataset.api, context.scheduled_execution_time, warehouse)
+        api = getattr(context.resources, dataset.api)
+        blocker = api_blocker(dataset.api, context.scheduled_execution_time, warehouse, api.server_status)
         if blocker:
             return dg.SkipReason(f"{dataset.key}: {blocker}")
         requests, busy = [], []

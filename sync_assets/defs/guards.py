@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Callable
 
 import dagster as dg
 from dagster import DagsterRunStatus
@@ -19,13 +20,16 @@ ACTIVE_STATUSES = [
 ]
 
 
-def api_blocker(api: str, at: datetime, warehouse: PostgresWarehouse) -> str | None:
-    """A reason to skip every dataset of `api` now, or None."""
+def api_blocker(api: str, at: datetime, warehouse: PostgresWarehouse, status: Callable[[], str | None] | None = None) -> str | None:
+    """A reason to skip every dataset of `api` now, or None: its daily downtime, an open circuit,
+    or what the API's own status route says (`status`)."""
     downtime = DOWNTIMES.get(api)
     if downtime and downtime.contains(at):
         return f"{api} daily downtime ({downtime.start_utc:%H:%M} UTC, {downtime.minutes} min)"
     reason = PostgresBudget(warehouse.engine()).open_circuit(api)
-    return f"{api} circuit open: {reason}" if reason else None
+    if reason:
+        return f"{api} circuit open: {reason}"
+    return status() if status else None
 
 
 def active_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str | None) -> list[str]:

@@ -61,7 +61,7 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         jobs=[job for _, _, job in entries.values()],
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={"warehouse"},
+        required_resource_keys={"warehouse", "esi"},
         description=f"Refreshes a dataset partition {margin_s:.0f}s after its stored Expires; skips downtime, open circuits "
         "and partitions still running.",
     )
@@ -74,7 +74,7 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
                 continue
             dataset, asset, job = entries[dataset_key]
             if dataset.api not in blockers:
-                blockers[dataset.api] = api_blocker(dataset.api, now, warehouse)
+                blockers[dataset.api] = api_blocker(dataset.api, now, warehouse, getattr(context.resources, dataset.api).server_status)
             if blockers[dataset.api]:
                 notes.append(f"{dataset_key}[{partition}]: {blockers[dataset.api]}")
                 continue
