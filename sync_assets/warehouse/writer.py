@@ -101,10 +101,13 @@ class MirrorGuardError(RuntimeError):
 def _guard_mirror(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> None:
     scope, params = _scope(snapshot.context)
     match = " AND ".join(f"s.{qi(k)} = t.{qi(k)}" for k in dataset.primary_key)
+    # NOT EXISTS in WHERE (not in an aggregate FILTER) so Postgres plans a hash anti-join, not a
+    # correlated scan of the stage per stored row.
+    target = table_name(dataset)
     stored, vanishing = conn.execute(
         text(
-            f"SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE {match})) "
-            f"FROM {table_name(dataset)} t {'WHERE ' + scope.removesuffix(' AND ') if scope else ''}"
+            f"SELECT (SELECT count(*) FROM {target} t {'WHERE ' + scope.removesuffix(' AND ') if scope else ''}), "
+            f"(SELECT count(*) FROM {target} t WHERE {scope} NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE {match}))"
         ),
         params,
     ).one()
