@@ -42,7 +42,7 @@ validate: install
 ## Benchmarks (not part of `make test`); results go to bench/RESULTS.md.
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python bench/market_orders.py --write bench/RESULTS.md
+	$(BIN)/python -m bench.run --write bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .dagster_home .pytest_cache

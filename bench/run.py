@@ -1,0 +1,755 @@
+"""sync_assets vs a Dagster asset on dlt's rest_api source vs the physical floor, in one run.
+
+    .venv/bin/python -m bench.run --write bench/RESULTS.md            # what `make bench` runs
+    .venv/bin/python -m bench.run --quick                              # smoke test (small sizes, 1 run)
+
+One embedded PostgreSQL (pgserver) and one ESI sandbox (its own process, over HTTP on 127.0.0.1)
+serve every system; every measured system runs as its own process under `/usr/bin/time -v`
+(whole-process wall time, CPU time and peak RSS), systems are interleaved (the order rotates each
+repetition) and every figure is the median of `--repeat` runs. See the generated RESULTS.md for
+the method, the results, the targets and the profiles; raw runs go to results.json and the
+pyinstrument trees to profiles/, next to the report (bench/ for the canonical run). ~20 min on
+2 cores; `--only`, `--repeat`, `--dlt-default-runs`, `--dlt-latency`, `--dlt-default-m` trade time
+for coverage. A run that hangs is killed, reported with the query Postgres was running, and not
+repeated. Not part of the test suite.
+
+Workloads
+  F     The Forge market orders (300 pages x 1000 orders), 0 ms latency: full sync into an empty
+        table; unchanged re-sync (before Expires: no request; after Expires: all 304); re-sync
+        after a snapshot refresh (~10% changed, ~5% gone, ~5% new)
+  F-100 the same with 100 ms sandbox latency per request (full, unchanged/304)
+  RL    the sandbox limits the route to R requests/s (its own sliding-window bucket, window 1 s,
+        2R tokens: a 200 costs 2 tokens); time vs the bound pages/R and 429s
+  M     1,000,000 corporation assets (1000 pages, SSO token) - peak RSS and time; the same at
+        250,000 assets to check that memory grows only with the DataFrame
+Systems
+  sync_cli     `dagster asset materialize -m sync_assets.definitions` (whole process, in_process executor)
+  sync_inproc  in-process `dagster.materialize` of the same asset (bench.workers sync)
+  dlt_csv      a Dagster asset running dlt's rest_api source, merge, loader_file_format="csv" (COPY)
+  dlt_default  the same with dlt's default loader file format (INSERT VALUES); once per workload by
+               default, only to show that csv is dlt's faster configuration
+  floor        concurrent fetch(+orjson parse) only, and COPY only (bench.workers floor)
+  dagster      a trivial asset materialized the same way (Dagster's own fixed cost)
+  sync_inproc_nobudget  diagnostic: sync_inproc without the Postgres-shared API budget
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # pgserver/platformdirs on a headless machine
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+TIME = "/usr/bin/time"
+FORGE = 10000002
+CORP_M, CORP_M4 = 98000001, 98000002  # 1,000,000 and 250,000 assets (ids differ modulo 97)
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+ISSUER = "login.eveonline.com"
+
+
+# =============================================================================== measuring processes
+
+
+@dataclass
+class Run:
+    workload: str
+    system: str
+    phase: str
+    rep: int
+    ok: bool = False
+    wall: float = 0.0  # whole process, seconds
+    cpu: float = 0.0  # user + system seconds of the process tree
+    peak_rss: int = 0  # bytes
+    inner: dict = field(default_factory=dict)  # the worker's own report (in-process time, metadata...)
+    server: dict = field(default_factory=dict)  # sandbox counters of the route during the run
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload}/{self.phase}/{self.system}#{self.rep}"
+
+
+def timed_process(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, float, float, int]:
+    """(exit status, wall s, cpu s, peak RSS bytes) of `cmd` under /usr/bin/time -v (falls back to
+    wait4's rusage when /usr/bin/time is missing). On timeout the whole process group is killed
+    and subprocess.TimeoutExpired raised."""
+    use_time = Path(TIME).exists()
+    tfile = log.with_suffix(".time")
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([TIME, "-v", "-o", str(tfile), *cmd] if use_time else cmd, cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            if use_time:
+                proc.wait(timeout)
+            else:
+                deadline = time.monotonic() + timeout
+                while True:
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        proc.returncode = os.waitstatus_to_exitcode(status)
+                        break
+                    if time.monotonic() > deadline:
+                        raise subprocess.TimeoutExpired(cmd, timeout)
+                    time.sleep(0.02)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    outer = time.perf_counter() - started
+    if not use_time:
+        return proc.returncode, outer, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+    fields = {}
+    for line in tfile.read_text().splitlines():
+        key, _, value = line.strip().rpartition(": ")
+        fields[key] = value
+    wall = _clock(fields.get("Elapsed (wall clock) time (h:mm:ss or m:ss)", "")) or outer
+    cpu = float(fields.get("User time (seconds)", 0)) + float(fields.get("System time (seconds)", 0))
+    rss = int(fields.get("Maximum resident set size (kbytes)", 0)) * 1024
+    status = int(fields.get("Exit status", proc.returncode))
+    return status, wall, cpu, rss
+
+
+def _clock(value: str) -> float:
+    try:
+        parts = [float(p) for p in value.split(":")]
+    except ValueError:
+        return 0.0
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# =============================================================================== the sandbox process
+
+
+class Sandbox:
+    """The ESI sandbox in its own process (it must not share our GIL), knobs via its admin API."""
+
+    def __init__(self, workdir: Path, name: str, **kwargs: Any):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        code = f"from sync_assets.sandbox.server import run; run(port={self.port}, **{kwargs!r})"
+        self.log = open(workdir / f"sandbox_{name}.log", "ab")
+        self.process = subprocess.Popen([PY, "-c", code], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sandbox exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                httpx.get(f"{self.url}/_sandbox/state", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.client = httpx.Client(base_url=self.url, timeout=120)
+
+    def post(self, action: str, payload: dict | None = None) -> Any:
+        response = self.client.post(f"/_sandbox/{action}", json=payload or {})
+        response.raise_for_status()
+        return response.json()
+
+    def configure(self, **knobs: Any) -> None:
+        self.post("config", knobs)
+
+    def before_run(self) -> None:
+        self.post("limits/reset")
+        self.post("counters/reset")
+
+    def counters(self, route: str) -> dict:
+        return self.client.get("/_sandbox/counters").raise_for_status().json().get(route, {})
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+# =============================================================================== the harness
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path):
+        self.args, self.work = args, workdir
+        self.runs: list[Run] = []
+        self.timed_out: dict[tuple[str, str, str], str] = {}
+        self.logs = workdir / "logs"
+        self.logs.mkdir()
+        self.counter = 0
+        self.pgdata = workdir / "pg"
+        from sync_assets.warehouse.embedded import start_embedded_postgres
+
+        self.pg_url = start_embedded_postgres(self.pgdata)
+        self.dagster_home = workdir / "dagster_home"
+        self.dagster_home.mkdir()
+        shutil.copyfile(ROOT / "dagster.yaml", self.dagster_home / "dagster.yaml")  # the project's instance config
+        self.sqlite_home = workdir / "dagster_home_sqlite"  # no dagster.yaml: Dagster's default (SQLite) storage
+        self.sqlite_home.mkdir()
+        self.dagster_pg = self.database("dagster")
+        from cryptography.fernet import Fernet
+
+        self.token_key = Fernet.generate_key().decode()
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_ASSETS_", "DAGSTER_", "ESI_", "BENCH_"))}
+        self.base_env.update(DAGSTER_HOME=str(self.dagster_home), DAGSTER_PG_URL=self.dagster_pg, PYTHONUNBUFFERED="1",
+                             RUNTIME__DLTHUB_TELEMETRY="false")
+        self.sandbox: Sandbox | None = None
+        from sync_assets.api import EsiResource
+
+        self.budget_field = "budget_database_url" in EsiResource.model_fields  # the shared API budget exists
+        self.started = time.monotonic()
+        self.load_before = os.getloadavg()
+
+    # ------------------------------------------------------------------ databases
+
+    def database(self, name: str) -> str:
+        from sync_assets.warehouse.embedded import ensure_database
+
+        return ensure_database(self.pg_url, name)
+
+    def fresh_database(self, name: str) -> str:
+        self.drop_database(name)
+        return self.database(name)
+
+    def drop_database(self, name: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.pg_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+    def sql(self, url: str, statement: str) -> Any:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(statement))
+                return result.all() if result.returns_rows else result.rowcount
+        finally:
+            engine.dispose()
+
+    def expire(self, url: str) -> None:
+        """Let the stored Expires pass, as if the clock had moved (what sync_assets_tests do)."""
+        self.sql(url, "UPDATE sync_assets.sync_state SET expires_at = now() - interval '1 second'")
+
+    def stop(self) -> None:
+        if self.sandbox:
+            self.sandbox.stop()
+        from sync_assets.warehouse.embedded import stop_embedded_postgres
+
+        stop_embedded_postgres(self.pgdata)
+
+    # ------------------------------------------------------------------ running one system once
+
+    def measure(self, run: Run, cmd: list[str], env: dict[str, str], route: str, result_file: Path | None = None) -> Run:
+        self.counter += 1
+        log = self.logs / f"{self.counter:03d}_{run.workload}_{run.phase}_{run.system}_{run.rep}.log".replace("/", "-")
+        cell = (run.workload, run.phase, run.system)
+        if cell in self.timed_out:  # a hang is reported once, not paid for in every repetition
+            run.error = f"skipped: timed out in an earlier repetition ({self.timed_out[cell]})"
+            self.runs.append(run)
+            print(f"[{time.monotonic() - self.started:6.0f}s] {run.label:45s} {run.error}", flush=True)
+            return run
+        timeout = self.timeout_for(run)
+        if self.sandbox:
+            self.sandbox.before_run()
+        try:
+            rc, run.wall, run.cpu, run.peak_rss = timed_process(cmd, env, log, timeout)
+        except subprocess.TimeoutExpired:
+            rc, run.wall = -1, timeout
+            self.timed_out[cell] = f"killed after {timeout:.0f}s"
+            active = self.terminate_backends()
+            run.error = (f"timeout: killed after {timeout:.0f}s"
+                         + (f"; Postgres was still running: {' | '.join(active)}" if active else "")
+                         + f"; last log line: {_tail(log, 1)[:300]}")
+        if self.sandbox:
+            run.server = self.sandbox.counters(route)
+        if result_file is not None and result_file.exists():
+            run.inner = json.loads(result_file.read_text())
+        run.ok = rc == 0 and run.inner.get("ok", True) is not False
+        if not run.ok and not run.error:
+            run.error = run.inner.get("error") or _tail(log)
+        self.runs.append(run)
+        status = "ok" if run.ok else f"FAILED ({run.error[:300]})"
+        inner = f" inner {run.inner['seconds']:.2f}s" if isinstance(run.inner.get("seconds"), (int, float)) else ""
+        print(f"[{time.monotonic() - self.started:6.0f}s] {run.label:45s} wall {run.wall:6.2f}s{inner} cpu {run.cpu:6.2f}s "
+              f"rss {run.peak_rss / 2**20:6.0f} MB  {status}", flush=True)
+        return run
+
+    def timeout_for(self, run: Run) -> float:
+        """Generous bounds (several times the slowest run seen on a loaded machine): a run that
+        exceeds them is hung, e.g. on a slow query, and is reported as such."""
+        if run.workload == "M":
+            return 900.0 if run.system.startswith("dlt") else 420.0
+        if run.system.startswith("dlt"):
+            return 400.0
+        return 60.0 * self.args.pages / 300 + 30.0
+
+    def terminate_backends(self) -> list[str]:
+        """A killed client leaves its query running in Postgres: say which (the diagnosis) and stop
+        it, so that it does not load the machine during the next measurements."""
+        where = "WHERE datname NOT IN ('postgres', 'dagster') AND pid <> pg_backend_pid()"
+        active: list[str] = []
+        with contextlib.suppress(Exception):
+            rows = self.sql(self.pg_url, "SELECT round(extract(epoch FROM now() - query_start)) AS s, left(query, 400) AS q "
+                                         f"FROM pg_stat_activity {where} AND state = 'active'")
+            active = [f"{int(r.s)} s in `{' '.join(r.q.split())}`" for r in rows]
+            self.sql(self.pg_url, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity {where}")
+        return active
+
+    def sync_env(self, db: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        assert self.sandbox
+        env = dict(self.base_env, SYNC_ASSETS_ESI_URL=self.sandbox.url, SYNC_ASSETS_DATABASE_URL=db)
+        if extra:
+            env.update(extra)
+        return env
+
+    def sso_env(self) -> dict[str, str]:
+        from sync_assets.sandbox.sso import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+
+        assert self.sandbox
+        return {"ESI_SSO_URL": self.sandbox.url, "ESI_SSO_ISSUER": ISSUER, "ESI_CLIENT_ID": SANDBOX_CLIENT_ID,
+                "ESI_CLIENT_SECRET": SANDBOX_CLIENT_SECRET, "SYNC_ASSETS_TOKEN_KEY": self.token_key}
+
+    def sync_cli(self, run: Run, db: str, asset: str, partition: str, route: str, extra: dict[str, str] | None = None) -> Run:
+        cmd = [DAGSTER, "asset", "materialize", "-m", "sync_assets.definitions", "--select", asset,
+               "--partition", partition, "--config-json", json.dumps(IN_PROCESS)]
+        self.measure(run, cmd, self.sync_env(db, extra), route)
+        run.inner = self.last_materialization(asset) if run.ok else {}
+        if run.ok and run.inner.get("run_ok") is False:
+            run.ok, run.error = False, "run did not succeed"
+        return run
+
+    def sync_inproc(self, run: Run, db: str, asset: str, partition: str, route: str, extra: dict[str, str] | None = None,
+                    profile: str | None = None, serial: bool = False) -> Run:
+        out = self.work / f"result_{self.counter + 1}.json"
+        cmd = [PY, "-m", "bench.workers", "sync", "--asset", asset, "--partition", partition, "--out", str(out)]
+        if profile:
+            cmd += ["--profile", profile]
+        if serial:
+            cmd += ["--serial-fetch"]
+        return self.measure(run, cmd, self.sync_env(db, extra), route, out)
+
+    def last_materialization(self, asset: str) -> dict:
+        """Metadata of the materialization the last CLI run recorded in the Dagster instance."""
+        import dagster as dg
+
+        os.environ["DAGSTER_HOME"], os.environ["DAGSTER_PG_URL"] = str(self.dagster_home), self.dagster_pg
+        with dg.DagsterInstance.get() as instance:
+            [record] = instance.get_run_records(limit=1)
+            events = instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            out: dict[str, Any] = {"run_ok": record.dagster_run.status == dg.DagsterRunStatus.SUCCESS}
+            for event in events:
+                if event.asset_materialization and event.asset_materialization.asset_key == dg.AssetKey(asset.split("/")):
+                    md = event.asset_materialization.metadata
+                    out["metadata"] = {k: _plain(getattr(v, "value", v)) for k, v in md.items()}
+            return out
+
+    def dlt(self, run: Run, db_name: str, fmt: str, path: str, params: dict, primary_key: str, table: str,
+            route: str, token: str | None = None) -> Run:
+        assert self.sandbox
+        out = self.work / f"result_{self.counter + 1}.json"
+        env = dict(
+            self.base_env, BENCH_DLT_URL=self.sandbox.url, BENCH_DLT_PATH=path, BENCH_DLT_PARAMS=json.dumps(params),
+            BENCH_DLT_PRIMARY_KEY=primary_key, BENCH_DLT_TABLE=table, BENCH_DLT_FORMAT=fmt,
+            BENCH_DLT_CREDENTIALS=f"postgresql://postgres:@localhost/{db_name}?host={self.pgdata}",
+            BENCH_DLT_PIPELINES_DIR=str(self.work / "dlt" / db_name), BENCH_RESULT_FILE=str(out),
+        )
+        if token:
+            env["BENCH_DLT_TOKEN"] = token
+        cmd = [DAGSTER, "asset", "materialize", "-m", "bench.dlt_defs", "--select", "dlt_sync", "--config-json", json.dumps(IN_PROCESS)]
+        self.measure(run, cmd, env, route, out)
+        if run.ok:
+            url = self.database(db_name)
+            run.inner["rows_in_table"] = self.sql(url, f"SELECT count(*) FROM esi_dlt.{table}")[0][0]
+            with contextlib.suppress(Exception):  # rows of the last load (dlt keeps its staging table)
+                run.inner["rows_loaded"] = self.sql(url, f"SELECT count(*) FROM esi_dlt_staging.{table}")[0][0]
+        return run
+
+    def floor(self, run: Run, db: str | None, path: str, params: dict, dataset: str, context: dict, route: str,
+              token: str | None = None) -> Run:
+        assert self.sandbox
+        out = self.work / f"result_{self.counter + 1}.json"
+        cmd = [PY, "-m", "bench.workers", "floor", "--esi-url", self.sandbox.url, "--path", path, "--params", json.dumps(params),
+               "--dataset", dataset, "--context", json.dumps(context), "--out", str(out)]
+        if db:
+            cmd += ["--database-url", db]
+        if token:
+            cmd += ["--token", token]
+        return self.measure(run, cmd, self.base_env, route, out)
+
+    def dagster_fixed(self, run: Run, storage: str, executor: str) -> Run:
+        env = dict(self.base_env)
+        if storage == "sqlite":
+            env["DAGSTER_HOME"] = str(self.sqlite_home)
+        cmd = [DAGSTER, "asset", "materialize", "-m", "bench.trivial_defs", "--select", "trivial"]
+        if executor == "in_process":
+            cmd += ["--config-json", json.dumps(IN_PROCESS)]
+        return self.measure(run, cmd, env, "orders")
+
+    # ------------------------------------------------------------------ SSO (workload M)
+
+    def connect_director(self, db: str, corporation_id: int) -> None:
+        """A director of the corporation logs in: its refresh token is stored (encrypted) in `db`."""
+        from functools import partial
+
+        from sqlalchemy import create_engine
+
+        from sync_assets.api import EsiResource
+        from sync_assets.api.esi_auth import lookup_identity
+        from sync_assets.auth import tokens
+        from sync_assets.auth.crypto import TokenCipher
+        from sync_assets.auth.sso import EveSso
+
+        assert self.sandbox
+        env = self.sso_env()
+        grant = self.sandbox.post("characters", {"corporation_id": corporation_id, "director": True})
+        engine = create_engine(db)
+        try:
+            with EveSso(self.sandbox.url, env["ESI_CLIENT_ID"], env["ESI_CLIENT_SECRET"], issuer=ISSUER) as sso:
+                tokens.add_refresh_token(engine, sso, grant["refresh_token"], lookup=partial(lookup_identity, EsiResource(base_url=self.sandbox.url)),
+                                         cipher=TokenCipher(self.token_key))
+        finally:
+            engine.dispose()
+
+    def access_token(self, corporation_id: int) -> str:
+        """An access token of a new director (what a dlt user would paste into the source config)."""
+        from sync_assets.auth.sso import EveSso
+
+        assert self.sandbox
+        env = self.sso_env()
+        grant = self.sandbox.post("characters", {"corporation_id": corporation_id, "director": True})
+        with EveSso(self.sandbox.url, env["ESI_CLIENT_ID"], env["ESI_CLIENT_SECRET"], issuer=ISSUER) as sso:
+            return sso.refresh(grant["refresh_token"]).access_token
+
+    def add_dynamic_partition(self, name: str, key: str) -> None:
+        import dagster as dg
+
+        os.environ["DAGSTER_HOME"], os.environ["DAGSTER_PG_URL"] = str(self.dagster_home), self.dagster_pg
+        with dg.DagsterInstance.get() as instance:
+            if not instance.has_dynamic_partition(name, key):
+                instance.add_dynamic_partitions(name, [key])
+
+    # ------------------------------------------------------------------ workloads
+
+    def start_sandbox(self, name: str, **kwargs: Any) -> Sandbox:
+        if self.sandbox:
+            self.sandbox.stop()
+        self.sandbox = Sandbox(self.work, name, **kwargs)
+        return self.sandbox
+
+    def forge_sandbox(self) -> Sandbox:
+        # Orders cached 3600 s (not ESI's 300 s) so that the expiry guard never fires mid-benchmark;
+        # the re-syncs after Expires move the stored expires_at instead (Bench.expire).
+        return self.start_sandbox(
+            "forge", regions={FORGE: self.args.pages}, n_price_types=100, corporations={},
+            cache_seconds={"orders": 3600}, rate_limit_tokens={"market-order": 10**9},
+        )
+
+    def workload_f(self, rep: int) -> None:
+        sandbox = self.forge_sandbox()
+        orders = dict(path=f"/markets/{FORGE}/orders", params={"order_type": "all"})
+        dlt_orders = dict(path=f"markets/{FORGE}/orders", params={"order_type": "all"}, primary_key="order_id", table="market_orders")
+        asset, part = "esi/market_orders", str(FORGE)
+        dbs = {s: self.fresh_database(f"f{rep}_{s}") for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor")}
+        dlt_dbs = {s: f"f{rep}_{s}" for s in ("dlt_csv", "dlt_default")}
+        for name in dlt_dbs.values():
+            self.fresh_database(name)
+
+        def full(system: str) -> Callable[[], Any]:
+            r = Run("F", system, "full", rep)
+            return {
+                "sync_cli": lambda: self.sync_cli(r, dbs["sync_cli"], asset, part, "orders"),
+                "sync_inproc": lambda: self.sync_inproc(r, dbs["sync_inproc"], asset, part, "orders"),
+                # diagnostic A/B: the same without the Postgres-shared API budget (one transaction per request)
+                "sync_inproc_nobudget": lambda: self.sync_inproc(r, dbs["sync_inproc_nobudget"], asset, part, "orders",
+                                                                 {"BENCH_ESI_OVERRIDES": json.dumps({"budget_database_url": None})}),
+                "dlt_csv": lambda: self.dlt(r, dlt_dbs["dlt_csv"], "csv", route="orders", **dlt_orders),
+                "dlt_default": lambda: self.dlt(r, dlt_dbs["dlt_default"], "default", route="orders", **dlt_orders),
+                "floor": lambda: self.floor(r, dbs["floor"], dataset="esi.market_orders", context={"region_id": FORGE}, route="orders", **orders),
+                "dagster": lambda: self.dagster_fixed(r, "postgres", "in_process"),
+                "dagster_multiprocess": lambda: self.dagster_fixed(r, "postgres", "multiprocess"),
+                "dagster_sqlite": lambda: self.dagster_fixed(r, "sqlite", "in_process"),
+            }[system]
+
+        systems = ["sync_cli", "sync_inproc", "dlt_csv", "floor", "dagster"]
+        if self.budget_field:
+            systems.append("sync_inproc_nobudget")
+        if rep < self.args.dlt_default_runs:  # only to show which dlt configuration is the faster
+            systems.append("dlt_default")
+        if rep == 0:  # what the executor and the storage choice cost (reported, not compared)
+            systems += ["dagster_multiprocess", "dagster_sqlite"]
+        for system in rotate(systems, rep):
+            full(system)()
+
+        def resync(phase: str, system: str) -> None:
+            r = Run("F", system, phase, rep)
+            if system.startswith("dlt"):
+                self.dlt(r, dlt_dbs[system], system.removeprefix("dlt_"), route="orders", **dlt_orders)
+                return
+            if phase != "unchanged_cached":
+                self.expire(dbs[system])
+            if system == "sync_inproc_nobudget":
+                self.sync_inproc(r, dbs[system], asset, part, "orders", {"BENCH_ESI_OVERRIDES": json.dumps({"budget_database_url": None})})
+            else:
+                (self.sync_cli if system == "sync_cli" else self.sync_inproc)(r, dbs[system], asset, part, "orders")
+
+        # unchanged: before Expires sync_assets does not ask at all (what most schedule ticks cost:
+        # measured as a whole process); after it, every page is 304
+        resync("unchanged_cached", "sync_cli")
+        for system in rotate(["sync_cli", "sync_inproc", "dlt_csv"] + (["sync_inproc_nobudget"] if self.budget_field else []), rep):
+            resync("unchanged", system)
+        sandbox.post("refresh", {"route": "orders", "region_id": FORGE})
+        for system in rotate(["sync_cli", "sync_inproc", "dlt_csv"], rep):
+            resync("refreshed", system)
+
+        # F-100: the same snapshot (generation 1) behind 100 ms per request, into empty tables
+        sandbox.configure(latency=0.1)
+        dbs100 = {s: self.fresh_database(f"f100_{rep}_{s}") for s in ("sync_cli", "sync_inproc")}
+        for system in rotate(["sync_cli", "sync_inproc", "floor"] + (["dlt_csv"] if rep == 0 and self.args.dlt_latency else []), rep):
+            r = Run("F-100", system, "full", rep)
+            if system == "floor":
+                self.floor(r, None, dataset="esi.market_orders", context={"region_id": FORGE}, route="orders", **orders)
+            elif system == "dlt_csv":
+                name = f"f100_{rep}_dlt_csv"
+                self.fresh_database(name)
+                self.dlt(r, name, "csv", route="orders", **dlt_orders)
+                self.drop_database(name)
+            else:
+                (self.sync_cli if system == "sync_cli" else self.sync_inproc)(r, dbs100[system], asset, part, "orders")
+        self.expire(dbs100["sync_inproc"])
+        self.sync_inproc(Run("F-100", "sync_inproc", "unchanged", rep), dbs100["sync_inproc"], asset, part, "orders")
+        sandbox.configure(latency=0.0)
+
+        # RL: R requests/s on the route: the sandbox's sliding-window bucket with a 1 s window and
+        # 2R tokens (a 200 costs 2 tokens, a 304 1, as on ESI)
+        rate = self.args.rate
+        sandbox.configure(rate_limit_window=1, rate_limit_tokens={"market-order": 2 * rate})
+        db = self.fresh_database(f"rl_{rep}")
+        r = self.sync_inproc(Run("RL", "sync_inproc", "full", rep), db, asset, part, "orders")
+        r.inner["rate"] = rate
+        sandbox.configure(rate_limit_window=900, rate_limit_tokens={"market-order": 10**9})
+        for name in [*(f"f{rep}_{s}" for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor", "dlt_csv", "dlt_default")),
+                     *(f"f100_{rep}_{s}" for s in ("sync_cli", "sync_inproc")), f"rl_{rep}"]:
+            self.drop_database(name)
+
+    def m_sandbox(self) -> Sandbox:
+        sandbox = self.start_sandbox(
+            "corporations", regions={FORGE: 1}, n_price_types=10,
+            corporations={CORP_M: {"base": "small", "assets": self.args.assets},
+                          CORP_M4: {"base": "small", "assets": self.args.assets // 4}},
+            rate_limit_tokens={"corp-asset": 10**9},
+        )
+        for corp in (CORP_M, CORP_M4):  # build the snapshots now, not during a timed run
+            token = self.access_token(corp)
+            httpx.get(f"{sandbox.url}/corporations/{corp}/assets", headers={"Authorization": f"Bearer {token}"}, timeout=300).raise_for_status()
+        for corp in (CORP_M, CORP_M4):
+            self.add_dynamic_partition("esi_corporations", str(corp))
+        return sandbox
+
+    def workload_m(self, rep: int) -> None:
+        assert self.sandbox
+        asset = "esi/corporation_assets"
+
+        def assets_of(corp: int) -> dict:
+            return dict(path=f"/corporations/{corp}/assets", params={})
+
+        dlt_assets = dict(path=f"corporations/{CORP_M}/assets", params={}, primary_key="item_id", table="corporation_assets")
+        systems = ["sync_cli", "sync_inproc", "dlt_csv", "floor", "sync_inproc_quarter"]
+        if self.args.dlt_default_m and rep == 0:  # ~2.5 min; F already shows which dlt configuration is faster
+            systems.append("dlt_default")
+        for system in rotate(systems, rep):
+            r = Run("M", system, "full", rep)
+            name = f"m{rep}_{system}"
+            db = self.fresh_database(name)
+            if system in ("sync_cli", "sync_inproc", "sync_inproc_quarter"):
+                corp = CORP_M4 if system == "sync_inproc_quarter" else CORP_M
+                self.connect_director(db, corp)
+                (self.sync_cli if system == "sync_cli" else self.sync_inproc)(r, db, asset, str(corp), "assets", self.sso_env())
+            elif system == "floor":
+                self.floor(r, db, dataset="esi.corporation_assets", context={"corporation_id": CORP_M}, route="assets",
+                           token=self.access_token(CORP_M), **assets_of(CORP_M))
+            else:
+                self.dlt(r, name, system.removeprefix("dlt_"), route="assets", token=self.access_token(CORP_M), **dlt_assets)
+            self.drop_database(name)
+
+    def profiles(self) -> None:
+        """pyinstrument of sync_assets' hot paths (in-process, not timed runs)."""
+        out = self.args.profiles
+        out.mkdir(parents=True, exist_ok=True)
+        (self.work / "profiles").mkdir(exist_ok=True)
+        self.base_env["BENCH_PROFILE_HTML_DIR"] = str(self.work / "profiles")  # kept with --keep
+        self.forge_sandbox()
+        asset, part = "esi/market_orders", str(FORGE)
+        db = self.fresh_database("prof_f")
+        self.sync_inproc(Run("profile", "sync_inproc", "F_full", 0), db, asset, part, "orders", profile=str(out / "F_full"))
+        self.expire(db)
+        self.sync_inproc(Run("profile", "sync_inproc", "F_unchanged", 0), db, asset, part, "orders", profile=str(out / "F_unchanged"))
+        self.expire(db)
+        self.sync_inproc(Run("profile", "sync_inproc", "F_unchanged_serial", 0), db, asset, part, "orders",
+                         profile=str(out / "F_unchanged_serial"), serial=True)
+        db = self.fresh_database("prof_f_serial")
+        self.sync_inproc(Run("profile", "sync_inproc", "F_full_serial", 0), db, asset, part, "orders",
+                         profile=str(out / "F_full_serial"), serial=True)
+        self.m_sandbox()
+        db = self.fresh_database("prof_m")
+        self.connect_director(db, CORP_M)
+        self.sync_inproc(Run("profile", "sync_inproc", "M_full", 0), db, "esi/corporation_assets", str(CORP_M), "assets",
+                         self.sso_env(), profile=str(out / "M_full"))
+        for name in ("prof_f", "prof_f_serial", "prof_m"):
+            self.drop_database(name)
+
+
+def rotate(items: list[str], rep: int) -> list[str]:
+    k = rep % len(items)
+    return items[k:] + items[:k]
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip()[:200] for line in text[-lines:])
+
+
+# =============================================================================== main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", type=Path, help="write the Markdown report here (e.g. bench/RESULTS.md)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median reported)")
+    parser.add_argument("--pages", type=int, default=300, help="The Forge pages (1000 orders each)")
+    parser.add_argument("--assets", type=int, default=1_000_000, help="corporation assets of workload M (1000 per page)")
+    parser.add_argument("--rate", type=int, default=30, help="RL: requests per second the sandbox allows")
+    parser.add_argument("--only", default="F,M,profile", help="comma-separated workloads: F (includes F-100 and RL), M, profile")
+    parser.add_argument("--dlt-default-runs", type=int, default=1,
+                        help="runs of dlt's default configuration per workload (it is slower than csv; only picks the best)")
+    parser.add_argument("--dlt-latency", action="store_true", help="also run dlt_csv once under F-100 (~50 s)")
+    parser.add_argument("--dlt-default-m", action="store_true", help="also run dlt's default configuration once on M (~2.5 min)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 30 pages, 50,000 assets, 1 run")
+    parser.add_argument("--chart", type=Path, help="chart PNG (default: docs/bench_results.png for bench/RESULTS.md, "
+                                                    "else next to the report); docs/bench_memory.png is written beside it")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) instead of deleting it")
+    parser.add_argument("--from-json", type=Path, help="only re-render the report from a results.json written by a previous run")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        return rerender(args)
+    if args.quick:
+        args.pages, args.assets, args.repeat = min(args.pages, 30), min(args.assets, 50_000), 1
+    only = {w.strip() for w in args.only.split(",")}
+    workdir = Path(tempfile.mkdtemp(prefix="sync-assets-bench-"))
+    # profiles (text trees) go next to the report they are quoted in
+    args.profiles = (args.write.parent if args.write else workdir) / "profiles"
+    args.chart = _chart_path(args, workdir)
+    print(f"bench: work directory {workdir}", flush=True)
+    bench = Bench(args, workdir)
+    failed = False
+    try:
+        for rep in range(args.repeat):
+            if "F" in only:
+                bench.workload_f(rep)
+        if "M" in only:
+            bench.m_sandbox()
+            for rep in range(args.repeat):
+                bench.workload_m(rep)
+        if "profile" in only:
+            bench.profiles()
+    except Exception:
+        traceback.print_exc()
+        failed = True
+    finally:
+        bench.stop()
+    elapsed = time.monotonic() - bench.started
+    from . import report
+
+    raw = {"args": {k: str(v) for k, v in vars(args).items()}, "elapsed_s": elapsed, "load_before": bench.load_before,
+           "finished_at": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+           "load_after": os.getloadavg(), "runs": [asdict(r) for r in bench.runs]}
+    results = (args.write.parent if args.write else workdir) / "results.json"
+    results.write_text(json.dumps(raw, indent=1, default=str))
+    print(f"bench: raw runs in {results}", flush=True)
+    text = report.render(bench.runs, args, elapsed, bench.load_before, os.getloadavg(), chart=args.chart)
+    if args.write:
+        args.write.write_text(text)
+        print(f"bench: wrote {args.write} and {args.chart}", flush=True)
+    else:
+        print(text)
+    if not args.keep and args.write:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"bench: done in {elapsed / 60:.1f} min", flush=True)
+    return 1 if failed else 0
+
+
+def _chart_path(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.chart:
+        return args.chart
+    if args.write and args.write.resolve() == (ROOT / "bench" / "RESULTS.md").resolve():
+        return ROOT / "docs" / "bench_results.png"
+    return (args.write.parent if args.write else workdir) / "bench_results.png"
+
+
+def rerender(args: argparse.Namespace) -> int:
+    """The report of an earlier run (bench/results.json), e.g. after changing the report's layout."""
+    from . import report
+
+    raw = json.loads(args.from_json.read_text())
+    args.profiles = args.from_json.parent / "profiles"
+    args.chart = _chart_path(args, args.from_json.parent)
+    saved = raw["args"]
+    for name in ("pages", "assets", "rate", "repeat"):
+        setattr(args, name, int(saved[name]))
+    args.quick = saved.get("quick") == "True"
+    runs = [Run(**r) for r in raw["runs"]]
+    text = report.render(runs, args, raw["elapsed_s"], tuple(raw["load_before"]), tuple(raw["load_after"]), chart=args.chart,
+                         when=raw.get("finished_at"))
+    if args.write:
+        args.write.write_text(text)
+        print(f"bench: wrote {args.write} and {args.chart}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

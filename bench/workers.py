@@ -1,0 +1,322 @@
+"""Benchmark workers: each runs in its own process (started by bench.run under /usr/bin/time -v)
+and writes one JSON result file.
+
+    python -m bench.workers sync  --asset esi/market_orders --partition 10000002 --out F   (env as for `dagster`)
+    python -m bench.workers floor --esi-url URL --path /markets/10000002/orders --params '{"order_type":"all"}' \
+                                  --database-url URL --dataset esi.market_orders --context '{"region_id": 10000002}' --out F
+
+`sync` is sync_assets through an in-process `dagster.materialize` of the code location's own asset,
+checks and resources (sync_assets.definitions, configured by the same environment variables as
+`dagster asset materialize`), on an ephemeral instance as bench/market_orders.py does. The timed call is preceded by a warm-up materialization of a
+trivial asset, so Dagster's first-call costs (lazy imports, instance setup) are not charged to
+the sync. `--profile PREFIX` wraps the timed call in pyinstrument and writes PREFIX.txt (and the HTML tree into
+$BENCH_PROFILE_HTML_DIR when set);
+`--serial-fetch` runs the page walk's thread pool inline, so that a (main-thread) profiler sees
+where the fetch CPU goes.
+
+`floor` measures the physical floor on this machine, with no sync_assets code on the hot path:
+  fetch       every page fetched by `--concurrency` threads over keep-alive http.client
+              connections (bytes only)
+  fetch+parse the same plus orjson.loads of each body
+  copy        COPY of the same rows, pre-encoded as CSV (not timed), into an empty table with the
+              dataset's DDL (primary key included), committed
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import resource
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _write(out: str, data: dict[str, Any]) -> None:
+    Path(out).write_text(json.dumps(data, indent=1, default=str))
+
+
+# --------------------------------------------------------------------------- sync (in-process)
+
+
+class _RssSampler:
+    """RSS every 20 ms (to see where the peak happens); kept to ~100 points in the report."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.points: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self.t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="rss-sampler")
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.points.append((round(time.perf_counter() - self.t0, 3), _rss_bytes()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def trace(self) -> list[tuple[float, int]]:
+        step = max(1, len(self.points) // 100)
+        return self.points[::step]
+
+
+class _InlineExecutor:
+    """ThreadPoolExecutor stand-in that runs each task at submit (profiling only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> "_InlineExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller like a real executor
+            future.set_exception(exc)
+        return future
+
+
+def sync(args: argparse.Namespace) -> None:
+    """sync_assets exactly as its code location defines it (sync_assets.definitions: resources from
+    the environment, the asset and its checks), materialized in this process."""
+    import dagster as dg
+
+    from sync_assets.definitions import defs
+
+    key = dg.AssetKey(args.asset.split("/"))
+    asset = defs.get_assets_def(key)
+    checks = [c for c in (defs.asset_checks or []) if any(k.asset_key == key for k in c.check_keys)]
+    frame_info: dict[str, Any] = {}
+    resources = dict(defs.resources)
+    io_key = asset.get_io_manager_key_for_asset_key(key)
+    base_io = resources[io_key]
+
+    class RecordingIOManager(type(base_io)):  # type: ignore[misc,valid-type]
+        """The project's IO manager; also records the size of the DataFrame it is handed."""
+
+        def handle_output(self, context, obj) -> None:  # type: ignore[override]
+            frame = getattr(obj, "frame", None)
+            if frame is not None:
+                frame_info["frame_rows"] = len(frame)
+                frame_info["frame_bytes"] = int(frame.memory_usage(deep=True).sum())
+            frame_info["rss_at_write"] = _rss_bytes()
+            frame_info["write_started_at"] = round(time.perf_counter() - sampler.t0, 3)
+            frame_info["peak_rss_before_write"] = _peak_rss_bytes()  # the fetch and the DataFrame assembly
+            started = time.perf_counter()
+            super().handle_output(context, obj)
+            frame_info["handle_output_seconds"] = time.perf_counter() - started
+
+    resources[io_key] = RecordingIOManager(**{name: getattr(base_io, name) for name in type(base_io).model_fields})
+    overrides = json.loads(os.environ.get("BENCH_ESI_OVERRIDES") or "{}")  # diagnostics only (A/B of a code path)
+    if overrides:
+        esi = resources["esi"]
+        fields = type(esi).model_fields
+        unknown = set(overrides) - set(fields)
+        if unknown:
+            raise SystemExit(f"BENCH_ESI_OVERRIDES: {type(esi).__name__} has no field(s) {sorted(unknown)}")
+        resources["esi"] = type(esi)(**{**{name: getattr(esi, name) for name in fields}, **overrides})
+    instance = dg.DagsterInstance.ephemeral()
+    dynamic = getattr(asset.partitions_def, "name", None) if isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition) else None
+    if dynamic:
+        instance.add_dynamic_partitions(dynamic, [args.partition])
+
+    @dg.asset(name="bench_warmup")
+    def warmup() -> None:
+        return None
+
+    dg.materialize([warmup], instance=instance)  # Dagster's one-time costs, not the sync's
+    started = time.perf_counter()
+    dg.materialize([warmup], instance=instance)
+    dagster_floor = time.perf_counter() - started  # what any in-process materialization costs here
+    if args.serial_fetch:
+        import sync_assets.api.pagination as pagination
+
+        pagination.ThreadPoolExecutor = _InlineExecutor  # type: ignore[assignment,misc]
+    rss_before = _rss_bytes()
+    sampler = _RssSampler()
+    profiler = None
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    started = time.perf_counter()
+    result = dg.materialize(
+        [asset, *checks], partition_key=args.partition, resources=resources, instance=instance, raise_on_error=False
+    )
+    seconds = time.perf_counter() - started
+    sampler.stop()
+    if profiler is not None:
+        profiler.stop()
+        Path(args.profile + ".txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+        html_dir = os.environ.get("BENCH_PROFILE_HTML_DIR")  # the interactive tree is large: not kept in the repository
+        if html_dir:
+            Path(html_dir, Path(args.profile).name + ".html").write_text(profiler.output_html())
+    out: dict[str, Any] = {
+        "ok": result.success,
+        "seconds": seconds,
+        "rss_before": rss_before,
+        "peak_rss": _peak_rss_bytes(),
+        "dagster_trivial_seconds": dagster_floor,
+        "rss_trace": sampler.trace(),
+        **frame_info,
+    }
+    events = result.get_asset_materialization_events()
+    if events:
+        out["metadata"] = {k: _plain(getattr(v, "value", v)) for k, v in events[0].materialization.metadata.items()}
+    if not result.success:
+        out["error"] = "; ".join(
+            e.step_failure_data.error.message.strip().splitlines()[0] for e in result.get_step_failure_events() if e.step_failure_data.error
+        )
+    _write(args.out, out)
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+# --------------------------------------------------------------------------- physical floors
+
+
+def floor(args: argparse.Namespace) -> None:
+    import orjson
+
+    url = urllib.parse.urlsplit(args.esi_url)
+    params = json.loads(args.params)
+    headers = {"Accept": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    local = threading.local()
+
+    def get(page: int) -> tuple[bytes, dict[str, str]]:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        conn.request("GET", f"{args.path}?{urllib.parse.urlencode({**params, 'page': page})}", headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"page {page}: HTTP {response.status} {body[:200]!r}")
+        return body, {k.lower(): v for k, v in response.getheaders()}
+
+    def walk(parse: bool) -> tuple[float, list[Any], int]:
+        """Page 1, then pages 2..N on `concurrency` threads (what any X-Pages client must do)."""
+        started = time.perf_counter()
+        body, hdrs = get(1)
+        pages = int(hdrs.get("x-pages", "1"))
+        first = orjson.loads(body) if parse else body
+
+        def one(page: int) -> Any:
+            data, _ = get(page)
+            return orjson.loads(data) if parse else data
+
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            rest = list(pool.map(one, range(2, pages + 1)))
+        return time.perf_counter() - started, [first, *rest], pages
+
+    out: dict[str, Any] = {"concurrency": args.concurrency}
+    out["fetch_seconds"], bodies, out["pages"] = walk(parse=False)
+    out["body_bytes"] = sum(len(b) for b in bodies)
+    del bodies
+    out["fetch_parse_seconds"], pages_json, _ = walk(parse=True)
+    out["rows"] = sum(len(p) for p in pages_json)
+    if args.database_url:
+        out.update(_copy_floor(args, pages_json))
+    out["peak_rss"] = _peak_rss_bytes()
+    _write(args.out, out)
+
+
+def _copy_floor(args: argparse.Namespace, pages_json: list[Any]) -> dict[str, Any]:
+    """COPY of the same rows into an empty table with the dataset's DDL; the CSV is built first
+    (untimed), so only the database's ingest is on the clock."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from sqlalchemy import create_engine, text
+
+    from sync_assets.api.frames import rows_to_frame
+    from sync_assets.datasets import DATASETS_BY_KEY
+    from sync_assets.warehouse.tables import ensure_table, qi, table_name
+    from sync_assets.warehouse.urls import psycopg2_url
+
+    dataset = DATASETS_BY_KEY[args.dataset]
+    frame = pd.concat([rows_to_frame(p, dataset.columns, "floor") for p in pages_json], ignore_index=True)
+    del pages_json
+    for position, (name, value) in enumerate(json.loads(args.context).items()):
+        frame.insert(position, name, value)
+    names = [c.name for c in dataset.table_columns]
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(pa.Table.from_pandas(frame[names], preserve_index=False), sink, pacsv.WriteOptions(include_header=False))
+    csv_bytes = sink.getvalue()
+    engine = create_engine(psycopg2_url(args.database_url, "floor"))
+    with engine.begin() as conn:
+        ensure_table(conn, dataset)
+        conn.execute(text(f"TRUNCATE {table_name(dataset)}"))
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        started = time.perf_counter()
+        cursor.copy_expert(
+            f"COPY {table_name(dataset)} ({', '.join(qi(n) for n in names)}) FROM STDIN WITH (FORMAT csv)",
+            pa.BufferReader(csv_bytes),
+        )
+        raw.commit()
+        seconds = time.perf_counter() - started
+        cursor.close()
+    finally:
+        raw.close()
+        engine.dispose()
+    return {"copy_seconds": seconds, "copy_rows": len(frame), "csv_bytes": csv_bytes.size,
+            "frame_bytes": int(frame.memory_usage(deep=True).sum())}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    jobs = parser.add_subparsers(dest="job", required=True)
+    s = jobs.add_parser("sync")
+    s.add_argument("--asset", required=True, help="asset key, e.g. esi/market_orders")
+    s.add_argument("--partition", required=True)
+    s.add_argument("--profile", help="write the pyinstrument tree to PREFIX.txt")
+    s.add_argument("--serial-fetch", action="store_true")
+    s.add_argument("--out", required=True)
+    f = jobs.add_parser("floor")
+    f.add_argument("--esi-url", required=True)
+    f.add_argument("--path", required=True)
+    f.add_argument("--params", default="{}")
+    f.add_argument("--token")
+    f.add_argument("--concurrency", type=int, default=8)
+    f.add_argument("--database-url")
+    f.add_argument("--dataset")
+    f.add_argument("--context", default="{}", help="context columns, e.g. {\"region_id\": 10000002}")
+    f.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    {"sync": sync, "floor": floor}[args.job](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
