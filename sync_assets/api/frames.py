@@ -53,7 +53,11 @@ def _column(rows: list[dict], column: Column, where: str) -> pd.Series | np.ndar
     try:
         if column.type in _NUMPY_KINDS:
             array = np.array(values)
-            if array.dtype.kind in _NUMPY_KINDS[column.type] or (not values):
+            clean = array.dtype.kind in _NUMPY_KINDS[column.type] and not (
+                array.dtype.kind == "u"  # above int64's range: astype would wrap it to a negative id
+                or (column.type is not ColumnType.BOOL and any(type(v) is bool for v in values))  # numpy makes True a 1
+            )
+            if clean or not values:
                 return array.astype(column.numpy_dtype) if values else pd.Series([], dtype=column.pandas_dtype)
             _check_values(values, column, where)  # nulls or foreign values: find and report them
             return pd.array(values, dtype=column.pandas_dtype)
@@ -80,6 +84,10 @@ def _check_values(values: list[Any], column: Column, where: str) -> None:
         if value is None:
             nulls += 1
             continue
+        if isinstance(value, int) and not isinstance(value, bool) and column.type is ColumnType.INT64 and not -(2**63) <= value < 2**63:
+            raise MalformedPayload(f"{where}: field {column.name!r} is not int64: {value} is out of range")
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise MalformedPayload(f"{where}: field {column.name!r} holds a NUL character")
         if type(value) is bool and column.type is not ColumnType.BOOL or not isinstance(value, allowed):
             raise MalformedPayload(
                 f"{where}: field {column.name!r} is not {column.type.value}: {type(value).__name__} value {value!r:.40}"
