@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install ui-test-deps dev demo test validate bench clean
+.PHONY: install ui-test-deps dev demo test faults validate bench clean
 
 # The UI test drives Debian's Chromium through Playwright (never Playwright's own browser download).
 CHROMIUM   := /usr/bin/chromium
@@ -35,6 +35,10 @@ ui-test-deps: install
 ## The whole test suite (real Postgres, sandbox over HTTP, Dagster end to end, the UI in Chromium).
 test: install ui-test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## The fault-injection suite (SIGKILL, Postgres restarts, 5xx/420/429 storms, bad input); not yet green.
+faults: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -o addopts="" sync_assets_tests/faults $(PYTEST_ARGS)
 
 validate: install
 	$(BIN)/dagster definitions validate
