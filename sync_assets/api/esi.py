@@ -119,7 +119,8 @@ class EsiResource(dg.ConfigurableResource):
         validators = Validators(
             # from_id walks revalidate only their first (newest) response; page walks every page
             page_etags=tuple(r.etag or "" for r in (responses[:1] if dataset.paging is Paging.FROM_ID else responses)),
-            last_modified=responses[0].last_modified,
+            # a 304 need not repeat Last-Modified: keep the stored one rather than lose it
+            last_modified=responses[0].last_modified or (previous.last_modified if previous else None),
             expires_at=min((r.expires for r in responses if r.expires), default=None),
             cursor=_cursor(dataset, frames, previous),
         )

@@ -48,7 +48,7 @@ from .helpers import (
     with_app_name,
 )
 
-PAGES = 40
+PAGES = 30
 KEY = ["region_id", "order_id"]
 AHEAD = 2  # run processes started before their turn
 # kill points at SYNC_ASSETS_FAULT_SCALE=1: 20 chosen points + 3 random moments
@@ -93,6 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, fault_databases: Callable[[s
     logs.mkdir()
     haystacks.paths += [home, logs]
     db_url = fault_databases("kill")
+    _init_home(home)  # run processes start in pairs: Dagster's sqlite storage must exist before (its creation races)
     gate = LaneGate(sandbox.app)
     with serve_in_thread(gate) as esi_url:
         observer = Observer(db_url)
@@ -100,6 +101,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, fault_databases: Callable[[s
             yield World(sandbox, gate, esi_url, db_url, home, logs, observer, Runner(esi_url, db_url), session_secrets)
         finally:
             observer.close()
+
+
+def _init_home(home: Path) -> None:
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    instance.get_runs(limit=1)
+    instance.dispose()
 
 
 @dataclass
@@ -118,7 +128,7 @@ def test_sigkill_at_every_phase_leaves_old_or_new_never_a_mix(world: World, faul
     entry = fault_report.entry(
         "1", "SIGKILL of the run process", invariant="1, 2, 4",
         injection=(f"`dagster asset materialize` (subprocess, sqlite DAGSTER_HOME) of The Forge ({PAGES} pages, "
-                   "~40k orders, a new snapshot each time) killed with SIGKILL at a chosen phase, reached through "
+                   f"~{PAGES}k orders, a new snapshot each time) killed with SIGKILL at a chosen phase, reached through "
                    "pg_stat_activity, the count of pages asked, and test-held locks / trigger brakes (no hook in the product)."),
     )
     entry.tests.append("test_01_sigkill.py::test_sigkill_at_every_phase_leaves_old_or_new_never_a_mix")

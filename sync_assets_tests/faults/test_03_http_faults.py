@@ -78,7 +78,7 @@ def test_5xx_storms_give_exact_data_or_a_clear_failure_with_every_retry_logged(
         injection="Sandbox knobs `error_rate` 20/35/50% (502/503/504, 3 in 10 as HTML pages);",
     )
     entry.tests.append(f"test_03_http_faults.py::test_5xx_storms...[{rate}]")
-    for seed in range(scaled(2)):
+    for seed in range(scaled(1)):
         sandbox = EsiSandbox(regions={int(FORGE): PAGES}, n_price_types=10, corporations={}, error_rate=rate,
                              error_seed=seed + 1, error_limit=NO_ERROR_LIMIT)
         with serve_in_thread(sandbox) as url:
@@ -117,7 +117,7 @@ def test_truncated_cut_slow_and_html_bodies_are_retried_to_the_exact_snapshot(
                   "and serving HTML pages with status 200 (8% of requests each), on top of 10% sandbox 5xx.",
     )
     entry.tests.append("test_03_http_faults.py::test_truncated_cut_slow_and_html_bodies_are_retried_to_the_exact_snapshot")
-    for run in range(scaled(2)):
+    for run in range(scaled(1)):
         rng = rng_for(f"broken-{run}")
         sandbox = EsiSandbox(regions={int(FORGE): PAGES}, n_price_types=10, corporations={}, error_rate=0.1,
                              error_seed=run + 7, error_limit=NO_ERROR_LIMIT)

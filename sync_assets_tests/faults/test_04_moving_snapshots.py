@@ -80,7 +80,7 @@ def test_a_refresh_anywhere_in_the_walk_leaves_exactly_one_snapshot(world: World
                    "the sandbox refreshes the snapshot after a random number of pages (Last-Modified changes; X-Pages may), "
                    "in conditional and unconditional walks, 1/4/8 pages at once;")
     rng = rng_for("refresh-mid-walk")
-    for i in range(scaled(8)):
+    for i in range(scaled(6)):
         conditional = i % 2 == 0
         if not conditional:  # a new snapshot first: stored ETags are stale, page 1 answers 200
             world.sandbox.refresh("orders", int(FORGE))
@@ -135,12 +135,12 @@ def test_partial_304s_from_a_stale_cache_never_mix_snapshots(world: World, fault
     rng = rng_for("partial-304")
     result = world.runner.sync(full_refresh=True)
     previous_version = _data_version(result)
-    for i in range(scaled(6)):
+    for i in range(scaled(5)):
         old = world.snapshot()
         world.sandbox.refresh("orders", int(FORGE))
         expire(world.observer.conn)
         new = world.snapshot()
-        every = i == scaled(6) - 1  # last case: the whole cache is stale
+        every = i == scaled(5) - 1  # last case: the whole cache is stale
         stale = set(rng.sample(range(1, PAGES + 1), rng.randint(1, PAGES - 1)))
         world.choose[0] = lambda req: STALE_304 if (every or req.page in stale) and "if-none-match" in req.headers else None
         result = world.runner.sync()

@@ -72,7 +72,6 @@ CLI_CASES = {
     "SYNC_ASSETS_ESI_URL is not http(s)": (
         {"SYNC_ASSETS_ESI_URL": "ftp://esi.example"}, "esi/market_orders", FORGE, ["SYNC_ASSETS_ESI_URL"]),
     "unknown partition": ({}, "esi/market_orders", "99999999", ["99999999"]),
-    "unknown dataset (asset key)": ({}, "esi/no_such_dataset", FORGE, ["esi/no_such_dataset"]),
 }
 
 
@@ -170,6 +169,22 @@ def test_an_unset_or_unreachable_database_fails_at_the_first_step_naming_it(faul
         assert "SYNC_ASSETS_DATABASE_URL" in message or "data database" in message, message[:2000]
         assert PASSWORD not in message
         entry.tally("database setting").add(f"{label}: fails naming it, no password")
+
+
+def test_unknown_dataset_and_partition_names_are_refused_naming_them(fault_report: FaultReport) -> None:
+    from sync_assets.api.requests import plan_requests
+    from sync_assets.datasets import dataset_for_asset_key
+
+    entry = _entry(fault_report, "test_unknown_dataset_and_partition_names_are_refused_naming_them",
+                   "unknown dataset names and partition keys (in process);")
+    with pytest.raises(KeyError, match="esi.no_such_dataset"):
+        dataset_for_asset_key(["esi", "no_such_dataset"])
+    cases = [(MARKET_ORDERS, "99999999", "99999999"), (MARKET_ORDERS, None, "partition key is required"),
+             (declared.CORPORATION_ASSETS, "not-a-corporation", "not-a-corporation")]
+    for dataset, key, words in cases:
+        with pytest.raises(ValueError, match=words):
+            plan_requests(dataset, key)
+    entry.tally("unknown names (in process)").add("refused naming the dataset / partition", 1 + len(cases))
 
 
 def test_an_unreachable_esi_fails_naming_the_host_or_the_setting(fault_db: str, fault_report: FaultReport) -> None:
