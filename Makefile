@@ -33,8 +33,10 @@ ui-test-deps: install
 	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet '$(PLAYWRIGHT)'
 
 ## The whole test suite (real Postgres, sandbox over HTTP, Dagster end to end, the UI in Chromium).
+# A private --basetemp: pytest prunes old numbered dirs under the shared default one, which can pull a
+# data directory from under an embedded Postgres when two test sessions run on one machine.
 test: install ui-test-deps
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --basetemp="$$(mktemp -d /tmp/sync-assets-tests.XXXXXX)" $(PYTEST_ARGS)
 
 ## The fault-injection suite (SIGKILL, Postgres restarts, 5xx/420/429 storms, bad input); not yet green.
 faults: install
