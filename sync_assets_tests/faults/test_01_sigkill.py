@@ -171,6 +171,7 @@ def test_sigkill_at_every_phase_leaves_old_or_new_never_a_mix(world: World, faul
         kill = Kill(i, phase, whole_group=in_process, in_process=in_process)
         brake = Brake(world.db_url)
         world.gate.open(i)
+        _debug(f"kill {i} {phase}: open")
         try:
             # once this run fetches, its DDL is behind it; the processes started ahead wait before theirs
             # (else their ALTER TABLE, queued behind a brake, would block this run's write behind it)
@@ -211,6 +212,7 @@ def test_sigkill_at_every_phase_leaves_old_or_new_never_a_mix(world: World, faul
             entry.tally("kills").add(f"{kill.observed} -> {kill.table}")
 
         # the next run converges to the new snapshot exactly
+        _debug(f"kill {i} {kill.observed}: killed+checked")
         result = world.runner.sync()
         assert result.success, f"{where}: the next run failed"
         if kill.table == "new":  # already checked against the snapshot: must be untouched
@@ -315,6 +317,14 @@ def _current_phase(world: World, name: str, asked: int, new_snap: Any) -> str:
     if (state_row(world.observer.conn) or {}).get("last_modified") == new_snap.last_modified:
         return "after-commit"
     return "fetch" if asked else "startup"
+
+
+def _debug(message: str) -> None:
+    import os
+    import sys
+
+    if os.environ.get("SYNC_ASSETS_FAULT_DEBUG"):
+        print(f"{time.monotonic():9.2f} {message}", file=sys.stderr, flush=True)
 
 
 def _middle(keys: list[int]) -> int:
