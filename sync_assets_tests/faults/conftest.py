@@ -36,6 +36,7 @@ class FaultEntry:
     tallies: dict[str, Tally] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     tests: list[str] = field(default_factory=list)
+    main: str = ""  # what the summary counts: tallies whose name starts with this ("" = all)
 
     def tally(self, name: str) -> Tally:
         return self.tallies.setdefault(name, Tally())
@@ -47,9 +48,10 @@ class FaultReport:
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.started = time.time()
 
-    def entry(self, fault: str, title: str, *, invariant: str = "", injection: str = "") -> FaultEntry:
+    def entry(self, fault: str, title: str, *, invariant: str = "", injection: str = "", main: str = "") -> FaultEntry:
         entry = self.entries.setdefault(fault, FaultEntry(fault, title))
         entry.invariant = entry.invariant or invariant
+        entry.main = entry.main or main
         if injection and injection not in entry.injection:
             entry.injection = f"{entry.injection} {injection}".strip()
         return entry
@@ -62,6 +64,7 @@ class FaultReport:
             "faults": {
                 k: {
                     "title": e.title, "invariant": e.invariant, "injection": e.injection, "notes": e.notes, "tests": e.tests,
+                    "main": e.main,
                     "tallies": {n: {"tried": t.tried, "outcomes": t.outcomes} for n, t in e.tallies.items()},
                 }
                 for k, e in sorted(self.entries.items())

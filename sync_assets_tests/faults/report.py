@@ -39,14 +39,27 @@ BUGS: dict[str, str] = {
         "exhaust ESI's limit (420s) when they fail together. Fix: reserve one potential error per admitted request in "
         "`PostgresBudget.before_request` (remain - in_flight > floor, released in `after_response`), or keep the floor "
         "above the largest number of requests that can be in flight across processes."),
-    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly": (
-        "`rows_to_frame` coerces silently (its docstring promises it never does): integers in [2^63, 2^64) wrap to "
-        "negative int64 (numpy uint64 -> int64), `true`/`false` among numbers become 1/0, an empty string in a required "
-        "timestamp becomes NaT (NULL), a list in a numeric field on every row raises a bare pandas ValueError without "
-        "route/page/field, and a NUL character passes (PostgreSQL cannot store it). Fix in `frames._column`: accept kind 'u' "
-        "only up to 2^63-1, refuse bools in numeric columns, refuse NaT in required date/time columns, refuse ndim != 1, "
-        "refuse '\\x00' in STRING/JSON columns, each as MalformedPayload naming the field."),
-    "test_rows_to_frame_builds_exactly_what_it_was_given_or_refuses_naming_where": "Same bugs as above, found by the property.",
+    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly[uint64 above int64 max wraps to a negative id]": (
+        "`rows_to_frame`: an integer in [2^63, 2^64) (orjson parses it as int) became a negative int64 (numpy uint64 -> "
+        "int64 astype). Fix in `frames._column`: treat kind 'u' as foreign and check the range."),
+    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly[true among integers becomes 1]": (
+        "`rows_to_frame`: `true` among integers became 1 (numpy's fast path). Fix: refuse bools in numeric columns."),
+    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly[true among floats becomes 1.0]": (
+        "`rows_to_frame`: `true` among floats became 1.0. Fix: refuse bools in numeric columns."),
+    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly[empty string in a required timestamp becomes NaT]": (
+        "`rows_to_frame`: `\"\"` in a required timestamp (or date) becomes NaT, stored as NULL: `pd.to_datetime` maps empty "
+        "strings to NaT and `_check_values` counts only None as null. Fix in `frames._column`: after to_datetime, if the "
+        "column is required and the result has NaT where the JSON had a value, raise MalformedPayload naming the field."),
+    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly[a list in an integer field on every row]": (
+        "`rows_to_frame`: `[5]` in a numeric field on every row makes numpy build a 2-D int array that passes the dtype "
+        "check; `pd.DataFrame` then raises a bare `ValueError: Per-column arrays must each be 1-dimensional` outside the "
+        "try, with no route, page or field. Fix in `frames._column`: treat `array.ndim != 1` as foreign values."),
+    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly[a NUL character (PostgreSQL cannot store it)]": (
+        "`rows_to_frame`: a string with NUL passes; PostgreSQL refuses it in COPY. Fix: refuse '\\x00' in text."),
+    "test_rows_to_frame_refuses_what_it_cannot_keep_exactly": "`rows_to_frame` accepts a value it cannot keep exactly.",
+    "test_rows_to_frame_builds_exactly_what_it_was_given_or_refuses_naming_where": (
+        "The property finds the `rows_to_frame` bugs pinned by the explicit cases of "
+        "`test_rows_to_frame_refuses_what_it_cannot_keep_exactly` (error line above: the one it hit first)."),
     "test_dataset_transforms_refuse_any_wrong_shape_naming_where": (
         "`corporation_members` payload `[[1], [2]]` (a list per id) escapes as a bare pandas ValueError "
         "(`Per-column arrays must each be 1-dimensional`), without route or page: the ndim check above fixes it."),
@@ -87,13 +100,19 @@ BUGS: dict[str, str] = {
 def run_suite(results: Path, pytest_args: list[str]) -> tuple[int, float]:
     env = dict(os.environ, SYNC_ASSETS_FAULT_RESULTS=str(results))
     started = time.monotonic()
-    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "sync_assets_tests/faults", *pytest_args],
-                           cwd=ROOT, env=env)
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "sync_assets_tests/faults", *pytest_args]
+    code = subprocess.call(argv, cwd=ROOT, env=env)
     return code, time.monotonic() - started
 
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _own_tests(fault: dict[str, Any], tests: dict[str, Any]) -> dict[str, Any]:
+    """The tests of a fault: every test of the files its tests are in (one fault per file)."""
+    files = {x.split("::")[0] for x in fault["tests"]}
+    return {n: t for n, t in tests.items() if Path(n.split("::")[0]).name in files}
 
 
 def render(data: dict[str, Any], wall_s: float | None) -> str:
@@ -104,7 +123,8 @@ def render(data: dict[str, Any], wall_s: float | None) -> str:
         "# Reliability: the invariants under real faults",
         "",
         f"Generated by `{COMMAND}` - do not edit by hand; run the command to refresh it.",
-        "It runs the fault suite (`pytest sync_assets_tests/faults`, run by `make faults`; kept out of `make test` until it is green) with "
+        "It runs the fault suite (`pytest sync_assets_tests/faults`; `make faults` runs it alone, `make test` with everything once "
+        "pyproject's `--ignore` of it is gone) with "
         "`SYNC_ASSETS_FAULT_RESULTS` set, then renders the figures the tests recorded. "
         "`SYNC_ASSETS_FAULT_SCALE=N` multiplies the counts (longer soaks); `SYNC_ASSETS_FAULT_SEED` varies the random choices.",
         "",
@@ -118,25 +138,27 @@ def render(data: dict[str, Any], wall_s: float | None) -> str:
         "",
         "## Summary",
         "",
-        "| # | fault | invariants | tried (main count) | tests | result |",
+        "| # | fault | invariants | faults injected (runs / cases) | tests | result |",
         "|---|---|---|---|---|---|",
     ]
     faults = data.get("faults", {})
     for key, fault in faults.items():
-        names = fault["tests"]
-        own = {n: t for n, t in tests.items() if any(n.split("::")[-1].split("[")[0] in x for x in names) and
-               Path(n.split("::")[0]).name in {x.split("::")[0] for x in names}}
+        own = _own_tests(fault, tests)
         ok = sum(t["outcome"] == "passed" for t in own.values())
-        main = next(iter(fault["tallies"].values()), {"tried": 0})
+        main = fault.get("main", "")
+        tried = sum(t["tried"] for name, t in fault["tallies"].items() if name.startswith(main))
         result = "all pass" if ok == len(own) else f"**{len(own) - ok} failing (bugs below)**"
-        lines.append(f"| {key} | {_cell(fault['title'])} | {fault['invariant']} | {main['tried']} | {ok}/{len(own)} | {result} |")
+        lines.append(f"| {key} | {_cell(fault['title'])} | {fault['invariant']} | {tried} | {ok}/{len(own)} | {result} |")
     if failed:
         lines += ["", "## Open bugs (failing tests)", ""]
         for name in failed:
             short = name.split("::")[-1]
             base = short.split("[")[0]
             lines.append(f"- `{short}` - {tests[name]['outcome']}: `{_cell(tests[name]['error'])[:300]}`")
-            if base in BUGS:
+            case = short[len(base) + 1:-1] if "[" in short else ""
+            if case and f"{base}[{case}]" in BUGS:
+                lines.append(f"  - {BUGS[f'{base}[{case}]']}")
+            elif base in BUGS:
                 lines.append(f"  - {BUGS[base]}")
     for key, fault in faults.items():
         lines += ["", f"## {key}. {fault['title']}", "", f"Invariants: {fault['invariant']}.", "", f"**How it is injected:** {fault['injection']}", ""]
@@ -148,11 +170,9 @@ def render(data: dict[str, Any], wall_s: float | None) -> str:
             lines += ["Notes:", ""] + [f"- {_cell(n)}" for n in fault["notes"]] + [""]
         lines.append("Tests:")
         lines.append("")
-        for name, t in tests.items():
-            if Path(name.split("::")[0]).name in {x.split("::")[0] for x in fault["tests"]} and \
-                    any(name.split("::")[-1].split("[")[0] in x for x in fault["tests"]):
-                mark = "pass" if t["outcome"] == "passed" else f"**{t['outcome'].upper()}**"
-                lines.append(f"- `{name.split('::', 1)[-1]}` - {mark} ({t['seconds']:.1f} s)")
+        for name, t in _own_tests(fault, tests).items():
+            mark = "pass" if t["outcome"] == "passed" else f"**{t['outcome'].upper()}**"
+            lines.append(f"- `{name.split('::', 1)[-1]}` - {mark} ({t['seconds']:.1f} s)")
     lines.append("")
     return "\n".join(lines)
 

@@ -113,11 +113,11 @@ def test_postgres_restart_mid_run_fails_cleanly_or_retries_and_never_writes_half
 ) -> None:
     sandbox, gate, url = world
     entry = fault_report.entry(
-        "2", "PostgreSQL stopped / restarted mid-run", invariant="4, 8",
+        "2", "PostgreSQL stopped / restarted mid-run", invariant="4, 8", main="runs",
         injection=("The data database's own embedded server (pgserver) is stopped with `stop_embedded_postgres` (fast "
                    "shutdown) and started again with `start_embedded_postgres` while a run is held at a chosen point."),
     )
-    entry.tests.append(f"test_02_postgres_restart.py::...[{scenario}]")
+    entry.tests.append(f"test_02_postgres_restart.py::test_postgres_restart_mid_run_fails_cleanly_or_retries_and_never_writes_half[{scenario}]")
     runner = Runner(f"{url}/lane{scenario.replace('-', '')}", with_app_name(pg.url, "faults-run"))
     direct = Runner(url, pg.url)  # the next run: straight to the sandbox
     assert direct.sync().success

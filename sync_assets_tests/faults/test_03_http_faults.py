@@ -74,10 +74,10 @@ def test_5xx_storms_give_exact_data_or_a_clear_failure_with_every_retry_logged(
     rate: float, fault_databases: Any, fault_report: FaultReport,
 ) -> None:
     entry = fault_report.entry(
-        "3", "5xx storms, HTML error pages, broken bodies, slow responses", invariant="2, 4",
+        "3", "5xx storms, HTML error pages, broken bodies, slow responses", invariant="2, 4", main="run",
         injection="Sandbox knobs `error_rate` 20/35/50% (502/503/504, 3 in 10 as HTML pages);",
     )
-    entry.tests.append(f"test_03_http_faults.py::test_5xx_storms...[{rate}]")
+    entry.tests.append(f"test_03_http_faults.py::test_5xx_storms_give_exact_data_or_a_clear_failure_with_every_retry_logged[{rate}]")
     for seed in range(scaled(1)):
         sandbox = EsiSandbox(regions={int(FORGE): PAGES}, n_price_types=10, corporations={}, error_rate=rate,
                              error_seed=seed + 1, error_limit=NO_ERROR_LIMIT)
@@ -99,7 +99,7 @@ def test_5xx_storms_give_exact_data_or_a_clear_failure_with_every_retry_logged(
             assert all("HTTP 50" in line for line in lines), [l for l in lines if "HTTP 50" not in l][:3]
             html = [line for line in lines if "HTML error page: 502 Bad Gateway" in line]
             assert html or served_5xx < 4, "HTML 502 pages are not described in the log"
-            entry.tally(f"{int(rate * 100)}% 5xx storm ({PAGES} pages)").add(
+            entry.tally(f"run in a {int(rate * 100)}% 5xx storm ({PAGES} pages)").add(
                 "exact snapshot" if outcome == "exact" else "clear failure, table and validators unchanged")
             entry.tally("retries logged (one warning line each)").add("5xx, HTML 502 pages", len(lines))
             storm.close()
@@ -153,7 +153,7 @@ def test_truncated_cut_slow_and_html_bodies_are_retried_to_the_exact_snapshot(
                         assert any(described[kind] in line for line in lines), f"{kind} not visible in the run log"
                 for kind in BROKEN:
                     entry.tally("broken responses injected (all retried)").add(kind, proxy.injected[kind])
-                entry.tally("runs with broken bodies + 10% 5xx").add(
+                entry.tally("run with broken bodies + 10% 5xx").add(
                     "exact snapshot" if outcome == "exact" else "clear failure, table and validators unchanged")
                 storm.close()
 
@@ -177,7 +177,7 @@ def test_a_wrong_typed_field_fails_the_run_naming_field_and_page_and_writes_noth
             assert storm.check(result) == "failed"
             message = failure_text(result)
             assert "page 7" in message and "is not" in message, message[:2000]
-            entry.tally("wrong-typed payload").add("clear failure naming field and page, nothing written")
+            entry.tally("run with a wrong-typed payload").add("clear failure naming field and page, nothing written")
             entry.notes.append(f"wrong-typed field: `{_cause(message)}`")
             storm.close()
 

@@ -70,7 +70,7 @@ def world(fault_databases: Any) -> Iterator[World]:
 
 
 def _entry(fault_report: FaultReport, test: str, injection: str):
-    entry = fault_report.entry("4", "Snapshots moving mid-walk, partial 304s", invariant="2", injection=injection)
+    entry = fault_report.entry("4", "Snapshots moving mid-walk, partial 304s", invariant="2", main="", injection=injection)
     entry.tests.append(f"test_04_moving_snapshots.py::{test}")
     return entry
 

@@ -33,7 +33,7 @@ KEY = ["region_id", "order_id"]
 
 
 def _entry(fault_report: FaultReport, test: str, injection: str):
-    entry = fault_report.entry("5", "420 / 429 storms and Retry-After", invariant="5", injection=injection)
+    entry = fault_report.entry("5", "420 / 429 storms and Retry-After", invariant="5", main="run", injection=injection)
     entry.tests.append(f"test_05_error_limit.py::{test}")
     return entry
 
@@ -87,7 +87,7 @@ def test_5xx_storms_from_concurrent_runs_never_exhaust_the_error_limit(fault_dat
                         entry.notes.append(f"{label}: `{cause}`")
                 entry.tally(f"runs in a 5xx storm ({label})").add(
                     "exact snapshot" if result.success else "clear failure, nothing written")
-            entry.tally("storms: 5xx served / 420s served").add(f"{label}: {total['status_5xx']} x 5xx, {total['status_420']} x 420")
+            entry.tally("served by the sandbox in those storms").add(f"{label}: {total['status_5xx']} x 5xx, {total['status_420']} x 420")
             assert total["status_420"] == 0, f"the program exhausted the error limit: {total['status_420']} x 420 ({total})"
 
 
@@ -116,7 +116,7 @@ def test_requests_in_flight_are_counted_against_the_error_budget(fault_db: str, 
     assert not any(r.success for r in results)
     for (runner, partition), result in zip(runners, results):
         assert runner.table(partition=partition).empty
-    entry.tally("16 requests in flight, 14 errors left").add(
+    entry.tally("run pair with 16 requests in flight, 14 errors left").add(
         f"{served_420} x 420 served" + (" (BUG: the program exhausted the error limit)" if served_420 else ""))
     assert served_420 == 0, (
         f"{served_420} x 420: both runs were admitted 8 requests each while the shared budget knew only 14 errors "
@@ -137,7 +137,7 @@ def test_a_420_forced_by_the_test_is_waited_out_and_never_repeated(fault_db: str
         assert frame_diff(runner.table(), expected_orders(sandbox), KEY) is None
         forced = sandbox.counter("total")["status_420"]
         messages = runner.messages(result)
-        entry.tally("forced 420").add(f"{forced} x 420 served in total; run waited for the reset and synced the exact snapshot")
+        entry.tally("run after a 420 forced by the test").add(f"{forced} x 420 served in total; run waited for the reset and synced the exact snapshot")
         assert forced == 1, f"after the forced 420 the program asked again before the reset: {forced} x 420"
         assert any("error" in m.lower() and ("wait" in m.lower() or "retry" in m.lower()) for m in messages), messages[-20:]
 
@@ -161,7 +161,7 @@ def test_a_429_storm_is_paced_by_retry_after_and_the_bucket_headers(fault_db: st
         counter = sandbox.counter("total")
         messages = runner.messages(result)
         waits = [m for m in messages if "Retry-After" in m or "rate-limit bucket" in m]
-        entry.tally("429 storm, 24 pages").add(
+        entry.tally("run in a 429 storm, 24 pages").add(
             f"exact snapshot; {counter['status_429']} x 429, {len(waits)} waits logged, {counter['status_420']} x 420")
         assert counter["status_420"] == 0
         assert waits, "no wait on Retry-After / the bucket is visible in the run log"

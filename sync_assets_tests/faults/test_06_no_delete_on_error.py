@@ -26,7 +26,7 @@ MIRRORS = [declared.CORPORATION_MEMBERS, declared.MEMBER_TRACKING, declared.CORP
 
 
 def _entry(fault_report: FaultReport, test: str, injection: str):
-    entry = fault_report.entry("6", "Maintenance 404s, 403 after a role loss: no rows deleted", invariant="3",
+    entry = fault_report.entry("6", "Maintenance 404s, 403 after a role loss: no rows deleted", invariant="3", main="",
                                injection=injection)
     entry.tests.append(f"test_06_no_delete_on_error.py::{test}")
     return entry

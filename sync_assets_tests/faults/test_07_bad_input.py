@@ -54,7 +54,7 @@ PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, data
 
 
 def _entry(fault_report: FaultReport, test: str, injection: str):
-    entry = fault_report.entry("7", "Bad input: settings, names, payloads", invariant="8", injection=injection)
+    entry = fault_report.entry("7", "Bad input: settings, names, payloads", invariant="8", main="", injection=injection)
     entry.tests.append(f"test_07_bad_input.py::{test}")
     return entry
 

@@ -161,7 +161,7 @@ def _loaded(url: str) -> bool:
 def test_terminating_a_run_mid_walk_leaves_the_table_unchanged_and_frees_its_pool_slot(dev: dict[str, Any],
                                                                                     fault_report: FaultReport) -> None:
     entry = fault_report.entry(
-        "9", "Cancellation from Dagster mid-sync", invariant="4 (+ pool slots)",
+        "9", "Cancellation from Dagster mid-sync", invariant="4 (+ pool slots)", main="terminated",
         injection=("`dagster dev` (project dagster.yaml: Postgres storage, run queue, pool `esi` set to 1 slot, run monitoring); "
                    "a market-orders run launched with GraphQL `launchRun`, held with pages 3+ in flight, then `terminateRun`."),
     )

@@ -55,7 +55,7 @@ def _tables(url: str) -> list[str]:
 def test_no_secret_anywhere_after_the_fault_suite(haystacks: Haystacks, corp_world: CorpWorld, pg_server_url: str,
                                                   fault_report: FaultReport) -> None:
     entry = fault_report.entry(
-        "8", "Secrets", invariant="6",
+        "8", "Secrets", invariant="6", main="secrets searched",
         injection=("after the whole suite: every event log, run/compute log, CLI and `dagster dev` output, file under the "
                    "DAGSTER_HOMEs, table of every database and the PostgreSQL server log, searched for the client secret, "
                    "the token key and every refresh/access token issued."),
