@@ -7,6 +7,7 @@ the end of the session (`python -m sync_assets_tests.faults.report` does, then r
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -107,10 +108,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_process_left_behind() -> Iterator[None]:
-    """Whatever a test started is stopped when it ends, even on failure (module fixtures stop theirs)."""
+    """Whatever a test started is stopped when it ends, even on failure (module fixtures stop theirs).
+    Connections of finished runs are collected too: each in-process run leaves its budget engine's
+    pool to the garbage collector (see test_02's connection test), and the suite makes ~100 runs
+    against one server (max_connections 100)."""
     before = live_processes()
     yield
     close_all_processes(keep=before)
+    gc.collect()
 
 
 @dataclass

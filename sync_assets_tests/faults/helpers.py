@@ -46,10 +46,6 @@ def with_app_name(url: str, name: str) -> str:
     return make_url(url).update_query_dict({"application_name": name}).render_as_string(hide_password=False)
 
 
-def database_name(url: str) -> str:
-    return make_url(url).database or ""
-
-
 # --- processes ----------------------------------------------------------------------------------
 
 _LIVE: set["Proc"] = set()

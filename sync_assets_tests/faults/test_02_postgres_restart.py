@@ -222,3 +222,39 @@ def test_start_after_stop_in_the_same_process_starts_the_server(pg: Pg, fault_re
     finally:
         if not (pg.data_dir / "postmaster.pid").exists():
             pg.start()
+
+
+def test_a_finished_run_gives_its_database_connections_back(pg: Pg, world: tuple[EsiSandbox, LaneGate, str],
+                                                            fault_report: FaultReport) -> None:
+    """Runs in a long-lived process (the in-process executor, `dagster dev`'s code server evaluating
+    schedules) must not keep connections after they end: PostgreSQL refuses clients past
+    max_connections (100 by default), for every process using the server."""
+    import gc
+
+    entry = fault_report.entry("2", "PostgreSQL stopped / restarted mid-run")
+    entry.tests.append("test_02_postgres_restart.py::test_a_finished_run_gives_its_database_connections_back")
+    sandbox, _, url = world
+    database = ensure_database(pg.url.replace("/faults?", "/postgres?"), "faults_connections")
+    runner = Runner(url, with_app_name(database, "faults-leak"))
+    assert runner.sync().success  # tables exist from here on
+    observer = Observer(database)
+    gc.collect()
+    gc.disable()  # what a busy process looks like between two collections
+    try:
+        counts = []
+        for _ in range(5):
+            sandbox.refresh("orders", int(FORGE))
+            expire(observer.conn)
+            assert runner.sync().success
+            counts.append(len(observer.backends("faults-leak")))
+    finally:
+        gc.enable()
+        gc.collect()
+    after_gc = len(observer.backends("faults-leak"))
+    observer.close()
+    entry.tally("idle connections left after each of 5 in-process runs").add(
+        f"{counts} (after a garbage collection: {after_gc})")
+    # the warehouse keeps one small pool per database URL (<= 6); anything beyond grows with every run
+    assert counts[-1] <= 6, (
+        f"connections left by finished runs: {counts} ({after_gc} once the garbage collector ran): the budget engine "
+        f"of each run is never disposed")

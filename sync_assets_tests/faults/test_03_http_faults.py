@@ -11,7 +11,7 @@ faults from a fault proxy (sync_assets_tests/faults/proxy.py) between the client
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

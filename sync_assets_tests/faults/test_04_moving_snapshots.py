@@ -111,7 +111,7 @@ def test_x_pages_changing_or_a_page_vanishing_mid_walk_restarts_the_walk(world: 
     for i in range(scaled(4)):
         world.sandbox.refresh("orders", int(FORGE))
         expire(world.observer.conn)
-        target, fired = rng.randint(2, PAGES), [0]
+        target, fired = rng.randint(2, world.sandbox.page_count(int(FORGE))), [0]
         kind = "X-Pages + 1" if i % 2 == 0 else "page vanished (404)"
 
         def choose(req: Req) -> Any:

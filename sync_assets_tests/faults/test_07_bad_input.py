@@ -19,7 +19,6 @@ import math
 import secrets
 import socket
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Iterator
 
 import dagster as dg
@@ -282,7 +281,7 @@ def _check_frame(rows: Any, dataset: Dataset) -> str:
     assert list(frame.columns) == [c.name for c in dataset.columns]
     assert len(frame) == len(rows)
     for column in dataset.columns:
-        assert str(frame[column.name].dtype) == column.pandas_dtype, (column.name, frame[column.name].dtype)
+        assert str(frame[column.name].dtype) in (column.pandas_dtype, column.numpy_dtype), (column.name, frame[column.name].dtype)
         for i, row in enumerate(rows):
             value, got = row.get(column.name), frame[column.name].iloc[i]
             assert _same(value, got, column), (

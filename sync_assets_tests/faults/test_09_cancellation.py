@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,7 +29,7 @@ from sync_assets.sandbox.sso import SsoSandbox
 
 from .conftest import FaultReport, Haystacks, SessionSecrets
 from .helpers import (
-    BIN, FORGE, ROOT, Observer, Proc, Runner, clean_env, expire, poll, state_row, table_digest,
+    BIN, FORGE, ROOT, Observer, Proc, Runner, clean_env, expire, poll, scaled, state_row, table_digest,
 )
 
 KEY = ["region_id", "order_id"]
@@ -187,7 +186,7 @@ def test_terminating_a_run_mid_walk_leaves_the_table_unchanged_and_frees_its_poo
     observer = Observer(dev["data_db"])
     expire(observer.conn)
     old = table_digest(observer.conn), state_row(observer.conn)
-    for attempt in range(1):
+    for attempt in range(scaled(1)):
         hold.holding, hold.held = True, 0
         run_id = d.launch("sync_esi_market_orders", FORGE)
         assert poll(lambda: hold.held >= 1 or d.status(run_id) in ("FAILURE", "CANCELED", "SUCCESS"), 240, 0.2), "never fetched"

@@ -15,7 +15,6 @@ Run alone, it first makes the corporation world do a sync and a 403 (so there is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
