@@ -18,10 +18,7 @@ def psycopg2_url(url: str, setting: str) -> str:
     SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which dagster-postgres cannot use;
     we pin one driver for both the data and Dagster's storage.
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseConfigError(f"{setting} is not a database URL (expected postgresql+psycopg2://user@host/db)") from None
+    parsed = _parse(url, setting)
     if parsed.get_backend_name() != "postgresql":
         raise DatabaseConfigError(f"{setting} must point at PostgreSQL, got a {parsed.get_backend_name()!r} URL")
     if parsed.drivername not in ("postgresql", "postgres", DRIVER):
@@ -31,11 +28,25 @@ def psycopg2_url(url: str, setting: str) -> str:
     return parsed.set(drivername=DRIVER).render_as_string(hide_password=False)
 
 
+def _parse(url: str, setting: str) -> URL:
+    """make_url, with every parse failure as a DatabaseConfigError naming the setting. The
+    original message is dropped on purpose: it may quote a part of the URL (the password)."""
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise DatabaseConfigError(f"{setting} is not a database URL (expected postgresql+psycopg2://user@host/db)") from None
+    except (ValueError, TypeError) as exc:  # SQLAlchemy parses the port with int()
+        problem = "its port is not a number" if "int()" in str(exc) else "it cannot be parsed"
+        raise DatabaseConfigError(
+            f"{setting} is not a valid database URL: {problem} (expected postgresql+psycopg2://user@host:5432/db)"
+        ) from None
+
+
 def redacted(url: str) -> str:
     """The URL with its password masked, for logs and messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError, TypeError):  # e.g. a non-numeric port: int() fails inside make_url
         return "<unparseable URL>"
 
 
