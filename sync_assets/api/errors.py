@@ -11,6 +11,10 @@ class ApiError(Exception):
     """Base class: something the API said or did prevented a complete snapshot."""
 
 
+class ApiUnreachable(ApiError):
+    """No response at all after every retry: connection refused, DNS, TLS, timeouts."""
+
+
 class HttpStatusError(ApiError):
     def __init__(self, method: str, url: str, status: int, detail: str, retry_after: float | None = None):
         self.method, self.url, self.status, self.detail = method, url, status, detail

@@ -9,14 +9,13 @@ from typing import Any
 import dagster as dg
 import httpx
 import pandas as pd
-from sqlalchemy import create_engine
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
 from ..datasets import Dataset, Paging
 from .frames import empty_frame, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
-from ..warehouse.urls import psycopg2_url
+from ..warehouse.resource import PostgresWarehouse
 from .budget import BudgetKey, BudgetPolicy, PostgresBudget
 from .errors import MalformedPayload
 from .pagination import FromIdWalker, XPagesWalker
@@ -54,7 +53,10 @@ class EsiResource(dg.ConfigurableResource):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        url = httpx.URL(value)
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, UnicodeError, TypeError) as exc:
+            raise ValueError(f"base_url is not a URL ({exc}); set SYNC_ASSETS_ESI_URL to e.g. {DEFAULT_ESI_URL}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_ESI_URL}, got {value!r} (SYNC_ASSETS_ESI_URL)")
         return value.rstrip("/")
@@ -181,9 +183,10 @@ class EsiResource(dg.ConfigurableResource):
     def _budget(self) -> PostgresBudget | None:
         if not self.budget_database_url:
             return None
-        url = psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL")
-        engine = create_engine(url, pool_pre_ping=True, pool_size=max(2, self.max_concurrency), max_overflow=4)
-        return PostgresBudget(engine, BudgetPolicy(error_limit_floor=self.error_limit_floor))
+        # the warehouse's pool for that database (one per URL and process): a run's budget takes one
+        # connection at a time, and runs that end leave no pool behind
+        engine = PostgresWarehouse(database_url=self.budget_database_url).engine()
+        return PostgresBudget(engine, BudgetPolicy(error_limit_floor=self.error_limit_floor), want_slots=self.max_concurrency)
 
 
 def _page_parser(dataset: Dataset, label: str):

@@ -14,7 +14,7 @@ import httpx
 import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .errors import HttpStatusError, MalformedPayload, PageOutOfRange, PermanentHttpError, TransientHttpError
+from .errors import ApiUnreachable, HttpStatusError, MalformedPayload, PageOutOfRange, PermanentHttpError, TransientHttpError
 
 if TYPE_CHECKING:
     from .budget import BudgetKey, PostgresBudget
@@ -125,8 +125,14 @@ class ApiHttpClient:
             transport=transport,
         )
 
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url).rstrip("/")
+
     def close(self) -> None:
         self._client.close()
+        if self.budget is not None:
+            self.budget.close()
 
     def get_page(
         self,
@@ -158,11 +164,17 @@ class ApiHttpClient:
             sleep=self._sleep,
             reraise=True,
         )
-        for attempt in retrying:
-            with attempt:
-                if self.budget is None:
-                    self.gate.wait_turn(log)
-                return self._get_once(path, params, page, etag, headers, budget_key, log)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self.budget is None:
+                        self.gate.wait_turn(log)
+                    return self._get_once(path, params, page, etag, headers, budget_key, log)
+        except httpx.TransportError as exc:  # the last attempt: say where we were trying to go
+            raise ApiUnreachable(
+                f"GET {self.base_url}{path}{f' page {page}' if page else ''}: {_describe(exc)} after "
+                f"{self.retry.max_attempts} attempts; is the API's base URL right (SYNC_ASSETS_ESI_URL for ESI)?"
+            ) from exc
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _wait(self, state: RetryCallState) -> float:
@@ -187,6 +199,10 @@ class ApiHttpClient:
         except httpx.TransportError:
             if reservation:
                 self.budget.after_response(reservation, None, {})  # type: ignore[union-attr]
+            raise
+        except BaseException:  # cancelled or interrupted: no response to learn from
+            if reservation:
+                self.budget.release(reservation)  # type: ignore[union-attr]
             raise
         if reservation:
             self.budget.after_response(reservation, response.status_code, response.headers)  # type: ignore[union-attr]
