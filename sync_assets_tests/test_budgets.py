@@ -7,8 +7,10 @@ from typing import Iterator
 
 import dagster as dg
 import pytest
+from sqlalchemy import text
 
 from sync_assets.api import EsiResource
+from sync_assets.api.requests import SliceRequest, plan_requests
 from sync_assets.api.budget import BudgetKey, BudgetPolicy, CircuitOpen, PostgresBudget
 from sync_assets.datasets import MARKET_ORDERS
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
@@ -91,3 +93,32 @@ class _quiet:
     def info(self, msg: str) -> None: ...
 
     def warning(self, msg: str) -> None: ...
+
+
+def test_a_walk_pays_few_budget_transactions_and_hands_its_advances_back(database_url: str) -> None:
+    """Per-request database round trips would cost more than the requests: tokens are taken in
+    advance (a few requests' worth), error slots are leased, and both go back when the run ends."""
+    sandbox = EsiSandbox(regions={10000002: 60}, n_price_types=10, orders_per_page=50, corporations={},
+                         rate_limit_tokens={"market-order": 100_000})
+    with serve_in_thread(sandbox) as url:
+        esi = EsiResource(base_url=url, budget_database_url=database_url, expiry_guard_s=0, max_concurrency=8)
+        snapshot = esi.fetch_snapshot(MARKET_ORDERS, _forge_request(), log=_quiet())
+        budget = esi._client().budget
+        assert snapshot.frame is not None and len(snapshot.frame) > 59 * 50  # the last page is a partial one
+        requests = sandbox.counters()["orders"]["requests"]
+        assert requests == 60 and budget.round_trips <= requests / 4, (budget.round_trips, requests)
+        with budget.engine.connect() as conn:
+            held = conn.execute(text("SELECT count(*) FROM sync_assets.api_error_slots WHERE holder = :h"),
+                                {"h": budget.holder}).scalar_one()
+            spent = conn.execute(text("SELECT sum(cost) FROM sync_assets.api_spend")).scalar_one()
+        assert held == 1 and spent > 2 * requests  # a lease, and tokens charged ahead of use
+        esi.close()
+        with budget.engine.connect() as conn:
+            held = conn.execute(text("SELECT count(*) FROM sync_assets.api_error_slots WHERE holder = :h"),
+                                {"h": budget.holder}).scalar_one()
+            spent = conn.execute(text("SELECT sum(cost) FROM sync_assets.api_spend")).scalar_one()
+        assert held == 0 and spent == 2 * requests  # exactly what the 200s cost, per the server
+
+
+def _forge_request() -> SliceRequest:
+    return plan_requests(MARKET_ORDERS, "10000002")[0]
