@@ -53,7 +53,7 @@ def _column(rows: list[dict], column: Column, where: str) -> pd.Series | np.ndar
     try:
         if column.type in _NUMPY_KINDS:
             array = np.array(values)
-            clean = array.dtype.kind in _NUMPY_KINDS[column.type] and not (
+            clean = array.ndim == 1 and array.dtype.kind in _NUMPY_KINDS[column.type] and not (  # [5] per row: 2-D
                 array.dtype.kind == "u"  # above int64's range: astype would wrap it to a negative id
                 or (column.type is not ColumnType.BOOL and any(type(v) is bool for v in values))  # numpy makes True a 1
             )
@@ -64,16 +64,33 @@ def _column(rows: list[dict], column: Column, where: str) -> pd.Series | np.ndar
         _check_values(values, column, where)
         if column.type is ColumnType.JSON:  # kept whole, as JSON text (jsonb in Postgres)
             return pd.array([None if v is None else orjson.dumps(v).decode() for v in values], dtype=column.pandas_dtype)
-        if column.type is ColumnType.TIMESTAMP:
-            return pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601").astype(column.pandas_dtype)
-        if column.type is ColumnType.DATE:
-            return pd.to_datetime(pd.Series(values, dtype=object), format="%Y-%m-%d").astype(column.pandas_dtype)
+        if column.type in (ColumnType.TIMESTAMP, ColumnType.DATE):
+            return _parse_times(values, column, where)
         return pd.array(values, dtype=column.pandas_dtype)
     except MalformedPayload:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MalformedPayload(f"{where}: field {name!r} is not {column.type.value}: {reason}") from None
+
+
+def _parse_times(values: list[Any], column: Column, where: str) -> pd.Series:
+    """ISO 8601 strings -> datetime64[us, UTC] / datetime64[us]. pandas turns '' (and 'NaT') into
+    NaT and 'now' / 'today' into a clock reading: those are refused, naming the field."""
+    what = "an ISO 8601 timestamp" if column.type is ColumnType.TIMESTAMP else "a YYYY-MM-DD date"
+    for value in values:
+        if value is not None and not value[:1].isdigit():
+            raise MalformedPayload(f"{where}: field {column.name!r} is not {column.type.value}: {value!r:.60} is not {what}")
+    series = pd.Series(values, dtype=object)
+    if column.type is ColumnType.TIMESTAMP:
+        parsed = pd.to_datetime(series, utc=True, format="ISO8601").astype(column.pandas_dtype)
+    else:
+        parsed = pd.to_datetime(series, format="%Y-%m-%d").astype(column.pandas_dtype)
+    lost = parsed.isna().to_numpy() & series.notna().to_numpy()
+    if lost.any():
+        value = values[int(lost.argmax())]
+        raise MalformedPayload(f"{where}: field {column.name!r} is not {column.type.value}: {value!r:.60} is not {what}")
+    return parsed
 
 
 def _check_values(values: list[Any], column: Column, where: str) -> None:
