@@ -212,13 +212,19 @@ def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) ->
 
 
 def _assemble(dataset: Dataset, request: SliceRequest, frames: list[Any], stats: FetchStats) -> pd.DataFrame:
-    """Concatenate page frames into table shape: context columns first, one row per key."""
-    frames = [f for f in frames if len(f)]
-    frame = pd.concat(frames, ignore_index=True, copy=False) if frames else empty_frame(dataset.columns)
+    """Concatenate page frames into table shape: context columns first, one row per key.
+    Empties `frames` (the walk's page list) so the pages can be freed as soon as they are copied."""
+    pages = [f for f in frames if len(f)]
+    frames.clear()  # the page frames die with the concatenation: one copy of the rows, not two
+    frame = pd.concat(pages, ignore_index=True, copy=False) if pages else empty_frame(dataset.columns)
+    del pages
     for position, column in enumerate(dataset.context_columns):
         value = request.context[column.name]
-        frame.insert(position, column.name, pd.Series([value] * len(frame), dtype=column.pandas_dtype))
-    before = len(frame)
-    frame = frame.drop_duplicates(subset=list(dataset.primary_key), keep="last", ignore_index=True)
-    stats.duplicates_dropped = before - len(frame)
+        frame.insert(position, column.name, pd.Series(value, index=frame.index, dtype=column.pandas_dtype))
+    # a row can move between pages while they are fetched: keep its last copy. Rare, so look
+    # before copying the whole frame.
+    duplicated = frame.duplicated(subset=list(dataset.primary_key), keep="last")
+    stats.duplicates_dropped = int(duplicated.sum())
+    if stats.duplicates_dropped:
+        frame = frame.loc[~duplicated].reset_index(drop=True)
     return frame
