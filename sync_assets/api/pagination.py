@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
@@ -30,6 +30,10 @@ class WalkResult:
     @property
     def all_not_modified(self) -> bool:
         return all(r.status == 304 for r in self.responses)
+
+
+class WalkCancelled(Exception):
+    """The walk was cancelled (`cancel()`, or its walk failed or was interrupted): no new request."""
 
 
 class _RestartUnconditionally(Exception):
@@ -62,6 +66,11 @@ class XPagesWalker:
         self.max_walks, self.expiry_guard_s = max_walks, expiry_guard_s
         self.parse, self.stats, self.log, self.label = parse, stats, log, label
         self._stats_lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the walk from another thread: no request starts after this, no retry is waited for."""
+        self._cancelled.set()
 
     def walk(self, etags: Sequence[str] | None) -> WalkResult:
         """Fetch all pages, conditionally when `etags` (page i+1 at index i) are given."""
@@ -108,37 +117,50 @@ class XPagesWalker:
         return WalkResult(ordered, [parsed[p] for p in range(1, pages + 1)] if statuses == {200} else [])
 
     def _fetch_rest(self, first, pages, etags, results, parsed, progress) -> None:
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, pages - 1), thread_name_prefix="page") as pool:
+        # One stop flag per walk: when the walk fails (a page error, another snapshot) or is
+        # interrupted (Dagster terminating the run raises in this thread), queued pages are dropped,
+        # workers start no further request or retry, and nothing waits for the requests in flight
+        # (their answers are ignored). A walk restarted after a moved snapshot gets a fresh flag.
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, pages - 1), thread_name_prefix="page")
+        try:
             futures: dict[Future, int] = {
-                pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed): page
+                pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop): page
                 for page in range(2, pages + 1)
             }
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    error = future.exception()
-                    if error is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise error
-                    response = future.result()
-                    results[futures[future]] = response
-                    progress.done(response)
+            for future in as_completed(futures):  # progress is logged as pages land, the first error ends the walk
+                error = future.exception()
+                if error is not None:
+                    raise error
+                response = future.result()
+                results[futures[future]] = response
+                progress.done(response)
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)  # every page is done: the workers are idle
 
-    def _fetch_and_accept(self, first, page, pages, etag, parsed) -> PageResponse:
-        response = self._fetch(page, etag)
+    def _fetch_and_accept(self, first, page, pages, etag, parsed, stop: threading.Event) -> PageResponse:
+        self._check_running(stop)
+        response = self._fetch(page, etag, stop)
+        self._check_running(stop)  # a failed walk parses nothing more
         self._accept(first, response, pages, parsed)
         return response
 
-    def _fetch(self, page: int, etag: str | None) -> PageResponse:
+    def _fetch(self, page: int, etag: str | None, stop: threading.Event | None = None) -> PageResponse:
+        self._check_running(stop)
         response = self.http.get_page(
-            self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=self._count_retry,
+            self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=lambda: self._count_retry(stop),
             headers=self.headers, budget_key=self.budget_key,
         )
         with self._stats_lock:
             self.stats.count(response.status, response.body_bytes)
         return response
+
+    def _check_running(self, stop: threading.Event | None) -> None:
+        if self._cancelled.is_set() or (stop is not None and stop.is_set()):
+            raise WalkCancelled(f"{self.label}: walk stopped; no further request")
 
     def _accept(self, first: PageResponse, response: PageResponse, pages: int, parsed: dict[int, Any]) -> None:
         """Reject a page from another snapshot; parse a 200 body and drop the raw JSON."""
@@ -152,7 +174,9 @@ class XPagesWalker:
             parsed[response.page] = self.parse(response.page, response.data)
             response.data = None
 
-    def _count_retry(self) -> None:
+    def _count_retry(self, stop: threading.Event | None = None) -> None:
+        """Called before each retry's wait: a stopped walk retries nothing."""
+        self._check_running(stop)
         with self._stats_lock:
             self.stats.retries += 1
 
@@ -202,6 +226,11 @@ class FromIdWalker:
         self.budget_key = budget_key
         self.parse, self.stats, self.log, self.label, self.headers = parse, stats, log, label, headers
         self.max_calls = max_calls
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the walk from another thread: no request starts after this, no retry is waited for."""
+        self._cancelled.set()
 
     def walk(self, first_etag: str | None, stop_at: int | None) -> tuple[list[PageResponse], list[Any]]:
         """Responses (the first carries the validators) and parsed frames holding only ids newer
@@ -235,6 +264,7 @@ class FromIdWalker:
         return responses, frames
 
     def _fetch(self, from_id: int | None, etag: str | None) -> PageResponse:
+        self._check_running()
         params = dict(self.params)
         if from_id is not None:
             params["from_id"] = from_id
@@ -245,7 +275,12 @@ class FromIdWalker:
         return response
 
     def _count_retry(self) -> None:
+        self._check_running()
         self.stats.retries += 1
+
+    def _check_running(self) -> None:
+        if self._cancelled.is_set():
+            raise WalkCancelled(f"{self.label}: from_id walk stopped; no further request")
 
 
 def _page_count(response: PageResponse, etags: Sequence[str] | None, default: int | None = None) -> int:
