@@ -76,19 +76,50 @@ def _stored_last_modified(conn: Connection, dataset: Dataset, partition: str) ->
 
 
 def _stage(conn: Connection, dataset: Dataset, frame: pd.DataFrame) -> None:
-    """COPY the frame into a temp table (dropped at commit), as CSV encoded by Arrow in C++."""
-    names = [c.name for c in dataset.table_columns]
+    """COPY the frame into a temp table (dropped at commit)."""
     conn.execute(text(f"CREATE TEMP TABLE {STAGE} (LIKE {table_name(dataset)} INCLUDING DEFAULTS) ON COMMIT DROP"))
-    sink = pa.BufferOutputStream()
-    # Arrow quotes every string and leaves nulls unquoted-empty: exactly COPY's CSV NULL convention.
-    pacsv.write_csv(pa.Table.from_pandas(frame[names], preserve_index=False), sink, pacsv.WriteOptions(include_header=False))
+    _copy(conn, STAGE, dataset, frame)
+    conn.execute(text(f"ANALYZE {STAGE}"))
+
+
+COPY_BATCH_ROWS = 65_536  # rows CSV-encoded at a time: the COPY input never exists whole in memory
+
+
+def _copy(conn: Connection, target: str, dataset: Dataset, frame: pd.DataFrame) -> None:
+    """COPY the frame into `target` inside the caller's transaction, as CSV encoded by Arrow in C++.
+
+    Arrow quotes every string and leaves nulls unquoted-empty: exactly COPY's CSV NULL convention.
+    Timestamps are written as naive UTC (Arrow formats a zoned timestamp several times slower) and
+    read back as UTC: the transaction's time zone is set to UTC first (SET LOCAL: this transaction
+    only)."""
+    names = [c.name for c in dataset.table_columns]
+    table = pa.Table.from_pandas(frame[names], preserve_index=False)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
+    conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
     cols = ", ".join(qi(n) for n in names)
     cursor = conn.connection.dbapi_connection.cursor()  # the same transaction as `conn`
     try:
-        cursor.copy_expert(f"COPY {STAGE} ({cols}) FROM STDIN WITH (FORMAT csv)", pa.BufferReader(sink.getvalue()))
+        cursor.copy_expert(f"COPY {target} ({cols}) FROM STDIN WITH (FORMAT csv)", _CsvStream(table), size=1 << 20)
     finally:
         cursor.close()
-    conn.execute(text(f"ANALYZE {STAGE}"))
+
+
+class _CsvStream:
+    """A file for copy_expert: CSV of one batch of rows at a time (read() may return more than asked)."""
+
+    def __init__(self, table: pa.Table):
+        self._batches = iter(table.to_batches(max_chunksize=COPY_BATCH_ROWS))
+        self._options = pacsv.WriteOptions(include_header=False)
+
+    def read(self, size: int = -1) -> bytes:
+        for batch in self._batches:
+            if batch.num_rows:
+                sink = pa.BufferOutputStream()
+                pacsv.write_csv(batch, sink, self._options)
+                return sink.getvalue().to_pybytes()
+        return b""
 
 
 MIRROR_GUARD_MIN_ROWS = 100  # small tables change wholesale legitimately
