@@ -117,6 +117,7 @@ def test_first_sync_of_the_forge_loads_every_order(database_url: str) -> None:
         progress = [m for m in messages if "page " in m and "/300 (" in m]
         assert len(progress) >= 10 and any("page 300/300" in m for m in progress)
         assert any("snapshot of" in m and "rows in 300 responses" in m for m in messages)
+        assert any("300 pages loaded into the database while fetching" in m for m in messages)  # overlapped, not after
 
 
 def test_resync_before_expires_does_not_ask_the_api(harness: Harness) -> None:
@@ -169,8 +170,12 @@ def test_after_a_snapshot_refresh_the_table_equals_the_new_snapshot(harness: Har
 
 def test_a_refresh_in_the_middle_of_the_walk_never_leaves_a_mixed_snapshot(harness: Harness) -> None:
     harness.sandbox.refresh_after_pages(5, int(FORGE))
-    meta = metadata(harness.sync(max_concurrency=4))
+    result = harness.sync(max_concurrency=4)
+    meta = metadata(result)
     assert meta["page_walks"] == 2
+    # pages of the first walk were loaded as they landed, then taken out again with the walk's restart
+    assert any("pages loaded into the database while fetching (emptied and reloaded 1x" in m
+               for m in log_messages(harness, result))
     assert harness.sandbox.snapshot("orders", int(FORGE)).generation == 1
     assert_same_rows(harness.table(), harness.expected_orders(), ["region_id", "order_id"])
 

@@ -20,7 +20,7 @@ from .budget import BudgetKey, BudgetPolicy, PostgresBudget
 from .errors import MalformedPayload
 from .pagination import FromIdWalker, XPagesWalker
 from .requests import SliceRequest
-from .snapshot import FetchStats, Outcome, Snapshot, Validators
+from .snapshot import FetchStats, Outcome, PageSink, Snapshot, Validators
 
 DEFAULT_ESI_URL = "https://esi.evetech.net"
 COMPATIBILITY_DATE = "2026-08-18"  # the spec our routes and fields are checked against
@@ -82,6 +82,7 @@ class EsiResource(dg.ConfigurableResource):
         principal: str = "public",
         full_refresh: bool = False,
         log: Log = DEFAULT_LOG,
+        sink: PageSink | None = None,
     ) -> Snapshot:
         """One complete, consistent snapshot of one request of `dataset`, or an error.
 
@@ -90,6 +91,7 @@ class EsiResource(dg.ConfigurableResource):
         - After it, pages are asked conditionally with their stored ETags: all 304 is NOT_MODIFIED.
         - `full_refresh` ignores stored validators and Expires (unconditional GETs).
         - `bearer`: an SSO access token for authenticated routes; never logged.
+        - `sink`: takes each accepted page of an X-Pages walk as it lands (see PageSink).
         """
         label = request.label or dataset.key
         now = datetime.now(timezone.utc)
@@ -107,7 +109,7 @@ class EsiResource(dg.ConfigurableResource):
             walker = XPagesWalker(
                 self._client(), request.path, dataset.query, paginated=dataset.paging is Paging.X_PAGES,
                 max_concurrency=self.max_concurrency, max_walks=self.max_walks, expiry_guard_s=self.expiry_guard_s,
-                parse=parse, stats=stats, log=log, label=label, headers=headers, budget_key=budget_key,
+                parse=parse, stats=stats, log=log, label=label, headers=headers, budget_key=budget_key, sink=sink,
             )
             etags = None if full_refresh or not previous else previous.page_etags
             result = walker.walk(etags or None)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import InconsistentSnapshot, PageOutOfRange
 from .http import ApiHttpClient, Log, PageResponse
-from .snapshot import FetchStats
+from .snapshot import FetchStats, PageSink
 
 ParsePage = Callable[[int, Any], Any]  # (page, JSON) -> parsed rows (e.g. a DataFrame)
 
@@ -59,8 +59,9 @@ class XPagesWalker:
         label: str,
         headers: Mapping[str, str] | None = None,
         budget_key: Any = None,
+        sink: PageSink | None = None,
     ):
-        self.headers, self.budget_key = headers, budget_key
+        self.headers, self.budget_key, self.sink = headers, budget_key, sink
         self.http, self.path, self.params = http, path, params
         self.paginated, self.max_concurrency = paginated, max_concurrency
         self.max_walks, self.expiry_guard_s = max_walks, expiry_guard_s
@@ -83,6 +84,8 @@ class XPagesWalker:
                 reason = getattr(exc, "reason", str(exc))
                 reasons.append(reason)
                 etags = None  # the snapshot moved: every page is refetched in full
+                if self.sink is not None:
+                    self.sink.restart()
                 if attempt < self.max_walks:
                     self.log.warning(f"{self.label}: {reason}; refetching every page (walk {attempt + 1}/{self.max_walks})")
         raise InconsistentSnapshot(
@@ -171,8 +174,10 @@ class XPagesWalker:
                 f"page {response.page} is from another snapshot (Last-Modified {response.last_modified} != {first.last_modified})"
             )
         if response.status == 200:
-            parsed[response.page] = self.parse(response.page, response.data)
+            parsed[response.page] = frame = self.parse(response.page, response.data)
             response.data = None
+            if self.sink is not None:
+                self.sink.put(response.page, frame)
 
     def _count_retry(self, stop: threading.Event | None = None) -> None:
         """Called before each retry's wait: a stopped walk retries nothing."""

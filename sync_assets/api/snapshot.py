@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import pandas as pd
 
@@ -85,6 +85,15 @@ class SnapshotSet:
         return digest.hexdigest()[:20]
 
 
+class PageSink(Protocol):
+    """Takes each accepted page while the walk is still fetching (the warehouse loads it at once,
+    overlapping the load with the walk). A restart voids every page put so far."""
+
+    def put(self, page: int, frame: pd.DataFrame) -> None: ...
+
+    def restart(self) -> None: ...
+
+
 @dataclass
 class Snapshot:
     dataset: str
@@ -95,6 +104,7 @@ class Snapshot:
     stats: FetchStats = field(default_factory=FetchStats)
     context: Mapping[str, Any] = field(default_factory=dict)  # partition/slice column values: the mirror scope
     max_delete_share: float | None = None  # mirror guard: refuse a write deleting more than this share of the rows
+    staged: Any = None  # the pages already loaded while they were fetched (a PageSink's result), or None
 
     @property
     def changed(self) -> bool:

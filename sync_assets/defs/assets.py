@@ -11,7 +11,7 @@ from pydantic import Field
 from ..api import ApiError, EsiResource, PermanentHttpError, Snapshot
 from ..api.requests import SliceRequest, plan_requests
 from ..api.snapshot import SliceFailure, SnapshotSet
-from ..datasets import DATASETS_BY_KEY, Column, Dataset
+from ..datasets import DATASETS_BY_KEY, Column, Dataset, Paging
 from ..warehouse import PostgresWarehouse
 
 IO_MANAGER_KEY = "warehouse_io_manager"
@@ -87,7 +87,9 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
         bearer = getattr(context.resources, AUTH_RESOURCE_KEY).bearer_for(dataset, partition_key, context.log) if dataset.auth else None
         requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
         if dataset.slices is None:
-            result: Snapshot | SnapshotSet = _fetch(context, api, warehouse, dataset, requests[0], bearer, config)
+            # a paged walk loads its pages as they land (slices stay small: each is written after its fetch)
+            result: Snapshot | SnapshotSet = _fetch(context, api, warehouse, dataset, requests[0], bearer, config,
+                                                    load_while_fetching=dataset.paging is Paging.X_PAGES)
             metadata = fetch_metadata(result)
         else:
             result = _fetch_slices(context, api, warehouse, dataset, requests, bearer, config)
@@ -102,17 +104,39 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
     return sync
 
 
-def _fetch(context, api, warehouse, dataset: Dataset, request: SliceRequest, bearer, config: SyncConfig) -> Snapshot:
+def _fetch(context, api, warehouse, dataset: Dataset, request: SliceRequest, bearer, config: SyncConfig,
+           load_while_fetching: bool = False) -> Snapshot:
     previous = None if _stateless(dataset) else warehouse.read_validators(dataset, request.state_key)
+    loader = warehouse.page_loader(dataset, request.state_key, request.context) if load_while_fetching else None
     try:
-        return api.fetch_snapshot(
+        snapshot = api.fetch_snapshot(
             dataset, request, previous, bearer=bearer.token if bearer else None,
             principal=str(bearer.character_id) if bearer else "public", full_refresh=config.full_refresh, log=context.log,
+            sink=loader,
         )
     except PermanentHttpError as exc:
+        if loader is not None:
+            loader.abort()
         if bearer is not None and exc.status == 403:  # e.g. the character lost its role: say so, delete nothing
             getattr(context.resources, AUTH_RESOURCE_KEY).report_forbidden(bearer, dataset, exc.detail)
         raise
+    except BaseException:
+        if loader is not None:
+            loader.abort()
+        raise
+    if loader is not None:
+        # pages that repeat a key (a row moved during the walk) were loaded twice: the writer loads
+        # the de-duplicated frame instead
+        if snapshot.changed and not snapshot.stats.duplicates_dropped and loader.finish():
+            snapshot.staged = loader
+            context.log.info(f"{request.label or dataset.key}: {loader.pages} pages loaded into the database while "
+                             f"fetching" + (f" (emptied and reloaded {loader.restarts}x as the walk restarted)" if loader.restarts else ""))
+        else:
+            if loader.error is not None:
+                context.log.warning(f"{request.label or dataset.key}: loading pages during the walk failed "
+                                    f"({type(loader.error).__name__}); writing the snapshot after it instead")
+            loader.abort()
+    return snapshot
 
 
 def _fetch_slices(context, api, warehouse, dataset, requests, bearer, config) -> SnapshotSet:

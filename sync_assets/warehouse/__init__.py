@@ -1,7 +1,8 @@
 """WHERE data lands: Postgres tables, the sync-state table, the IO manager, embedded Postgres."""
 
 from .io_manager import SnapshotIOManager
-from .resource import DatabaseUnavailable, PostgresWarehouse
+from .resource import PostgresWarehouse
+from .transaction import DatabaseUnavailable
 from .tables import SYNC_STATE, SchemaMismatch
 from .urls import DatabaseConfigError, psycopg2_url, redacted
 from .writer import WriteResult

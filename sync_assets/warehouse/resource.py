@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 import pandas as pd
-import psycopg2
 from pydantic import Field
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..api.snapshot import Snapshot, Validators
 from ..datasets import ColumnType, Dataset
 from . import history
 from .tables import ensure_sync_state, ensure_table, qi, schema_problems, table_name
-from .urls import psycopg2_url, redacted
+from .urls import psycopg2_url
+from .loading import PageLoader
+from .transaction import Transaction
 from .writer import WriteResult, read_validators, write_snapshot
 
 _engines: dict[str, Engine] = {}
 _ready: set[tuple[str, str]] = set()  # (url, dataset key) whose DDL ran in this process
 _lock = threading.Lock()
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The data database cannot be reached; nothing was written."""
 
 
 class PostgresWarehouse(dg.ConfigurableResource):
@@ -67,8 +63,16 @@ class PostgresWarehouse(dg.ConfigurableResource):
 
     def write_snapshot(self, dataset: Dataset, snapshot: Snapshot) -> WriteResult:
         self.ensure_dataset(dataset)
+        if isinstance(snapshot.staged, PageLoader):  # the rows are in its open transaction already
+            with snapshot.staged.completing() as (conn, loaded):
+                return write_snapshot(conn, dataset, snapshot, loaded)
         with self._begin() as conn:
             return write_snapshot(conn, dataset, snapshot)
+
+    def page_loader(self, dataset: Dataset, state_key: str, context: Mapping[str, Any]) -> PageLoader:
+        """A PageSink that loads a walk's pages as they land, in the transaction write_snapshot ends."""
+        self.ensure_dataset(dataset)
+        return PageLoader(self.engine(), dataset, state_key, context)
 
     def expired_partitions(self, margin_s: float) -> list[tuple[str, str, "datetime"]]:
         with self._begin() as conn:
@@ -122,60 +126,5 @@ class PostgresWarehouse(dg.ConfigurableResource):
             frame = pd.read_sql(text(sql), conn, params=params)
         return frame.astype({c.name: c.pandas_dtype for c in dataset.table_columns})
 
-    def _begin(self) -> "_Transaction":
-        return _Transaction(self.engine())
-
-
-class _Transaction:
-    """engine.begin() that reports an unreachable database clearly, without the password.
-
-    A connection lost (or any OperationalError: server shut down, terminated backend, failed
-    COPY) after the transaction began is a DatabaseUnavailable too, raised only once the
-    transaction has been rolled back (or died with its connection): nothing of it is committed.
-    The original error stays its __cause__."""
-
-    def __init__(self, engine: Engine):
-        self._engine = engine
-        self._ctx = None
-
-    def __enter__(self):
-        try:
-            self._ctx = self._engine.begin()
-            return self._ctx.__enter__()
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            raise DatabaseUnavailable(f"cannot reach the data database {self._where()}: {reason}") from None
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            suppressed = self._ctx.__exit__(exc_type, exc, tb)  # rolls back on an exception, else commits
-        except Exception as failure:  # the commit, or the rollback on a dead connection
-            original = exc if _lost_database(exc) else failure
-            if not _lost_database(original):
-                raise
-            raise self._unavailable(original) from original
-        if _lost_database(exc):
-            raise self._unavailable(exc) from exc
-        return suppressed
-
-    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
-        orig = getattr(exc, "orig", None) or exc
-        reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-        return DatabaseUnavailable(
-            f"the data database {self._where()} failed during the transaction, which was rolled back (nothing of it "
-            f"was written): {reason}"
-        )
-
-    def _where(self) -> str:
-        return redacted(self._engine.url.render_as_string(hide_password=False))
-
-
-def _lost_database(exc: BaseException | None) -> bool:
-    """An error of the database or of the connection to it (not of the statement's data)."""
-    if exc is None:
-        return False
-    if isinstance(exc, OperationalError):  # SQLAlchemy's wrapper
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))  # the raw cursor (COPY)
+    def _begin(self) -> Transaction:
+        return Transaction(self.engine())

@@ -31,16 +31,25 @@ class WriteResult:
     skipped_reason: str | None = None  # set when no data rows were written on purpose
 
 
-def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> WriteResult:
-    """Call inside a transaction (`engine.begin()`); the caller's commit publishes everything."""
+@dataclass(frozen=True)
+class Loaded:
+    """Rows this transaction already COPYed while the walk fetched them (see loading.PageLoader)."""
+
+    straight: bool  # into the table itself (the partition's first sync) rather than the stage
+
+
+def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot, loaded: Loaded | None = None) -> WriteResult:
+    """Call inside a transaction (`engine.begin()`); the caller's commit publishes everything.
+    `loaded`: the snapshot's rows are already in this transaction (begin_load/load_page)."""
     partition = snapshot.state_key
     if snapshot.outcome is Outcome.CACHE_VALID:  # the API was not asked: nothing new to record
         return WriteResult(table_name(dataset), total=_count(conn, dataset, snapshot))
-    # Writers of one dataset partition take turns; different partitions proceed in parallel.
-    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{dataset.key}/{partition}"})
+    _lock_partition(conn, dataset, partition)
     stored = _stored_last_modified(conn, dataset, partition)
     new_lm = snapshot.validators.last_modified
     if stored is not None and new_lm is not None and new_lm < stored:
+        if loaded is not None:
+            reset_load(conn, dataset, loaded, snapshot.context)  # the caller commits: take the loaded rows back out
         return WriteResult(
             table_name(dataset), total=_count(conn, dataset, snapshot),
             skipped_reason=f"snapshot of {new_lm.isoformat()} is older than the stored {stored.isoformat()}",
@@ -48,11 +57,17 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> Wr
     counts: dict[str, int] = {}
     if snapshot.changed:
         assert snapshot.frame is not None
-        if _copy_straight_in(conn, dataset, snapshot.context):  # first sync of the partition: nothing to merge with
-            _copy(conn, table_name(dataset), dataset, snapshot.frame)
+        if loaded is None:
+            loaded = Loaded(straight=_copy_straight_in(conn, dataset, snapshot.context))
+            if loaded.straight:
+                _copy(conn, table_name(dataset), dataset, snapshot.frame)
+            else:
+                _create_stage(conn, dataset)
+                _copy(conn, STAGE, dataset, snapshot.frame)
+        if loaded.straight:  # first sync of the partition: nothing to merge with
             counts = {"inserted": len(snapshot.frame)}
         else:
-            _stage(conn, dataset, snapshot.frame)
+            conn.execute(text(f"ANALYZE {STAGE}"))
             if dataset.write_mode is WriteMode.MIRROR and snapshot.max_delete_share is not None:
                 _guard_mirror(conn, dataset, snapshot)
             counts = _merge(conn, dataset, snapshot.context)
@@ -91,11 +106,42 @@ def _copy_straight_in(conn: Connection, dataset: Dataset, context: Mapping[str, 
     return conn.execute(text(f"SELECT NOT EXISTS (SELECT 1 FROM {table_name(dataset)} t {where})"), params).scalar_one()
 
 
-def _stage(conn: Connection, dataset: Dataset, frame: pd.DataFrame) -> None:
-    """COPY the frame into a temp table (dropped at commit)."""
+def _create_stage(conn: Connection, dataset: Dataset) -> None:
+    """A temp table shaped like the dataset's, dropped at commit."""
     conn.execute(text(f"CREATE TEMP TABLE {STAGE} (LIKE {table_name(dataset)} INCLUDING DEFAULTS) ON COMMIT DROP"))
-    _copy(conn, STAGE, dataset, frame)
-    conn.execute(text(f"ANALYZE {STAGE}"))
+
+
+def _lock_partition(conn: Connection, dataset: Dataset, partition: str) -> None:
+    """Writers of one dataset partition take turns; different partitions proceed in parallel."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{dataset.key}/{partition}"})
+
+
+# -- loading pages while they are fetched (loading.PageLoader), in the transaction write_snapshot ends
+
+def begin_load(conn: Connection, dataset: Dataset, partition: str, context: Mapping[str, Any]) -> Loaded:
+    _lock_partition(conn, dataset, partition)
+    loaded = Loaded(straight=_copy_straight_in(conn, dataset, context))
+    if not loaded.straight:
+        _create_stage(conn, dataset)
+    return loaded
+
+
+def load_page(conn: Connection, dataset: Dataset, loaded: Loaded, frame: pd.DataFrame, context: Mapping[str, Any]) -> None:
+    """COPY one page's rows (dataset columns; the context columns are added here)."""
+    if dataset.context_columns:
+        frame = frame.assign(**{c.name: pd.Series(context[c.name], index=frame.index, dtype=c.pandas_dtype)
+                                for c in dataset.context_columns})
+    _copy(conn, table_name(dataset) if loaded.straight else STAGE, dataset, frame)
+
+
+def reset_load(conn: Connection, dataset: Dataset, loaded: Loaded, context: Mapping[str, Any]) -> None:
+    """Void the pages loaded so far (the walk restarted, or the snapshot is not written)."""
+    if loaded.straight:  # the scope was empty when loading began, and the partition lock is held since
+        scope, params = _scope(context)
+        where = f"WHERE {scope.removesuffix(' AND ')}" if scope else ""
+        conn.execute(text(f"DELETE FROM {table_name(dataset)} t {where}"), params)
+    else:
+        conn.execute(text(f"TRUNCATE {STAGE}"))
 
 
 COPY_BATCH_ROWS = 65_536  # rows CSV-encoded at a time: the COPY input never exists whole in memory
