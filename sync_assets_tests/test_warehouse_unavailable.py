@@ -32,7 +32,7 @@ def _terminating(url: str, original: Callable) -> Callable:
     return wrapped
 
 
-@pytest.mark.parametrize("phase", ["_stage", "_merge", "_save_state"])
+@pytest.mark.parametrize("phase", ["_copy", "_merge", "_save_state"])
 def test_a_connection_lost_mid_write_is_database_unavailable_and_writes_nothing(
     phase: str, database_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -61,8 +61,8 @@ def test_timestamps_are_stored_exactly_in_both_write_paths_whatever_the_server_t
 def test_a_first_sync_is_copied_straight_in_and_a_later_one_is_merged(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     wh = PostgresWarehouse(database_url=database_url)
     staged: list[str] = []
-    stage = writer._stage
-    monkeypatch.setattr(writer, "_stage", lambda conn, dataset, frame: (staged.append(dataset.key), stage(conn, dataset, frame))[1])
+    create_stage = writer._create_stage
+    monkeypatch.setattr(writer, "_create_stage", lambda conn, dataset: (staged.append(dataset.key), create_stage(conn, dataset))[1])
     wh.write_snapshot(MARKET_ORDERS, orders("10000002", [1, 2, 3]))
     wh.write_snapshot(MARKET_ORDERS, orders("10000043", [1, 2]))  # another partition's first sync: the same keys, its own scope
     wh.write_snapshot(MARKET_PRICES, prices([(1, 1.0, 1.0)]))  # unpartitioned, empty table
