@@ -23,6 +23,7 @@ from .transaction import Transaction
 from .writer import Loaded, begin_load, load_page, reset_load
 
 _RESTART, _DONE = object(), object()
+BATCH_ROWS = 50_000  # pages that queued up while a COPY ran go in one COPY, up to this many rows
 
 
 class PageLoader:
@@ -37,6 +38,8 @@ class PageLoader:
         self._conn: Connection | None = None
         self._loaded: Loaded | None = None
         self.error: BaseException | None = None
+        self._aborting = False
+        self._done_taken = False  # the loading thread has taken finish()'s _DONE off the queue
         self.pages = 0  # pages loaded since the last restart
         self.restarts = 0
 
@@ -63,6 +66,7 @@ class PageLoader:
 
     def abort(self) -> None:
         """Roll back whatever was loaded; safe to call more than once."""
+        self._aborting = True  # pages still queued are skipped, not loaded
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_DONE)
             self._thread.join()
@@ -103,20 +107,44 @@ class PageLoader:
             self._transaction = Transaction(self._engine)
             self._conn = self._transaction.__enter__()
             loaded = begin_load(self._conn, self._dataset, self._state_key, self._context)
+            item = self._queue.get()
             while True:
-                item = self._queue.get()
                 if item is _DONE:
                     self._loaded = loaded
                     return
                 if item is _RESTART:
                     reset_load(self._conn, self._dataset, loaded, self._context)
                     self.pages, self.restarts = 0, self.restarts + 1
-                else:
-                    load_page(self._conn, self._dataset, loaded, item, self._context)
-                    self.pages += 1
+                    item = self._queue.get()
+                    continue
+                batch, marker = self._batch(item)
+                if not self._aborting:
+                    load_page(self._conn, self._dataset, loaded,
+                              pd.concat(batch, ignore_index=True) if len(batch) > 1 else batch[0], self._context)
+                self.pages += len(batch)
+                item = marker if marker is not None else self._queue.get()
         except BaseException as exc:  # reported by finish(); the writer then loads the frame itself
             self.error = exc
-            self._drain()
+            if not self._done_taken:
+                self._drain()
+
+    def _batch(self, first: pd.DataFrame) -> tuple[list[pd.DataFrame], object | None]:
+        """The pages waiting behind `first` (up to BATCH_ROWS rows): one COPY for them all. A
+        marker (restart, done) ends the batch and is returned to be handled after it."""
+        batch, rows = [first], len(first)
+        while rows < BATCH_ROWS:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _DONE:
+                self._done_taken = True
+                return batch, item
+            if item is _RESTART:
+                return batch, item
+            batch.append(item)
+            rows += len(item)
+        return batch, None
 
     def _drain(self) -> None:
         """Let finish() return: consume until its _DONE."""

@@ -45,7 +45,13 @@ COMMENT ON TABLE {SYNC_STATE} IS
 """
 
 
+# DDL runs only when something is missing: an ALTER TABLE, even one with nothing to do, takes an
+# ACCESS EXCLUSIVE lock, which would queue behind any run writing to the table and block every
+# reader behind itself.
+
 def ensure_sync_state(conn: Connection) -> None:
+    if "cursor" in _columns(conn, META_SCHEMA, "sync_state"):
+        return
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
     conn.execute(text(SYNC_STATE_DDL))
 
@@ -53,6 +59,9 @@ def ensure_sync_state(conn: Connection) -> None:
 def ensure_table(conn: Connection, dataset: Dataset) -> None:
     """Create the dataset's schema and table, add declared columns that are missing, and
     refuse to run on a column whose type changed (that needs a deliberate migration)."""
+    actual = _columns(conn, dataset.api, dataset.name)
+    if all(c.name in actual for c in dataset.table_columns) and _comment(conn, dataset) == dataset.description:
+        return _check_types(dataset, actual)
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
     columns = ",\n    ".join(
         f"{qi(c.name)} {c.postgres_type}{' NOT NULL' if c.name in dataset.primary_key else ''}" for c in dataset.table_columns
@@ -62,27 +71,34 @@ def ensure_table(conn: Connection, dataset: Dataset) -> None:
     conn.execute(text(f"CREATE TABLE IF NOT EXISTS {table_name(dataset)} (\n    {columns},\n    PRIMARY KEY ({pk})\n)"))
     for column in dataset.table_columns:
         conn.execute(text(f"ALTER TABLE {table_name(dataset)} ADD COLUMN IF NOT EXISTS {qi(column.name)} {column.postgres_type}"))
-    actual = dict(
-        conn.execute(
-            text("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s AND table_name = :t"),
-            {"s": dataset.api, "t": dataset.name},
-        ).all()
-    )
-    wrong = [f"{c.name}: table has {actual[c.name]}, declared {c.postgres_type}" for c in dataset.table_columns if actual[c.name] != c.postgres_type]
-    if wrong:
-        raise SchemaMismatch(f"{dataset.api}.{dataset.name} does not match its declaration ({'; '.join(wrong)}); migrate the table first")
+    _check_types(dataset, _columns(conn, dataset.api, dataset.name))
     description = dataset.description.replace("'", "''")
     conn.execute(text(f"COMMENT ON TABLE {table_name(dataset)} IS '{description}'"))
 
 
-def schema_problems(conn: Connection, dataset: Dataset) -> list[str]:
-    """Differences between the table and its declaration: missing/extra/retyped columns, primary key."""
-    actual = dict(
+def _check_types(dataset: Dataset, actual: dict[str, str]) -> None:
+    wrong = [f"{c.name}: table has {actual[c.name]}, declared {c.postgres_type}" for c in dataset.table_columns if actual[c.name] != c.postgres_type]
+    if wrong:
+        raise SchemaMismatch(f"{dataset.api}.{dataset.name} does not match its declaration ({'; '.join(wrong)}); migrate the table first")
+
+
+def _columns(conn: Connection, schema: str, table: str) -> dict[str, str]:
+    """column name -> data type; empty when the table does not exist."""
+    return dict(
         conn.execute(
             text("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s AND table_name = :t"),
-            {"s": dataset.api, "t": dataset.name},
+            {"s": schema, "t": table},
         ).all()
     )
+
+
+def _comment(conn: Connection, dataset: Dataset) -> str | None:
+    return conn.execute(text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": table_name(dataset)}).scalar()
+
+
+def schema_problems(conn: Connection, dataset: Dataset) -> list[str]:
+    """Differences between the table and its declaration: missing/extra/retyped columns, primary key."""
+    actual = _columns(conn, dataset.api, dataset.name)
     if not actual:
         return [f"table {dataset.api}.{dataset.name} does not exist"]
     declared = {c.name: c.postgres_type for c in dataset.table_columns}

@@ -120,6 +120,7 @@ def _lock_partition(conn: Connection, dataset: Dataset, partition: str) -> None:
 
 def begin_load(conn: Connection, dataset: Dataset, partition: str, context: Mapping[str, Any]) -> Loaded:
     _lock_partition(conn, dataset, partition)
+    _stored_last_modified(conn, dataset, partition)  # locks in write_snapshot's order: state row, then table
     loaded = Loaded(straight=_copy_straight_in(conn, dataset, context))
     if not loaded.straight:
         _create_stage(conn, dataset)
