@@ -131,12 +131,18 @@ class EsiResource(dg.ConfigurableResource):
         if all(r.status == 304 for r in responses):
             log.info(f"{label}: unchanged (all {stats.pages} responses 304); no body transferred")
             return Snapshot(dataset.key, request.state_key, Outcome.NOT_MODIFIED, validators, stats=stats, context=request.context)
-        frame = _assemble(dataset, request, frames, stats)
+        snapshot = Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, stats=stats, context=request.context)
+        if sink is not None and not _count_duplicates(dataset, frames, stats):
+            snapshot.pages, snapshot.rows = frames, sum(len(f) for f in frames)  # the sink has them: no second copy yet
+            snapshot.assemble = lambda pages: _assemble(dataset, request, pages, FetchStats())
+        else:
+            snapshot.frame = _assemble(dataset, request, frames, stats)
+            snapshot.rows = len(snapshot.frame)
         log.info(
-            f"{label}: snapshot of {len(frame):,} rows in {stats.pages} responses, {stats.body_bytes / 1e6:.1f} MB, "
+            f"{label}: snapshot of {snapshot.rows:,} rows in {stats.pages} responses, {stats.body_bytes / 1e6:.1f} MB, "
             f"{stats.retries} retries, {stats.duration_s:.2f}s"
         )
-        return Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, frame, stats, context=request.context)
+        return snapshot
 
     def _walk_from_id(self, dataset, request, previous, full_refresh, headers, parse, stats, log, budget_key):
         walker = FromIdWalker(self._client(), request.path, dataset.query, id_field=dataset.cursor_field or "",
@@ -211,6 +217,15 @@ def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) ->
     stored = int(previous.cursor) if previous and previous.cursor else None
     candidates = newest + ([stored] if stored is not None else [])
     return str(max(candidates)) if candidates else None
+
+
+def _count_duplicates(dataset: Dataset, frames: list[Any], stats: FetchStats) -> int:
+    """Rows whose key another page repeats (a row moved during the walk), from the key columns only."""
+    keys = [c for c in dataset.primary_key if c not in {col.name for col in dataset.context_columns}]
+    if not frames or not keys:
+        return 0
+    stats.duplicates_dropped = int(pd.concat([f[keys] for f in frames], ignore_index=True).duplicated(keep="last").sum())
+    return stats.duplicates_dropped
 
 
 def _assemble(dataset: Dataset, request: SliceRequest, frames: list[Any], stats: FetchStats) -> pd.DataFrame:

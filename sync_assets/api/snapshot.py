@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import pandas as pd
 
@@ -105,6 +105,24 @@ class Snapshot:
     context: Mapping[str, Any] = field(default_factory=dict)  # partition/slice column values: the mirror scope
     max_delete_share: float | None = None  # mirror guard: refuse a write deleting more than this share of the rows
     staged: Any = None  # the pages already loaded while they were fetched (a PageSink's result), or None
+    rows: int = 0  # rows of a CHANGED snapshot
+    # a walk whose pages a PageSink loaded keeps them as they came: the frame is assembled (a
+    # second copy of every row) only if the writer needs it after all
+    pages: list[pd.DataFrame] | None = None
+    assemble: Callable[[list[pd.DataFrame]], pd.DataFrame] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.frame is not None and not self.rows:
+            self.rows = len(self.frame)
+
+    def table_frame(self) -> pd.DataFrame:
+        """The rows in table shape (context columns, one row per key), assembled on first use."""
+        if self.frame is None and self.pages is not None and self.assemble is not None:
+            pages, self.pages = self.pages, None
+            self.frame = self.assemble(pages)
+        if self.frame is None:
+            raise ValueError(f"{self.dataset}[{self.state_key}]: a {self.outcome.value} snapshot carries no rows")
+        return self.frame
 
     @property
     def changed(self) -> bool:

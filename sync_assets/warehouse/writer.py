@@ -56,16 +56,15 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot, loade
         )
     counts: dict[str, int] = {}
     if snapshot.changed:
-        assert snapshot.frame is not None
         if loaded is None:
             loaded = Loaded(straight=_copy_straight_in(conn, dataset, snapshot.context))
             if loaded.straight:
-                _copy(conn, table_name(dataset), dataset, snapshot.frame)
+                _copy(conn, table_name(dataset), dataset, snapshot.table_frame())
             else:
                 _create_stage(conn, dataset)
-                _copy(conn, STAGE, dataset, snapshot.frame)
+                _copy(conn, STAGE, dataset, snapshot.table_frame())
         if loaded.straight:  # first sync of the partition: nothing to merge with
-            counts = {"inserted": len(snapshot.frame)}
+            counts = {"inserted": snapshot.rows}
         else:
             conn.execute(text(f"ANALYZE {STAGE}"))
             if dataset.write_mode is WriteMode.MIRROR and snapshot.max_delete_share is not None:
