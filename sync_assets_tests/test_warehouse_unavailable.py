@@ -50,3 +50,25 @@ def test_a_connection_lost_mid_write_is_database_unavailable_and_writes_nothing(
     assert wh.read_table(MARKET_ORDERS, ["10000002"]).equals(before), "a failed write changed the table"
     assert wh.read_validators(MARKET_ORDERS, "10000002") == state_before, "a failed write changed the validators"
     assert wh.write_snapshot(MARKET_ORDERS, orders("10000002", [3, 4], lm=T0 + timedelta(minutes=5))).total == 2  # and the pool recovers
+
+
+def test_a_database_lost_after_the_commit_does_not_fail_the_committed_write(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IO manager counts the table after committing; a restart right then must not turn a
+    committed snapshot into a failed run (the data and validators are in)."""
+    import dagster as dg
+
+    from sync_assets.datasets import MARKET_PRICES
+    from sync_assets.warehouse import SnapshotIOManager
+
+    from .test_warehouse import prices
+
+    def lost(*args, **kwargs):
+        raise DatabaseUnavailable("cannot reach the data database postgresql+psycopg2://x@/db: the database system is shutting down")
+
+    wh = PostgresWarehouse(database_url=database_url)
+    monkeypatch.setattr(PostgresWarehouse, "count_rows", lost)
+    context = dg.build_output_context(asset_key=dg.AssetKey(["esi", "market_prices"]))
+    SnapshotIOManager(warehouse=wh).handle_output(context, prices([(1, 1.0, 1.0), (2, 2.0, 2.0)]))
+    assert context.get_logged_metadata()["dagster/row_count"].value == 2
+    monkeypatch.undo()
+    assert wh.read_table(MARKET_PRICES)["type_id"].tolist() == [1, 2]

@@ -9,6 +9,7 @@ import pandas as pd
 from ..api.snapshot import Snapshot, SnapshotSet
 from ..datasets import dataset_for_asset_key
 from .resource import PostgresWarehouse
+from .transaction import DatabaseUnavailable
 
 
 class SliceSyncError(RuntimeError):
@@ -26,6 +27,7 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
         dataset = dataset_for_asset_key(context.asset_key.path)
         snapshots = obj.snapshots if isinstance(obj, SnapshotSet) else [obj]
         totals = {"inserted": 0, "updated": 0, "deleted": 0}
+        counted = 0  # rows in the written scopes, as each committing transaction counted them
         started = time.perf_counter()
         for snapshot in snapshots:  # each in its own transaction: one slice's failure never hides another's data
             result = self.warehouse.write_snapshot(dataset, snapshot)
@@ -38,9 +40,18 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             )
             for name in totals:
                 totals[name] += getattr(result, name)
+            counted += result.total
         seconds = time.perf_counter() - started
         partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
-        total = self.warehouse.count_rows(dataset, partitions)
+        try:
+            total = self.warehouse.count_rows(dataset, partitions)
+        except DatabaseUnavailable as exc:
+            # Everything above is committed: a database lost now (a restart right after the COMMIT)
+            # must not fail a run whose data and validators are in. The committing transactions'
+            # own counts stand in for the metadata.
+            total = counted
+            context.log.warning(f"{dataset.key}: committed, but the row count after the commit failed ({exc}); "
+                                f"reporting the {counted:,} rows counted inside the write")
         context.add_output_metadata(
             {
                 "rows_inserted": totals["inserted"],
