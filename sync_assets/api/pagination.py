@@ -67,6 +67,7 @@ class XPagesWalker:
         self.max_walks, self.expiry_guard_s = max_walks, expiry_guard_s
         self.parse, self.stats, self.log, self.label = parse, stats, log, label
         self._stats_lock = threading.Lock()
+        self._sink_lock = threading.Lock()  # a stopped walk's late pages never reach the sink after its restart
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -139,7 +140,8 @@ class XPagesWalker:
                 results[futures[future]] = response
                 progress.done(response)
         except BaseException:
-            stop.set()
+            with self._sink_lock:
+                stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)  # every page is done: the workers are idle
@@ -148,7 +150,7 @@ class XPagesWalker:
         self._check_running(stop)
         response = self._fetch(page, etag, stop)
         self._check_running(stop)  # a failed walk parses nothing more
-        self._accept(first, response, pages, parsed)
+        self._accept(first, response, pages, parsed, stop)
         return response
 
     def _fetch(self, page: int, etag: str | None, stop: threading.Event | None = None) -> PageResponse:
@@ -165,7 +167,8 @@ class XPagesWalker:
         if self._cancelled.is_set() or (stop is not None and stop.is_set()):
             raise WalkCancelled(f"{self.label}: walk stopped; no further request")
 
-    def _accept(self, first: PageResponse, response: PageResponse, pages: int, parsed: dict[int, Any]) -> None:
+    def _accept(self, first: PageResponse, response: PageResponse, pages: int, parsed: dict[int, Any],
+                stop: threading.Event | None = None) -> None:
         """Reject a page from another snapshot; parse a 200 body and drop the raw JSON."""
         if self.paginated and _page_count(response, None, default=pages) != pages:
             raise InconsistentSnapshot(f"X-Pages changed from {pages} to {response.x_pages} at page {response.page}")
@@ -177,7 +180,9 @@ class XPagesWalker:
             parsed[response.page] = frame = self.parse(response.page, response.data)
             response.data = None
             if self.sink is not None:
-                self.sink.put(response.page, frame)
+                with self._sink_lock:
+                    self._check_running(stop)
+                    self.sink.put(response.page, frame)
 
     def _count_retry(self, stop: threading.Event | None = None) -> None:
         """Called before each retry's wait: a stopped walk retries nothing."""
