@@ -122,3 +122,19 @@ def test_a_walk_pays_few_budget_transactions_and_hands_its_advances_back(databas
 
 def _forge_request() -> SliceRequest:
     return plan_requests(MARKET_ORDERS, "10000002")[0]
+
+
+def test_after_an_error_window_ends_the_budget_admits_a_probe_instead_of_waiting_forever(database_url: str) -> None:
+    """The only figure of a window was 'no errors left' (a 420): once the window has reset, what is
+    left is unknown, not zero; one request finds out."""
+    from sync_assets.warehouse import PostgresWarehouse
+
+    budget = PostgresBudget(PostgresWarehouse(database_url=database_url).engine(), BudgetPolicy(error_limit_floor=10))
+    key = BudgetKey("esi", None)
+    first = budget.before_request(key, log=_quiet())
+    budget.after_response(first, 420, {"x-esi-error-limit-remain": "0", "x-esi-error-limit-reset": "1"})
+    second = budget.before_request(key, log=_quiet())  # waits out the latch, then probes
+    assert budget.waited_s >= 1.0
+    budget.after_response(second, 200, {"x-esi-error-limit-remain": "100", "x-esi-error-limit-reset": "60"})
+    assert budget._slots["esi"].granted > 1  # the answer restored the full lease
+    budget.close()

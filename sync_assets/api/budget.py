@@ -188,8 +188,9 @@ class PostgresBudget:
 
     # -- before ---------------------------------------------------------------------------------
 
-    def before_request(self, key: BudgetKey, log: Log) -> Reservation:
-        """Wait until every shared budget allows one more request, then charge it."""
+    def before_request(self, key: BudgetKey, log: Log, sleep: Callable[[float], None] | None = None) -> Reservation:
+        """Wait until every shared budget allows one more request, then charge it. `sleep`: how
+        to wait (the caller's, when it must be able to give up while waiting)."""
         self._ensure()
         while True:
             with self._lock:
@@ -202,7 +203,7 @@ class PostgresBudget:
             if wait >= 0.25:  # the pacing of a tight bucket is a stream of tiny waits: not worth a line each
                 log.warning(f"{key.api}: waiting {wait:.1f}s: {reason}")
             self.waited_s += wait
-            self._sleep(wait)
+            (sleep or self._sleep)(wait)
 
     def _try_admit(self, key: BudgetKey) -> tuple[float, str, int]:
         """(0, "", tokens charged) once admitted; (seconds to wait, why, 0) otherwise. Holds self._lock."""
@@ -279,13 +280,16 @@ class PostgresBudget:
             text(f"SELECT coalesce(sum(slots), 0) FROM {SCHEMA}.api_error_slots WHERE api = :a AND holder <> :h"),
             {"a": api, "h": self.holder},
         ).scalar_one()
-        if budget is None:  # nobody has heard from the API yet: one request at a time until one has
+        if budget is None or budget.reset_in <= 0:
+            # nobody has heard from the API in this error window yet (or ever): one request at a
+            # time until a response tells the errors left (it is news: remain_seen is forgotten)
+            # (a probe per process: a few requests in flight while unknown stay far above the floor)
             granted, reset_in, left = 1, 0.0, None
+            slots.remain_seen = None
         else:
             reset_in = float(budget.reset_in)
-            remain = budget.remain if reset_in > 0 else budget.window_max  # the window reset since
-            slots.remain_seen = remain
-            granted = max(0, min(self.want_slots, remain - self.policy.error_limit_floor - int(others)))
+            slots.remain_seen = budget.remain
+            granted = max(0, min(self.want_slots, budget.remain - self.policy.error_limit_floor - int(others)))
             left = int(others)
         slots.granted = granted
         slots.renew_at = self._clock() + self.policy.slot_lease_s * 2 / 3

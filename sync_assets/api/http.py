@@ -144,8 +144,12 @@ class ApiHttpClient:
         on_retry: Callable[[], None] = lambda: None,
         headers: Mapping[str, str] | None = None,
         budget_key: "BudgetKey | None" = None,
+        alive: Callable[[], None] | None = None,
     ) -> PageResponse:
-        """GET one page; retries transient failures, raises a precise error otherwise."""
+        """GET one page; retries transient failures, raises a precise error otherwise.
+        `alive()` raises when the caller gave up (a stopped walk): every wait (retry backoff,
+        Retry-After, budgets) checks it at least twice a second, so nothing outlives its walk."""
+        sleep = self._interruptible(alive)
 
         def before_sleep(state: RetryCallState) -> None:
             on_retry()
@@ -161,7 +165,7 @@ class ApiHttpClient:
             stop=stop_after_attempt(self.retry.max_attempts),
             wait=self._wait,
             before_sleep=before_sleep,
-            sleep=self._sleep,
+            sleep=sleep,
             reraise=True,
         )
         try:
@@ -169,13 +173,28 @@ class ApiHttpClient:
                 with attempt:
                     if self.budget is None:
                         self.gate.wait_turn(log)
-                    return self._get_once(path, params, page, etag, headers, budget_key, log)
+                    return self._get_once(path, params, page, etag, headers, budget_key, log, sleep)
         except httpx.TransportError as exc:  # the last attempt: say where we were trying to go
             raise ApiUnreachable(
                 f"GET {self.base_url}{path}{f' page {page}' if page else ''}: {_describe(exc)} after "
                 f"{self.retry.max_attempts} attempts; is the API's base URL right (SYNC_ASSETS_ESI_URL for ESI)?"
             ) from exc
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _interruptible(self, alive: Callable[[], None] | None) -> Callable[[float], None]:
+        if alive is None:
+            return self._sleep
+
+        def sleep(seconds: float) -> None:
+            left = seconds
+            while left > 0:
+                alive()
+                step = min(left, 0.5)
+                self._sleep(step)
+                left -= step
+            alive()
+
+        return sleep
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -185,7 +204,7 @@ class ApiHttpClient:
 
     def _get_once(
         self, path: str, params: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None,
-        budget_key: "BudgetKey | None" = None, log: Log = DEFAULT_LOG,
+        budget_key: "BudgetKey | None" = None, log: Log = DEFAULT_LOG, sleep: Callable[[float], None] | None = None,
     ) -> PageResponse:
         query = dict(params)
         if page is not None:
@@ -193,7 +212,7 @@ class ApiHttpClient:
         headers = dict(extra or {})
         if etag:
             headers["If-None-Match"] = etag
-        reservation = self.budget.before_request(budget_key, log) if self.budget and budget_key else None
+        reservation = self.budget.before_request(budget_key, log, sleep) if self.budget and budget_key else None
         try:
             response = self._client.get(path, params=query, headers=headers)
         except httpx.TransportError:

@@ -157,6 +157,7 @@ class XPagesWalker:
         self._check_running(stop)
         response = self.http.get_page(
             self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=lambda: self._count_retry(stop),
+            alive=lambda: self._check_running(stop),
             headers=self.headers, budget_key=self.budget_key,
         )
         with self._stats_lock:
@@ -279,7 +280,8 @@ class FromIdWalker:
         if from_id is not None:
             params["from_id"] = from_id
         response = self.http.get_page(
-            self.path, params, None, etag, self.log, on_retry=self._count_retry, headers=self.headers, budget_key=self.budget_key
+            self.path, params, None, etag, self.log, on_retry=self._count_retry, headers=self.headers, budget_key=self.budget_key,
+            alive=self._check_running,
         )
         self.stats.count(response.status, response.body_bytes)
         return response

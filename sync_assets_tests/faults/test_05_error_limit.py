@@ -13,6 +13,7 @@ shortened to seconds so the waits the program must do stay short; no assertion i
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import dagster as dg
@@ -118,6 +119,16 @@ def test_requests_in_flight_are_counted_against_the_error_budget(fault_db: str, 
     assert served_420 == 0, (
         f"{served_420} x 420: both runs were admitted 8 requests each while the shared budget knew only 14 errors "
         f"were left (floor 10); in-flight requests are not counted against X-ESI-Error-Limit-Remain")
+    # page workers of the failed walks that were waiting for the budget give up with their walk
+    # (a worker asleep until the error window resets would keep the process from exiting)
+    deadline = time.monotonic() + 30
+    while _page_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _page_workers(), f"page workers outlive their failed walks: {_page_workers()}"
+
+
+def _page_workers() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("page")]
 
 
 def test_a_420_forced_by_the_test_is_waited_out_and_never_repeated(fault_db: str, fault_report: FaultReport) -> None:
