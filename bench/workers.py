@@ -89,6 +89,9 @@ class _InlineExecutor:
     def __exit__(self, *exc: Any) -> None:
         return None
 
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        return None
+
     def submit(self, fn, *args, **kwargs) -> Future:
         future: Future = Future()
         try:
@@ -118,9 +121,11 @@ def sync(args: argparse.Namespace) -> None:
 
         def handle_output(self, context, obj) -> None:  # type: ignore[override]
             frame = getattr(obj, "frame", None)
-            if frame is not None:
-                frame_info["frame_rows"] = len(frame)
-                frame_info["frame_bytes"] = int(frame.memory_usage(deep=True).sum())
+            # pages loaded during the walk are handed over as they came (no assembled frame): their sum
+            frames = [frame] if frame is not None else list(getattr(obj, "pages", None) or [])
+            if frames:
+                frame_info["frame_rows"] = sum(len(f) for f in frames)
+                frame_info["frame_bytes"] = int(sum(f.memory_usage(deep=True).sum() for f in frames))
             frame_info["rss_at_write"] = _rss_bytes()
             frame_info["write_started_at"] = round(time.perf_counter() - sampler.t0, 3)
             frame_info["peak_rss_before_write"] = _peak_rss_bytes()  # the fetch and the DataFrame assembly
