@@ -28,11 +28,11 @@ from typing import Iterator
 import dagster as dg
 import httpx
 
-from sync_assets.api import EsiResource
-from sync_assets.datasets import MARKET_ORDERS
+from sync_assets.apis.esi import EsiResource
+from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
-from sync_assets.warehouse.embedded import ensure_database, start_embedded_postgres, stop_embedded_postgres
+from sync_assets.db.embedded import ensure_database, start_embedded_postgres, stop_embedded_postgres
 
 FORGE = "10000002"
 
@@ -132,7 +132,7 @@ def sandbox_process(pages: int) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     code = (
-        "from sync_assets.sandbox.server import run; "
+        "from sync_assets.apis.esi.sandbox.server import run; "
         f"run(port={port}, regions={{{int(FORGE)}: {pages}}}, n_price_types=100, cache_seconds={{'orders': 1}})"
     )
     process = subprocess.Popen([sys.executable, "-c", code])

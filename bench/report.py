@@ -349,7 +349,7 @@ def _method(args: Any) -> str:
     return f"""## How this was measured
 
 - **One machine, one run.** `bench.run` starts one embedded PostgreSQL (pgserver, Unix socket) and the ESI sandbox in its
-  own process (`sync_assets.sandbox.server.run`, uvicorn on 127.0.0.1); every system below is a separate process under
+  own process (`sync_assets.apis.esi.sandbox.server.run`, uvicorn on 127.0.0.1); every system below is a separate process under
   `/usr/bin/time -v`: *wall* and *peak RSS* are the whole process (imports, Dagster, everything), *CPU* is user+system
   seconds. Every sync starts from an empty database; the sandbox is restarted for every repetition, so every system sees
   the same bytes (generation 0, then the same refreshed generation 1).

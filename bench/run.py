@@ -156,7 +156,7 @@ class Sandbox:
     def __init__(self, workdir: Path, name: str, **kwargs: Any):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        code = f"from sync_assets.sandbox.server import run; run(port={self.port}, **{kwargs!r})"
+        code = f"from sync_assets.apis.esi.sandbox.server import run; run(port={self.port}, **{kwargs!r})"
         self.log = open(workdir / f"sandbox_{name}.log", "ab")
         self.process = subprocess.Popen([PY, "-c", code], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
@@ -211,7 +211,7 @@ class Bench:
         self.logs.mkdir()
         self.counter = 0
         self.pgdata = workdir / "pg"
-        from sync_assets.warehouse.embedded import start_embedded_postgres
+        from sync_assets.db.embedded import start_embedded_postgres
 
         self.pg_url = start_embedded_postgres(self.pgdata)
         self.dagster_home = workdir / "dagster_home"
@@ -227,7 +227,7 @@ class Bench:
         self.base_env.update(DAGSTER_HOME=str(self.dagster_home), DAGSTER_PG_URL=self.dagster_pg, PYTHONUNBUFFERED="1",
                              RUNTIME__DLTHUB_TELEMETRY="false")
         self.sandbox: Sandbox | None = None
-        from sync_assets.api import EsiResource
+        from sync_assets.apis.esi import EsiResource
 
         self.budget_field = "budget_database_url" in EsiResource.model_fields  # the shared API budget exists
         self.started = time.monotonic()
@@ -236,7 +236,7 @@ class Bench:
     # ------------------------------------------------------------------ databases
 
     def database(self, name: str) -> str:
-        from sync_assets.warehouse.embedded import ensure_database
+        from sync_assets.db.embedded import ensure_database
 
         return ensure_database(self.pg_url, name)
 
@@ -270,7 +270,7 @@ class Bench:
     def stop(self) -> None:
         if self.sandbox:
             self.sandbox.stop()
-        from sync_assets.warehouse.embedded import stop_embedded_postgres
+        from sync_assets.db.embedded import stop_embedded_postgres
 
         stop_embedded_postgres(self.pgdata)
 
@@ -340,7 +340,7 @@ class Bench:
         return env
 
     def sso_env(self) -> dict[str, str]:
-        from sync_assets.sandbox.sso import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+        from sync_assets.apis.esi.sandbox.sso import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
         assert self.sandbox
         return {"ESI_SSO_URL": self.sandbox.url, "ESI_SSO_ISSUER": ISSUER, "ESI_CLIENT_ID": SANDBOX_CLIENT_ID,
@@ -430,11 +430,11 @@ class Bench:
 
         from sqlalchemy import create_engine
 
-        from sync_assets.api import EsiResource
-        from sync_assets.api.esi_auth import lookup_identity
-        from sync_assets.auth import tokens
-        from sync_assets.auth.crypto import TokenCipher
-        from sync_assets.auth.sso import EveSso
+        from sync_assets.apis.esi import EsiResource
+        from sync_assets.apis.esi.auth import lookup_identity
+        from sync_assets.apis.esi.sso import tokens
+        from sync_assets.apis.esi.sso.crypto import TokenCipher
+        from sync_assets.apis.esi.sso.sso import EveSso
 
         assert self.sandbox
         env = self.sso_env()
@@ -449,7 +449,7 @@ class Bench:
 
     def access_token(self, corporation_id: int) -> str:
         """An access token of a new director (what a dlt user would paste into the source config)."""
-        from sync_assets.auth.sso import EveSso
+        from sync_assets.apis.esi.sso.sso import EveSso
 
         assert self.sandbox
         env = self.sso_env()

@@ -156,7 +156,7 @@ def sync(args: argparse.Namespace) -> None:
     dg.materialize([warmup], instance=instance)
     dagster_floor = time.perf_counter() - started  # what any in-process materialization costs here
     if args.serial_fetch:
-        import sync_assets.api.pagination as pagination
+        import sync_assets.fetch.pagination as pagination
 
         pagination.ThreadPoolExecutor = _InlineExecutor  # type: ignore[assignment,misc]
     rss_before = _rss_bytes()
@@ -261,10 +261,11 @@ def _copy_floor(args: argparse.Namespace, pages_json: list[Any]) -> dict[str, An
     import pyarrow.csv as pacsv
     from sqlalchemy import create_engine, text
 
-    from sync_assets.api.frames import rows_to_frame
-    from sync_assets.datasets import DATASETS_BY_KEY
+    from sync_assets.fetch.frames import rows_to_frame
+    from sync_assets.apis.esi.datasets import ESI_DATASETS  # noqa: F401 (registers them)
+    from sync_assets.core.catalog import DATASETS_BY_KEY
     from sync_assets.warehouse.tables import ensure_table, qi, table_name
-    from sync_assets.warehouse.urls import psycopg2_url
+    from sync_assets.db.urls import psycopg2_url
 
     dataset = DATASETS_BY_KEY[args.dataset]
     frame = pd.concat([rows_to_frame(p, dataset.columns, "floor") for p in pages_json], ignore_index=True)

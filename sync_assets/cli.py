@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "esi":
         return _esi_tokens(args)
     if args.command == "sandbox":
-        from .sandbox.server import run
+        from .apis.esi.sandbox.server import run
 
         scale = args.scale if args.scale in ("full", "small", "tiny") else float(args.scale)
         run(host=args.host, port=args.port, scale=scale, auto_refresh=args.auto_refresh)
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 def _esi_tokens(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from .api import DEFAULT_ESI_URL, EsiResource
-    from .api.esi_auth import lookup_identity
-    from .auth import login as sso_login
-    from .auth.errors import AuthError
+    from .apis.esi import DEFAULT_ESI_URL, EsiResource
+    from .apis.esi.auth import lookup_identity
+    from .apis.esi.sso import login as sso_login
+    from .apis.esi.sso.errors import AuthError
 
     env = dict(os.environ)
     if not env.get("SYNC_ASSETS_DATABASE_URL"):
@@ -109,13 +109,13 @@ def _connect_demo_corporations(env: dict[str, str], url: str) -> None:
 
     from cryptography.fernet import Fernet
 
-    from .api import EsiResource
-    from .api.esi_auth import lookup_identity
-    from .auth import tokens
-    from .auth.crypto import TokenCipher
-    from .auth.login import engine_from_env
-    from .auth.sso import EveSso
-    from .sandbox.sso import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+    from .apis.esi import EsiResource
+    from .apis.esi.auth import lookup_identity
+    from .apis.esi.sso import tokens
+    from .apis.esi.sso.crypto import TokenCipher
+    from .apis.esi.sso.login import engine_from_env
+    from .apis.esi.sso.sso import EveSso
+    from .apis.esi.sandbox.sso import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
     key_file = Path(env["DAGSTER_HOME"]) / "demo_token_key"
     if not key_file.exists():

@@ -6,17 +6,18 @@ import os
 
 import dagster as dg
 
-from .api import DEFAULT_ESI_URL, EsiResource
-from .api.esi_auth import EsiAuthResource
-from .auth.sso import DEFAULT_SSO_URL
-from .datasets import ESI_DATASETS, WriteMode
-from .datasets.esi import CORPORATIONS
+from .apis.esi import DEFAULT_ESI_URL, EsiResource
+from .apis.esi.auth import EsiAuthResource
+from .apis.esi.sso.sso import DEFAULT_SSO_URL
+from .apis.esi.datasets import ESI_DATASETS
+from .core.datasets import WriteMode
+from .apis.esi.datasets import CORPORATIONS
 from .defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
 from .defs.automation import build_schedule, build_sync_job
 from .defs.checks import build_row_change_check, build_schema_check
 from .defs.maintenance import maintenance_job, maintenance_schedule
 from .defs.sensors import build_corporation_sensor, build_expiry_sensor, build_failure_sensor
-from .settings import with_overrides
+from .defs.settings import with_overrides
 from .warehouse import PostgresWarehouse, SnapshotIOManager
 
 ESI_URL_ENV = "SYNC_ASSETS_ESI_URL"

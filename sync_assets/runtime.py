@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import MutableMapping
 
-from .warehouse.embedded import ensure_database, start_embedded_postgres
-from .warehouse.urls import psycopg2_url
+from .db.embedded import ensure_database, start_embedded_postgres
+from .db.urls import psycopg2_url
 
 log = logging.getLogger(__name__)
 

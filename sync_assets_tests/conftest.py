@@ -11,8 +11,8 @@ from typing import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
-from sync_assets.warehouse.embedded import start_embedded_postgres
-from sync_assets.warehouse.urls import psycopg2_url, with_database
+from sync_assets.db.embedded import start_embedded_postgres
+from sync_assets.db.urls import psycopg2_url, with_database
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def create_database(server_url: str, prefix: str = "t") -> str:
 def drop_database(server_url: str, url: str) -> None:
     from sqlalchemy.engine import make_url
 
-    from sync_assets.warehouse import resource
+    from sync_assets.db import engines as resource
 
     name = make_url(url).database
     for key in [k for k in resource._engines if make_url(k).database == name]:

@@ -12,12 +12,12 @@ import httpx
 import orjson
 import pytest
 
-from sync_assets.api.errors import InconsistentSnapshot, MalformedPayload, PermanentHttpError, TransientHttpError
-from sync_assets.api.frames import rows_to_frame
-from sync_assets.api.http import ApiHttpClient, ErrorLimitGate, RetryPolicy
-from sync_assets.api.pagination import XPagesWalker
-from sync_assets.api.snapshot import FetchStats
-from sync_assets.datasets import MARKET_PRICES
+from sync_assets.core.errors import InconsistentSnapshot, MalformedPayload, PermanentHttpError, TransientHttpError
+from sync_assets.fetch.frames import rows_to_frame
+from sync_assets.fetch.http import ApiHttpClient, ErrorLimitGate, RetryPolicy
+from sync_assets.fetch.pagination import XPagesWalker
+from sync_assets.core.snapshot import FetchStats
+from sync_assets.apis.esi.datasets import MARKET_PRICES
 
 
 class Recorder:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine, create_engine, text
 from starlette.applications import Starlette
 
-from sync_assets.auth import (
+from sync_assets.apis.esi.sso import (
     InvalidAccessToken,
     InvalidClient,
     InvalidGrant,
@@ -35,10 +35,10 @@ from sync_assets.auth import (
     select_token,
     update_identity,
 )
-from sync_assets.auth.login import add_token, login, print_tokens
-from sync_assets.auth.sso import EveSso
-from sync_assets.sandbox.server import serve_in_thread
-from sync_assets.sandbox.sso import KEY_ID, SsoSandbox
+from sync_assets.apis.esi.sso.login import add_token, login, print_tokens
+from sync_assets.apis.esi.sso.sso import EveSso
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.sso import KEY_ID, SsoSandbox
 
 CORP, OTHER_CORP = 98000001, 98000002
 ASSETS = "esi-assets.read_corporation_assets.v1"
@@ -397,7 +397,7 @@ def test_pkce_login_end_to_end(sso: SsoSandbox, sso_url: str, engine: Engine, to
 
 
 def test_login_rejects_a_redirect_with_another_state(sso: SsoSandbox, sso_url: str, engine: Engine, token_key: str) -> None:
-    from sync_assets.auth import LoginError
+    from sync_assets.apis.esi.sso import LoginError
 
     sso.add_character(ALICE, "Alice", CORP, [ASSETS])
 
@@ -497,7 +497,7 @@ def test_no_secret_in_table_logs_errors_or_reprs(
 
     grant = client.refresh(sso.add_character(ALICE, "Alice", CORP, [ASSETS], ["Director"]))
     said += [repr(grant), repr(client), repr(TokenCipher.from_env())]
-    from sync_assets.auth import store_grant
+    from sync_assets.apis.esi.sso import store_grant
 
     store_grant(engine, grant, lookup=lookup_from(sso))
     add_refresh_token(engine, client, sso.add_character(BOB, "Bob", CORP, [ASSETS]), lookup=failing_lookup)

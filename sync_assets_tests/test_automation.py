@@ -11,15 +11,15 @@ import dagster as dg
 import pytest
 from sqlalchemy import create_engine, text
 
-from sync_assets.api import EsiResource
-from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.apis.esi import EsiResource
+from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.defs.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
 from sync_assets.defs.automation import build_sync_job
 from sync_assets.defs.checks import build_row_change_check, build_schema_check
 from sync_assets.defs.maintenance import maintenance_job
 from sync_assets.defs.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor, build_failure_sensor
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 from .helpers import failure_messages

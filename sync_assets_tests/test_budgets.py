@@ -9,13 +9,13 @@ import dagster as dg
 import pytest
 from sqlalchemy import text
 
-from sync_assets.api import EsiResource
-from sync_assets.api.requests import SliceRequest, plan_requests
-from sync_assets.api.budget import BudgetKey, BudgetPolicy, CircuitOpen, PostgresBudget
-from sync_assets.datasets import MARKET_ORDERS
+from sync_assets.apis.esi import EsiResource
+from sync_assets.core.requests import SliceRequest, plan_requests
+from sync_assets.fetch.budget import BudgetKey, BudgetPolicy, CircuitOpen, PostgresBudget
+from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 REGIONS = ["10000002", "10000043", "10000032", "10000030"]

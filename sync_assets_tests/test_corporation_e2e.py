@@ -17,15 +17,16 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
-from sync_assets.api import EsiResource
-from sync_assets.api.esi_auth import EsiAuthResource, lookup_identity
-from sync_assets.auth import tokens
-from sync_assets.auth.crypto import TokenCipher
-from sync_assets.datasets import ESI_CORPORATION_DATASETS, Dataset
-from sync_assets.datasets import esi as declared
+from sync_assets.apis.esi import EsiResource
+from sync_assets.apis.esi.auth import EsiAuthResource, lookup_identity
+from sync_assets.apis.esi.sso import tokens
+from sync_assets.apis.esi.sso.crypto import TokenCipher
+from sync_assets.apis.esi.datasets import ESI_CORPORATION_DATASETS
+from sync_assets.core.datasets import Dataset
+from sync_assets.apis.esi import datasets as declared
 from sync_assets.defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 from .conftest import create_database, drop_database

@@ -9,7 +9,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from sync_assets.datasets import ESI_DATASETS, ColumnType, Dataset
+from sync_assets.apis.esi.datasets import ESI_DATASETS
+from sync_assets.core.datasets import ColumnType, Dataset
 
 SPEC = Path(__file__).resolve().parent / "data" / "openapi-2026-08-18.yaml"
 

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 from dagster import DagsterRunStatus
 
-from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.defs.automation import job_name
 from sync_assets.definitions import defs
 
@@ -66,8 +66,8 @@ def _database_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def esi_url() -> Iterator[str]:
-    from sync_assets.sandbox.esi import EsiSandbox
-    from sync_assets.sandbox.server import serve_in_thread
+    from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+    from sync_assets.apis.esi.sandbox.server import serve_in_thread
 
     sandbox = EsiSandbox(regions={10000002: 1}, n_price_types=10)
     with serve_in_thread(sandbox) as url:
@@ -80,7 +80,7 @@ sandbox_ref: list = []
 
 
 def _tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, database_url: str, esi_url: str, hour: int = 5):
-    from sync_assets.api import EsiResource
+    from sync_assets.apis.esi import EsiResource
     from sync_assets.warehouse import PostgresWarehouse
 
     with dg.build_schedule_context(
@@ -131,7 +131,7 @@ def test_bad_database_url_names_the_setting(url: str) -> None:
 
 
 def test_bad_esi_url_names_the_setting() -> None:
-    from sync_assets.api import EsiResource
+    from sync_assets.apis.esi import EsiResource
 
     with pytest.raises(Exception, match="SYNC_ASSETS_ESI_URL"):
         EsiResource(base_url="esi.evetech.net")

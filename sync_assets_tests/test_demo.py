@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from sync_assets.warehouse.embedded import stop_embedded_postgres
+from sync_assets.db.embedded import stop_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,8 +110,8 @@ def test_demo_runs_a_sync_launched_from_the_ui(demo: Demo) -> None:
 
 
 def _data_url(data_dir: Path) -> str:
-    from sync_assets.warehouse.embedded import start_embedded_postgres
-    from sync_assets.warehouse.urls import with_database
+    from sync_assets.db.embedded import start_embedded_postgres
+    from sync_assets.db.urls import with_database
 
     return with_database(start_embedded_postgres(data_dir), "sync_assets")
 

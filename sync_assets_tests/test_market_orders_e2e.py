@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from sync_assets.api import EsiResource
-from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES, Dataset
+from sync_assets.apis.esi import EsiResource
+from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.core.datasets import Dataset
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 from .helpers import failure_messages

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sync_assets.sandbox.corporation import ALL_CORP_SCOPES, CORP_ROUTES, DIRECTOR_ROLES
-from sync_assets.sandbox.esi import EsiSandbox, SandboxConfig
-from sync_assets.sandbox.server import serve_in_thread
-from sync_assets.sandbox.sso import SsoAuthError
+from sync_assets.apis.esi.sandbox.corporation import ALL_CORP_SCOPES, CORP_ROUTES, DIRECTOR_ROLES
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox, SandboxConfig
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.sso import SsoAuthError
 
 CORP_A, CORP_B = 98000001, 98000002
 SMALL = {CORP_A: "small", CORP_B: "small"}

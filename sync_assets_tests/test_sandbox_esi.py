@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sync_assets.sandbox import (
+from sync_assets.apis.esi.sandbox import (
     COUNTER_KEYS,
     DEFAULT_CACHE_SECONDS,
     ERROR_420_TEXT,

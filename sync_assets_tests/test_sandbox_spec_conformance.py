@@ -22,13 +22,13 @@ import jsonschema
 import pytest
 import yaml
 
-from sync_assets.sandbox import market_data as md
-from sync_assets.sandbox.corp_activity import JOB_STATUSES, ORDER_STATES
-from sync_assets.sandbox.corp_assets import CONTAINER_ACTIONS, LOCATION_FLAGS, LOCATION_TYPES
-from sync_assets.sandbox.corp_wallet import CONTEXT_ID_TYPES, REF_TYPES
-from sync_assets.sandbox.corporation import CORP_ROUTES, CORPORATION_ROLES
-from sync_assets.sandbox.esi import ALL_ROUTES, DEFAULT_CACHE_SECONDS, RATE_LIMIT_GROUPS, EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox import market_data as md
+from sync_assets.apis.esi.sandbox.corp_activity import JOB_STATUSES, ORDER_STATES
+from sync_assets.apis.esi.sandbox.corp_assets import CONTAINER_ACTIONS, LOCATION_FLAGS, LOCATION_TYPES
+from sync_assets.apis.esi.sandbox.corp_wallet import CONTEXT_ID_TYPES, REF_TYPES
+from sync_assets.apis.esi.sandbox.corporation import CORP_ROUTES, CORPORATION_ROLES
+from sync_assets.apis.esi.sandbox.esi import ALL_ROUTES, DEFAULT_CACHE_SECONDS, RATE_LIMIT_GROUPS, EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "openapi-2026-08-18.yaml"
 FORGE = 10000002

@@ -13,8 +13,8 @@ import jwt
 import pytest
 from starlette.applications import Starlette
 
-from sync_assets.sandbox.server import serve_in_thread
-from sync_assets.sandbox.sso import KEY_ID, SsoAuthError, SsoSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.sso import KEY_ID, SsoAuthError, SsoSandbox
 
 ASSETS = "esi-assets.read_corporation_assets.v1"
 WALLET = "esi-wallet.read_corporation_wallets.v1"

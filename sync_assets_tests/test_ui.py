@@ -31,9 +31,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from sync_assets.datasets import ESI_DATASETS
-from sync_assets.settings import variable
-from sync_assets.warehouse.embedded import stop_embedded_postgres
+from sync_assets.apis.esi.datasets import ESI_DATASETS
+from sync_assets.defs.settings import variable
+from sync_assets.db.embedded import stop_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("SYNC_ASSETS_CHROMIUM") or "/usr/bin/chromium")

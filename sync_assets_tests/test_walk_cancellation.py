@@ -12,10 +12,10 @@ import httpx
 import orjson
 import pytest
 
-from sync_assets.api.errors import PermanentHttpError
-from sync_assets.api.http import ApiHttpClient, ErrorLimitGate, RetryPolicy
-from sync_assets.api.pagination import FromIdWalker, WalkCancelled, XPagesWalker
-from sync_assets.api.snapshot import FetchStats
+from sync_assets.core.errors import PermanentHttpError
+from sync_assets.fetch.http import ApiHttpClient, ErrorLimitGate, RetryPolicy
+from sync_assets.fetch.pagination import FromIdWalker, WalkCancelled, XPagesWalker
+from sync_assets.core.snapshot import FetchStats
 
 from .test_api_unit import T0, Recorder
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from sync_assets.api.snapshot import Outcome, Snapshot, Validators
-from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.core.snapshot import Outcome, Snapshot, Validators
+from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.warehouse import DatabaseUnavailable, PostgresWarehouse, SchemaMismatch
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)

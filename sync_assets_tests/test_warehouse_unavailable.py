@@ -9,9 +9,9 @@ from typing import Callable
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
-from sync_assets.datasets import MARKET_ORDERS
+from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.warehouse import DatabaseUnavailable, PostgresWarehouse, writer
-from sync_assets.warehouse.urls import redacted
+from sync_assets.db.urls import redacted
 
 from .test_warehouse import T0, orders
 
@@ -57,7 +57,7 @@ def test_a_database_lost_after_the_commit_does_not_fail_the_committed_write(data
     committed snapshot into a failed run (the data and validators are in)."""
     import dagster as dg
 
-    from sync_assets.datasets import MARKET_PRICES
+    from sync_assets.apis.esi.datasets import MARKET_PRICES
     from sync_assets.warehouse import SnapshotIOManager
 
     from .test_warehouse import prices

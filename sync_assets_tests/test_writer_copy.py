@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from sync_assets.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.warehouse import PostgresWarehouse, writer
 
 from .test_warehouse import T0, orders, prices

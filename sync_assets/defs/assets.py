@@ -8,10 +8,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..api import ApiError, EsiResource, PermanentHttpError, Snapshot
-from ..api.requests import SliceRequest, plan_requests
-from ..api.snapshot import SliceFailure, SnapshotSet
-from ..datasets import DATASETS_BY_KEY, Column, Dataset, Paging
+from ..core.errors import ApiError, PermanentHttpError
+from ..apis.esi import EsiResource
+from ..core.snapshot import Snapshot
+from ..core.requests import SliceRequest, plan_requests
+from ..core.snapshot import SliceFailure, SnapshotSet
+from ..core.catalog import DATASETS_BY_KEY
+from ..core.datasets import Column, Dataset, Paging
 from ..warehouse import PostgresWarehouse
 
 IO_MANAGER_KEY = "warehouse_io_manager"

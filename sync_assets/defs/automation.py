@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ..datasets import Dataset
+from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
 from .guards import active_runs, api_blocker, partition_keys
 

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from ..datasets import Dataset
+from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
 
 

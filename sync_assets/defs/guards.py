@@ -8,8 +8,9 @@ from typing import Callable
 import dagster as dg
 from dagster import DagsterRunStatus
 
-from ..api.budget import PostgresBudget
-from ..datasets import DOWNTIMES, Dataset
+from ..fetch.budget import PostgresBudget
+from ..apis import DOWNTIMES
+from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
 
 ACTIVE_STATUSES = [

@@ -9,8 +9,9 @@ from typing import Mapping
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ..auth import tokens
-from ..datasets import DATASETS_BY_KEY, Dataset
+from ..apis.esi.sso import tokens
+from ..core.catalog import DATASETS_BY_KEY
+from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
 from .failures import classify, redact
 from .guards import active_runs, api_blocker

@@ -2,9 +2,9 @@
 
 from .io_manager import SnapshotIOManager
 from .resource import PostgresWarehouse
-from .transaction import DatabaseUnavailable
+from ..db.transaction import DatabaseUnavailable
 from .tables import SYNC_STATE, SchemaMismatch
-from .urls import DatabaseConfigError, psycopg2_url, redacted
+from ..db.urls import DatabaseConfigError, psycopg2_url, redacted
 from .writer import WriteResult
 
 __all__ = [

@@ -6,10 +6,10 @@ import time
 import dagster as dg
 import pandas as pd
 
-from ..api.snapshot import Snapshot, SnapshotSet
-from ..datasets import dataset_for_asset_key
+from ..core.snapshot import Snapshot, SnapshotSet
+from ..core.catalog import dataset_for_asset_key
 from .resource import PostgresWarehouse
-from .transaction import DatabaseUnavailable
+from ..db.transaction import DatabaseUnavailable
 
 
 class SliceSyncError(RuntimeError):

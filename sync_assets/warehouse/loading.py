@@ -18,8 +18,8 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
-from ..datasets import Dataset
-from .transaction import Transaction
+from ..core.datasets import Dataset
+from ..db.transaction import Transaction
 from .writer import Loaded, begin_load, load_page, reset_load
 
 _RESTART, _DONE = object(), object()
@@ -27,7 +27,7 @@ BATCH_ROWS = 50_000  # pages that queued up while a COPY ran go in one COPY, up 
 
 
 class PageLoader:
-    """A PageSink (see sync_assets.api.snapshot) that loads pages into the data database."""
+    """A PageSink (see sync_assets.core.snapshot) that loads pages into the data database."""
 
     def __init__(self, engine: Engine, dataset: Dataset, state_key: str, context: Mapping[str, Any]):
         self._engine, self._dataset, self._state_key, self._context = engine, dataset, state_key, dict(context)

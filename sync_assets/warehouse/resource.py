@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
-from ..api.snapshot import Snapshot, Validators
-from ..datasets import ColumnType, Dataset
+from ..core.snapshot import Snapshot, Validators
+from ..core.datasets import ColumnType, Dataset
 from . import history
 from .tables import ensure_sync_state, ensure_table, qi, schema_problems, table_name
-from .urls import psycopg2_url
+from ..db.engines import engine_for
+from ..db.urls import psycopg2_url
 from .loading import PageLoader
-from .transaction import Transaction
+from ..db.transaction import Transaction
 from .writer import WriteResult, read_validators, write_snapshot
 
-_engines: dict[str, Engine] = {}
 _ready: set[tuple[str, str]] = set()  # (url, dataset key) whose DDL ran in this process
-_lock = threading.Lock()
 
 
 class PostgresWarehouse(dg.ConfigurableResource):
@@ -39,13 +37,7 @@ class PostgresWarehouse(dg.ConfigurableResource):
         return psycopg2_url(self.database_url, "SYNC_ASSETS_DATABASE_URL")
 
     def engine(self) -> Engine:
-        url = self.url
-        with _lock:
-            engine = _engines.get(url)
-            if engine is None:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
-                _engines[url] = engine
-            return engine
+        return engine_for(self.url)
 
     def ensure_dataset(self, dataset: Dataset) -> None:
         key = (self.url, dataset.key)

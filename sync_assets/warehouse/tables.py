@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
-from ..datasets import Dataset
+from ..core.datasets import Dataset
 
 META_SCHEMA = "sync_assets"
 SYNC_STATE = f"{META_SCHEMA}.sync_state"

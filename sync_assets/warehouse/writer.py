@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from sqlalchemy import Connection, text
 
-from ..api.snapshot import Outcome, Snapshot, Validators
-from ..datasets import Dataset, WriteMode
+from ..core.snapshot import Outcome, Snapshot, Validators
+from ..core.datasets import Dataset, WriteMode
 from .tables import SYNC_STATE, qi, table_name
 
 STAGE = "_sync_stage"

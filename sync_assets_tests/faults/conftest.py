@@ -201,10 +201,10 @@ class CorpWorld:
                  instance: dg.DagsterInstance):
         from functools import partial
 
-        from sync_assets.api import EsiResource
-        from sync_assets.api.esi_auth import EsiAuthResource, lookup_identity
-        from sync_assets.auth.crypto import TokenCipher
-        from sync_assets.datasets import ESI_CORPORATION_DATASETS
+        from sync_assets.apis.esi import EsiResource
+        from sync_assets.apis.esi.auth import EsiAuthResource, lookup_identity
+        from sync_assets.apis.esi.sso.crypto import TokenCipher
+        from sync_assets.apis.esi.datasets import ESI_CORPORATION_DATASETS
         from sync_assets.defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
         from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
@@ -233,7 +233,7 @@ class CorpWorld:
         return self.warehouse.engine()
 
     def connect(self, corporation_id: int) -> int:
-        from sync_assets.auth import tokens
+        from sync_assets.apis.esi.sso import tokens
 
         character_id, refresh_token = self.sandbox.add_director(corporation_id)
         tokens.add_refresh_token(self.engine, self.auth.sso(), refresh_token, lookup=self._lookup, cipher=self.cipher)
@@ -266,9 +266,9 @@ class CorpWorld:
 
 @pytest.fixture(scope="session")
 def corp_world(fault_databases: Callable[[str], str], session_secrets: SessionSecrets, haystacks: Haystacks) -> Iterator[CorpWorld]:
-    from sync_assets.sandbox.esi import EsiSandbox
-    from sync_assets.sandbox.server import serve_in_thread
-    from sync_assets.sandbox.sso import SsoSandbox
+    from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+    from sync_assets.apis.esi.sandbox.server import serve_in_thread
+    from sync_assets.apis.esi.sandbox.sso import SsoSandbox
 
     from .proxy import FaultProxy
 

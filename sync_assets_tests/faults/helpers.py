@@ -22,8 +22,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
-from sync_assets.api import EsiResource
-from sync_assets.datasets import MARKET_ORDERS, Dataset
+from sync_assets.apis.esi import EsiResource
+from sync_assets.apis.esi.datasets import MARKET_ORDERS
+from sync_assets.core.datasets import Dataset
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 

@@ -3,7 +3,7 @@ the responses a test picks: truncated or malformed JSON, a connection cut mid-bo
 slower than the client's timeout, an HTML page with status 200, a wrong-typed field, a changed
 X-Pages header, a stale 304, or any status with any body (maintenance 404s ...).
 
-Serve it with `sync_assets.sandbox.server.serve_in_thread(FaultProxy(...), log_level="critical")`.
+Serve it with `sync_assets.apis.esi.sandbox.server.serve_in_thread(FaultProxy(...), log_level="critical")`.
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import pytest
 
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
-from sync_assets.sandbox.sso import SsoSandbox
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.sso import SsoSandbox
 
 from .conftest import FaultReport, Haystacks, SessionSecrets
 from .helpers import (

@@ -4,7 +4,7 @@ Invariant 4 (one materialization is one transaction): a clean failure with a mes
 database problem, or a retry that succeeds; never a partial write; the next run converges.
 
 The server is an embedded pgserver of this test's own (its own data directory), stopped with
-`sync_assets.warehouse.embedded.stop_embedded_postgres` (fast shutdown: open transactions roll back)
+`sync_assets.db.embedded.stop_embedded_postgres` (fast shutdown: open transactions roll back)
 and started again with `start_embedded_postgres` in a fresh process, as a restart by someone else
 would be. (Started again in the same process it silently is not: see the last test.)
 The run is held at the chosen point by a lane gate in front of the sandbox (during the fetch) or
@@ -24,9 +24,9 @@ import dagster as dg
 import pytest
 from sqlalchemy import create_engine, text
 
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
-from sync_assets.warehouse.embedded import ensure_database, start_embedded_postgres, stop_embedded_postgres
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
+from sync_assets.db.embedded import ensure_database, start_embedded_postgres, stop_embedded_postgres
 
 from .conftest import FaultReport
 from .helpers import (
@@ -42,7 +42,7 @@ CLEAR = ("data database", "terminating connection", "server closed the connectio
 
 
 def _start_in_new_process(data_dir: Path) -> None:
-    code = "import sys; from pathlib import Path; from sync_assets.warehouse.embedded import start_embedded_postgres as s; s(Path(sys.argv[1]))"
+    code = "import sys; from pathlib import Path; from sync_assets.db.embedded import start_embedded_postgres as s; s(Path(sys.argv[1]))"
     subprocess.run([sys.executable, "-c", code, str(data_dir)], check=True, timeout=120, capture_output=True)
 
 

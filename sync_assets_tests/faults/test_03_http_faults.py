@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 
 from .conftest import FaultReport
 from .helpers import (

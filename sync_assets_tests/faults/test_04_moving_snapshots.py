@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import pytest
 
-from sync_assets.sandbox.esi import ERROR_PAGE_NOT_FOUND, EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.esi import ERROR_PAGE_NOT_FOUND, EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 
 from .conftest import FaultReport
 from .helpers import (

@@ -19,8 +19,8 @@ from typing import Any
 import dagster as dg
 import httpx
 
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 
 from .conftest import FaultReport
 from .helpers import FORGE, Runner, expected_orders, failure_text, frame_diff, scaled

@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from sync_assets.auth import tokens
-from sync_assets.datasets import esi as declared
-from sync_assets.sandbox.esi import ERROR_PAGE_NOT_FOUND
+from sync_assets.apis.esi.sso import tokens
+from sync_assets.apis.esi import datasets as declared
+from sync_assets.apis.esi.sandbox.esi import ERROR_PAGE_NOT_FOUND
 
 from .conftest import CorpWorld, FaultReport
 from .helpers import failure_text, scaled

@@ -29,16 +29,18 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from sync_assets.api import EsiResource
-from sync_assets.api.errors import MalformedPayload
-from sync_assets.api.frames import rows_to_frame
-from sync_assets.api.snapshot import Outcome, Snapshot, Validators
-from sync_assets.datasets import DATASETS_BY_KEY, MARKET_ORDERS, MARKET_PRICES, ColumnType, Dataset
-from sync_assets.datasets import esi as declared
-from sync_assets.sandbox.esi import EsiSandbox
-from sync_assets.sandbox.server import serve_in_thread
+from sync_assets.apis.esi import EsiResource
+from sync_assets.core.errors import MalformedPayload
+from sync_assets.fetch.frames import rows_to_frame
+from sync_assets.core.snapshot import Outcome, Snapshot, Validators
+from sync_assets.core.catalog import DATASETS_BY_KEY
+from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
+from sync_assets.core.datasets import ColumnType, Dataset
+from sync_assets.apis.esi import datasets as declared
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import DatabaseConfigError, PostgresWarehouse
-from sync_assets.warehouse.urls import psycopg2_url
+from sync_assets.db.urls import psycopg2_url
 
 from .conftest import FaultReport, Haystacks
 from .helpers import FORGE, Observer, Proc, Runner, clean_env, dagster_materialize, failure_text, scaled, state_row, table_digest
@@ -171,8 +173,8 @@ def test_an_unset_or_unreachable_database_fails_at_the_first_step_naming_it(faul
 
 
 def test_unknown_dataset_and_partition_names_are_refused_naming_them(fault_report: FaultReport) -> None:
-    from sync_assets.api.requests import plan_requests
-    from sync_assets.datasets import dataset_for_asset_key
+    from sync_assets.core.requests import plan_requests
+    from sync_assets.core.catalog import dataset_for_asset_key
 
     entry = _entry(fault_report, "test_unknown_dataset_and_partition_names_are_refused_naming_them",
                    "unknown dataset names and partition keys (in process);")
@@ -351,7 +353,7 @@ def test_rows_to_frame_refuses_what_it_cannot_keep_exactly(case: str, fault_repo
 
 @pytest.mark.parametrize("dataset", [d for d in DATASETS_BY_KEY.values() if d.transform is not None], ids=lambda d: d.key)
 def test_dataset_transforms_refuse_any_wrong_shape_naming_where(dataset: Dataset, fault_report: FaultReport) -> None:
-    from sync_assets.api.esi import _page_parser  # the resource's own page parser: transform + rows_to_frame
+    from sync_assets.apis.esi.resource import _page_parser  # the resource's own page parser: transform + rows_to_frame
 
     entry = _entry(fault_report, f"test_dataset_transforms_refuse_any_wrong_shape_naming_where[{dataset.key}]",
                    f"hypothesis: {EXAMPLES} arbitrary JSON payloads per dataset with a `transform`;")

@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from sync_assets.datasets import esi as declared
+from sync_assets.apis.esi import datasets as declared
 
 from .conftest import CorpWorld, FaultReport, Haystacks
 

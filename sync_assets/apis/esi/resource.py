@@ -11,16 +11,17 @@ import httpx
 import pandas as pd
 from pydantic import Field, PrivateAttr, field_validator
 
-from .. import __version__
-from ..datasets import Dataset, Paging
-from .frames import empty_frame, rows_to_frame
-from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
-from ..warehouse.resource import PostgresWarehouse
-from .budget import BudgetKey, BudgetPolicy, PostgresBudget
-from .errors import MalformedPayload
-from .pagination import FromIdWalker, XPagesWalker
-from .requests import SliceRequest
-from .snapshot import FetchStats, Outcome, PageSink, Snapshot, Validators
+from ... import __version__
+from ...core.datasets import Dataset, Paging
+from ...fetch.frames import empty_frame, rows_to_frame
+from ...fetch.http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
+from ...db.engines import engine_for
+from ...db.urls import psycopg2_url
+from ...fetch.budget import BudgetKey, BudgetPolicy, PostgresBudget
+from ...core.errors import MalformedPayload
+from ...fetch.pagination import FromIdWalker, XPagesWalker
+from ...core.requests import SliceRequest
+from ...core.snapshot import FetchStats, Outcome, PageSink, Snapshot, Validators
 
 DEFAULT_ESI_URL = "https://esi.evetech.net"
 COMPATIBILITY_DATE = "2026-08-18"  # the spec our routes and fields are checked against
@@ -193,7 +194,7 @@ class EsiResource(dg.ConfigurableResource):
             return None
         # the warehouse's pool for that database (one per URL and process): a run's budget takes one
         # connection at a time, and runs that end leave no pool behind
-        engine = PostgresWarehouse(database_url=self.budget_database_url).engine()
+        engine = engine_for(psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL"))
         return PostgresBudget(engine, BudgetPolicy(error_limit_floor=self.error_limit_floor), want_slots=self.max_concurrency)
 
 

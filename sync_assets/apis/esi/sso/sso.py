@@ -49,7 +49,7 @@ JWKS_REFETCH_AFTER_S = 300.0  # an unknown kid re-fetches the key set at most th
 CLOCK_LEEWAY_S = 10  # tolerated clock skew between us and the SSO on `exp`
 _SUB_PREFIX = "CHARACTER:EVE:"
 
-log = logging.getLogger("sync_assets.auth")
+log = logging.getLogger("sync_assets.apis.esi.sso")
 
 
 @dataclass(frozen=True)

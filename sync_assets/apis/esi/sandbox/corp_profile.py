@@ -14,15 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import market_data as md
-from .corp_common import (
-    CONTAINER_TYPES,
-    ID_SLOTS,
-    REFINERY_TYPES,
-    UPWELL_TYPES,
-    corp_rng,
-    corp_slot,
-    epoch_of,
-)
+from .corp_common import CONTAINER_TYPES, ID_SLOTS, REFINERY_TYPES, UPWELL_TYPES, corp_rng, corp_slot, epoch_of
 
 __all__ = ["CorpSize", "SIZES", "CorpProfile", "build_profile", "resolve_size", "DIVISION_SHARE", "ITEM_ID_BASE"]
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from sqlalchemy import Engine, create_engine
 
-from ..warehouse.urls import psycopg2_url
+from ....db.urls import psycopg2_url
 from .crypto import TokenCipher
 from ..datasets import ESI_DATASETS
 from .errors import LoginError, SsoConfigError, TokenStoreError

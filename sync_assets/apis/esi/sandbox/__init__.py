@@ -1,6 +1,6 @@
 """Offline ESI sandbox: a deterministic stand-in for https://esi.evetech.net market routes.
 
->>> from sync_assets.sandbox import EsiSandbox, serve_in_thread
+>>> from sync_assets.apis.esi.sandbox import EsiSandbox, serve_in_thread
 >>> sb = EsiSandbox({10000002: 3}, orders_per_page=100)
 >>> with serve_in_thread(sb) as base_url:
 ...     ...  # GET f"{base_url}/markets/10000002/orders?order_type=all&page=1"

@@ -1331,7 +1331,7 @@ class EsiSandbox:
         # 2) authorization: token -> scope -> membership -> roles
         auth = request.headers.get("authorization")
         token = auth if auth else q.get("token")  # legacy ?token= is accepted too
-        from .sso import SsoAuthError  # imported with the SSO (PyJWT, cryptography), on first use
+        from .sso import SsoAuthError  # imported with the SSO PyJWT, cryptography, on first use
 
         try:
             claims = self.sso.verify_access_token(token or "")

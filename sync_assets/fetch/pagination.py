@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import InconsistentSnapshot, PageOutOfRange
+from ..core.errors import InconsistentSnapshot, PageOutOfRange
 from .http import ApiHttpClient, Log, PageResponse
-from .snapshot import FetchStats, PageSink
+from ..core.snapshot import FetchStats, PageSink
 
 ParsePage = Callable[[int, Any], Any]  # (page, JSON) -> parsed rows (e.g. a DataFrame)
 

@@ -10,13 +10,13 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 from sqlalchemy import Engine
 
-from ..auth import tokens
-from ..auth.crypto import TokenCipher
-from ..auth.sso import DEFAULT_SSO_URL, EveSso
-from ..datasets import Dataset
-from ..warehouse import PostgresWarehouse
-from .esi import EsiResource
-from .http import DEFAULT_LOG, Log
+from .sso import tokens
+from .sso.crypto import TokenCipher
+from .sso.sso import DEFAULT_SSO_URL, EveSso
+from ...core.datasets import Dataset
+from ...warehouse import PostgresWarehouse
+from .resource import EsiResource
+from ...fetch.http import DEFAULT_LOG, Log
 
 ROLES_MAX_AGE = timedelta(hours=1)  # ESI caches /characters/{id}/roles for 3600 s: no point asking sooner
 

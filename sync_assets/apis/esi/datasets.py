@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import time
 
-from .base import Auth, Downtime, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
+from ...core.catalog import register
+from ...core.datasets import Auth, Downtime, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
 
 # Daily downtime at 11:00 UTC (ESI.md §6): scheduled work skips it instead of failing.
 ESI_DOWNTIME = Downtime(start_utc=time(11, 0), minutes=15)
@@ -426,3 +427,5 @@ ESI_CORPORATION_DATASETS: tuple[Dataset, ...] = (
 )
 
 ESI_DATASETS: tuple[Dataset, ...] = ESI_PUBLIC_DATASETS + ESI_CORPORATION_DATASETS
+
+register(ESI_DATASETS)

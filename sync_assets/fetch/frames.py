@@ -20,8 +20,8 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from ..datasets import Column, ColumnType
-from .errors import MalformedPayload
+from ..core.datasets import Column, ColumnType
+from ..core.errors import MalformedPayload
 
 _NONE = type(None)
 _PYTHON_TYPES: dict[ColumnType, tuple[type, ...]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..datasets import Dataset
+from .datasets import Dataset
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from typing import Callable, Mapping
 
 from sqlalchemy import Connection, Engine, text
 
-from .errors import ApiError
+from ..core.errors import ApiError
 from .http import Log
 from .http import float_or_none as _float
 from .http import int_or_none as _int

@@ -130,7 +130,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m sync_assets.sandbox.server --port 8765 [--scale small] [--latency 0.05] ...``"""
+    """``python -m sync_assets.apis.esi.sandbox.server --port 8765 [--scale small] [--latency 0.05] ...``"""
     p = argparse.ArgumentParser(description="Offline ESI sandbox")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)

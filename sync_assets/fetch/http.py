@@ -14,7 +14,14 @@ import httpx
 import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .errors import ApiUnreachable, HttpStatusError, MalformedPayload, PageOutOfRange, PermanentHttpError, TransientHttpError
+from ..core.errors import (
+    ApiUnreachable,
+    HttpStatusError,
+    MalformedPayload,
+    PageOutOfRange,
+    PermanentHttpError,
+    TransientHttpError,
+)
 
 if TYPE_CHECKING:
     from .budget import BudgetKey, PostgresBudget

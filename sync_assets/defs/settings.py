@@ -12,7 +12,7 @@ from typing import Mapping
 
 from dagster._utils.schedules import is_valid_cron_string
 
-from .datasets import Dataset
+from ..core.datasets import Dataset
 
 
 class SettingError(ValueError):

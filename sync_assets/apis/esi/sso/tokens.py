@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, text
 
-from ..warehouse.tables import _DDL_LOCK, META_SCHEMA
+from ....warehouse.tables import _DDL_LOCK, META_SCHEMA
 from .crypto import TokenCipher
 from .errors import LOGIN_AGAIN, InvalidAccessToken, InvalidGrant, NoUsableToken, UnknownCharacter
 from .sso import EveSso, TokenGrant
@@ -53,7 +53,7 @@ _LOCK_BASE = 0x5A41_5554 << 32  # advisory lock = base + character_id: disjoint 
 #: /characters/{id} and /characters/{id}/roles, supplied by the caller.
 Lookup = Callable[[str, int], tuple[int, Sequence[str]]]
 
-log = logging.getLogger("sync_assets.auth")
+log = logging.getLogger("sync_assets.apis.esi.sso")
 
 TOKENS_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {META_SCHEMA};

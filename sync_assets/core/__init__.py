@@ -1,0 +1,20 @@
+"""WHAT a dataset is: declarations, snapshots and the error tree. No I/O, no Dagster, no httpx."""
+
+from .datasets import Auth, Column, ColumnType, Dataset, Downtime, Paging, Partitioning, Slices, WriteMode
+from .snapshot import FetchStats, Outcome, Snapshot, Validators
+
+__all__ = [
+    "Auth",
+    "Column",
+    "ColumnType",
+    "Dataset",
+    "Downtime",
+    "FetchStats",
+    "Outcome",
+    "Paging",
+    "Partitioning",
+    "Slices",
+    "Snapshot",
+    "Validators",
+    "WriteMode",
+]
