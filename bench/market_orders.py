@@ -31,6 +31,7 @@ import httpx
 from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.apis.esi.spec import ESI
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 from sync_assets.db.embedded import ensure_database, start_embedded_postgres, stop_embedded_postgres
 
@@ -44,7 +45,7 @@ def run_once(url: str, database_url: str) -> dict[str, dict[str, float]]:
         "warehouse": warehouse,
         IO_MANAGER_KEY: SnapshotIOManager(warehouse=warehouse),
     }
-    asset = build_sync_asset(MARKET_ORDERS, "esi")
+    asset = build_sync_asset(MARKET_ORDERS, ESI)
     instance = dg.DagsterInstance.ephemeral()
     out: dict[str, dict[str, float]] = {}
 

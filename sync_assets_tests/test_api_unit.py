@@ -14,8 +14,10 @@ import pytest
 
 from sync_assets.core.errors import InconsistentSnapshot, MalformedPayload, PermanentHttpError, TransientHttpError
 from sync_assets.fetch.frames import rows_to_frame
+from sync_assets.apis.esi.spec import EsiErrors
 from sync_assets.fetch.http import ApiHttpClient, ErrorLimitGate, RetryPolicy
-from sync_assets.fetch.pagination import XPagesWalker
+from sync_assets.core.paging import X_PAGES
+from sync_assets.fetch.pagination import PageWalker, WalkLimits
 from sync_assets.core.snapshot import FetchStats
 from sync_assets.apis.esi.datasets import MARKET_PRICES
 
@@ -44,6 +46,7 @@ def client(handler: Callable[[httpx.Request], httpx.Response], rec: Recorder, at
         gate=ErrorLimitGate(floor, sleep=rec.sleep),
         transport=httpx.MockTransport(handler),
         sleep=rec.sleep,
+        classifier=EsiErrors(),
     )
 
 
@@ -164,10 +167,11 @@ class FakePagedApi:
         return httpx.Response(200, content=orjson.dumps([{"n": page}]), headers={**headers, "content-type": "application/json"})
 
 
-def walker(api: FakePagedApi, rec: Recorder, max_walks: int = 3) -> tuple[XPagesWalker, FetchStats]:
+def walker(api: FakePagedApi, rec: Recorder, max_walks: int = 3) -> tuple[PageWalker, FetchStats]:
     stats = FetchStats()
-    w = XPagesWalker(client(api.handler, rec), "/p", {}, paginated=True, max_concurrency=4, max_walks=max_walks,
-                     expiry_guard_s=0, parse=lambda page, data: data, stats=stats, log=rec, label="test")
+    w = PageWalker(client(api.handler, rec), "/p", {}, paginator=X_PAGES, max_concurrency=4,
+                   limits=WalkLimits(max_walks=max_walks), expiry_guard_s=0, parse=lambda page, data: data, stats=stats,
+                   log=rec, label="test")
     return w, stats
 
 

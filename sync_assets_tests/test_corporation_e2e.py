@@ -24,7 +24,8 @@ from sync_assets.apis.esi.sso.crypto import TokenCipher
 from sync_assets.apis.esi.datasets import ESI_CORPORATION_DATASETS
 from sync_assets.core.datasets import Dataset
 from sync_assets.apis.esi import datasets as declared
-from sync_assets.defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
+from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.apis.esi.spec import ESI
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
@@ -33,7 +34,7 @@ from .conftest import create_database, drop_database
 from .helpers import failure_messages
 
 CORP_A, CORP_B, CORP_C = 98000001, 98000002, 98000003  # C: token lifecycle tests
-ASSETS = {d.key: build_sync_asset(d, "esi") for d in ESI_CORPORATION_DATASETS}
+ASSETS = {d.key: build_sync_asset(d, ESI) for d in ESI_CORPORATION_DATASETS}
 PARTITIONS = ESI_CORPORATION_DATASETS[0].partitioning.dynamic
 
 
@@ -65,7 +66,7 @@ class World:
         return self.warehouse.engine()
 
     def resources(self) -> dict[str, Any]:
-        return {"esi": self.esi, "warehouse": self.warehouse, AUTH_RESOURCE_KEY: self.auth,
+        return {"esi": self.esi, "warehouse": self.warehouse, ESI.credentials_resource: self.auth,
                 IO_MANAGER_KEY: SnapshotIOManager(warehouse=self.warehouse)}
 
     def sync(self, datasets: list[Dataset], corporation_id: int, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:

@@ -17,6 +17,7 @@ from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.core.datasets import Dataset
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.apis.esi.spec import ESI
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
@@ -24,8 +25,8 @@ from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 from .helpers import failure_messages
 
 FORGE = "10000002"
-ORDERS_ASSET = build_sync_asset(MARKET_ORDERS, "esi")
-PRICES_ASSET = build_sync_asset(MARKET_PRICES, "esi")
+ORDERS_ASSET = build_sync_asset(MARKET_ORDERS, ESI)
+PRICES_ASSET = build_sync_asset(MARKET_PRICES, ESI)
 
 
 class Harness:

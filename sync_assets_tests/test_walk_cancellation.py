@@ -13,8 +13,10 @@ import orjson
 import pytest
 
 from sync_assets.core.errors import PermanentHttpError
+from sync_assets.apis.esi.spec import EsiErrors
 from sync_assets.fetch.http import ApiHttpClient, ErrorLimitGate, RetryPolicy
-from sync_assets.fetch.pagination import FromIdWalker, WalkCancelled, XPagesWalker
+from sync_assets.core.paging import X_PAGES, FromId
+from sync_assets.fetch.pagination import FromIdWalker, PageWalker, WalkCancelled, WalkLimits
 from sync_assets.core.snapshot import FetchStats
 
 from .test_api_unit import T0, Recorder
@@ -55,12 +57,12 @@ def _client(api: HeldApi, sleep=time.sleep) -> ApiHttpClient:
     return ApiHttpClient(
         base_url="http://esi.test", headers={}, timeout=httpx.Timeout(5.0), max_connections=8,
         retry=RetryPolicy(max_attempts=5, initial_wait_s=0.2, max_wait_s=0.2), gate=ErrorLimitGate(10, sleep=sleep),
-        transport=httpx.MockTransport(api.handler), sleep=sleep,
+        transport=httpx.MockTransport(api.handler), sleep=sleep, classifier=EsiErrors(),
     )
 
 
-def _walker(http: ApiHttpClient, stats: FetchStats) -> XPagesWalker:
-    return XPagesWalker(http, "/p", {}, paginated=True, max_concurrency=4, max_walks=1, expiry_guard_s=0,
+def _walker(http: ApiHttpClient, stats: FetchStats) -> PageWalker:
+    return PageWalker(http, "/p", {}, paginator=X_PAGES, max_concurrency=4, limits=WalkLimits(max_walks=1), expiry_guard_s=0,
                         parse=lambda page, data: data, stats=stats, log=Recorder(), label="test")
 
 
@@ -91,7 +93,7 @@ class InterruptingLog(Recorder):
 
 def test_an_interrupt_in_the_walking_thread_stops_the_workers() -> None:
     api = HeldApi(fail_page=0, delay=0.05)
-    w = XPagesWalker(_client(api), "/p", {}, paginated=True, max_concurrency=4, max_walks=3, expiry_guard_s=0,
+    w = PageWalker(_client(api), "/p", {}, paginator=X_PAGES, max_concurrency=4, limits=WalkLimits(max_walks=3), expiry_guard_s=0,
                      parse=lambda page, data: data, stats=FetchStats(), log=InterruptingLog(), label="test")
     with pytest.raises(KeyboardInterrupt):
         w.walk(None)
@@ -143,8 +145,8 @@ def test_a_cancelled_from_id_walk_asks_nothing() -> None:
     rec = Recorder()
     http = ApiHttpClient(base_url="http://esi.test", headers={}, timeout=httpx.Timeout(5.0), max_connections=2,
                          retry=RetryPolicy(max_attempts=2, initial_wait_s=0, max_wait_s=0), gate=ErrorLimitGate(10, sleep=rec.sleep),
-                         transport=httpx.MockTransport(handler), sleep=rec.sleep)
-    w = FromIdWalker(http, "/t", {}, id_field="id", parse=lambda page, data: data, stats=FetchStats(), log=rec, label="t")
+                         transport=httpx.MockTransport(handler), sleep=rec.sleep, classifier=EsiErrors())
+    w = FromIdWalker(http, "/t", {}, paginator=FromId("id"), parse=lambda page, data: data, stats=FetchStats(), log=rec, label="t")
     w.cancel()
     with pytest.raises(WalkCancelled):
         w.walk(None, None)

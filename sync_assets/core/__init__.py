@@ -1,6 +1,6 @@
 """WHAT a dataset is: declarations, snapshots and the error tree. No I/O, no Dagster, no httpx."""
 
-from .datasets import Auth, Column, ColumnType, Dataset, Downtime, Paging, Partitioning, Slices, WriteMode
+from .datasets import Auth, Column, ColumnType, Dataset, Downtime, Partitioning, Slices, WriteMode
 from .snapshot import FetchStats, Outcome, Snapshot, Validators
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "Downtime",
     "FetchStats",
     "Outcome",
-    "Paging",
     "Partitioning",
     "Slices",
     "Snapshot",

@@ -12,6 +12,8 @@ from datetime import time as time_of_day
 from enum import Enum
 from typing import Any, Callable, Mapping
 
+from .paging import SINGLE, FromId, Paginator
+
 
 class WriteMode(str, Enum):
     """How a snapshot lands in its table."""
@@ -91,15 +93,11 @@ class Downtime:
         return start <= at < start + timedelta(minutes=self.minutes)
 
 
-class Paging(str, Enum):
-    NONE = "none"  # one response
-    X_PAGES = "x_pages"  # ?page=N with the total in the X-Pages header
-    FROM_ID = "from_id"  # ?from_id=<last id>, newest first (wallet transactions)
-
-
 @dataclass(frozen=True)
 class Auth:
-    """What a token needs for a route: an SSO scope and, for corporation data, any one of some roles."""
+    """What a credential needs for a route: a scope (ESI SSO) and, for corporation data, any one of
+    some roles. The API's credential provider interprets it; None on a dataset means a public route
+    (or one served by the API's own key, see the API's spec)."""
 
     scope: str
     roles: tuple[str, ...] = ()  # any of; empty means membership is enough
@@ -142,11 +140,12 @@ class Dataset:
     description: str
     columns: tuple[Column, ...]  # payload columns, in the API's field names
     primary_key: tuple[str, ...]
-    cache_seconds: int  # the API's cache time (x-cache-age): drives cadence and freshness
+    # The refresh period: the API's cache time where it has one (ESI's x-cache-age), else the
+    # cadence declared for it; drives the schedule and freshness unless cron/freshness are given.
+    cache_seconds: int
     write_mode: WriteMode = WriteMode.MIRROR
     query: Mapping[str, str] = field(default_factory=dict)  # fixed query parameters
-    paging: Paging = Paging.NONE
-    cursor_field: str | None = None  # FROM_ID paging: the id field walked backwards
+    paginator: Paginator = SINGLE  # how results are split into pages (core.paging)
     partitioning: Partitioning | None = None
     slices: Slices | None = None
     auth: Auth | None = None  # None: a public route
@@ -165,11 +164,16 @@ class Dataset:
         return f"{self.api}.{self.name}"
 
     @property
+    def scope_columns(self) -> tuple[Column, ...]:
+        """The partition and slice columns: one request's rows are exactly those with its values
+        here, so a mirror replaces that scope and nothing else (whether or not the payload has them)."""
+        return ((self.partitioning.column,) if self.partitioning else ()) + (self.slices.columns if self.slices else ())
+
+    @property
     def context_columns(self) -> tuple[Column, ...]:
-        """Columns the request knows but the payload does not carry (partition, slice params)."""
+        """Scope columns the payload does not carry: filled in from the request."""
         payload = {c.name for c in self.columns}
-        extra = ((self.partitioning.column,) if self.partitioning else ()) + (self.slices.columns if self.slices else ())
-        return tuple(c for c in extra if c.name not in payload)
+        return tuple(c for c in self.scope_columns if c.name not in payload)
 
     @property
     def table_columns(self) -> tuple[Column, ...]:
@@ -196,8 +200,8 @@ class Dataset:
             raise ValueError(f"dataset {self.key}: primary key columns {missing} are not columns")
         if self.partitioning and self.partitioning.column.name not in self.primary_key:
             raise ValueError(f"dataset {self.key}: the partition column must be part of the primary key")
-        if self.paging is Paging.FROM_ID and self.cursor_field not in names:
-            raise ValueError(f"dataset {self.key}: from_id paging needs a cursor_field among the columns")
+        if isinstance(self.paginator, FromId) and self.paginator.field not in names:
+            raise ValueError(f"dataset {self.key}: from_id paging walks {self.paginator.field!r}, which is not a column")
         if self.slices and bool(self.slices.values) == bool(self.slices.source):
             raise ValueError(f"dataset {self.key}: slices take either static values or a source dataset")
 

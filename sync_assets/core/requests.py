@@ -12,7 +12,7 @@ from .datasets import Dataset
 class SliceRequest:
     path: str  # the route with every placeholder filled in
     state_key: str  # sync-state key of this slice: "<partition>[/<param>=<value>...]"
-    context: Mapping[str, Any] = field(default_factory=dict)  # values of the dataset's context columns
+    context: Mapping[str, Any] = field(default_factory=dict)  # values of the scope columns: the mirror scope
     label: str = ""  # for log lines: dataset[partition/slice]
 
 
@@ -45,7 +45,7 @@ def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any]
         path = dataset.route.format(**merged)
     except KeyError as missing:
         raise ValueError(f"{dataset.key}: route {dataset.route} needs {missing}, which neither the partition nor a slice gives") from None
-    context = {c.name: merged[c.name] for c in dataset.context_columns if c.name in merged}
+    context = {c.name: merged[c.name] for c in dataset.scope_columns if c.name in merged}
     suffix = "/".join(f"{k}={v}" for k, v in slice_params.items())
     state_key = "/".join(p for p in (partition_key or "", suffix) if p)
     label = f"{dataset.key}[{state_key}]" if state_key else dataset.key

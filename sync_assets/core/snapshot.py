@@ -65,7 +65,11 @@ class Outcome(str, Enum):
 @dataclass
 class SliceFailure:
     state_key: str
-    error: str  # the error's message (never a secret)
+    error: BaseException  # one of ours (its message carries no secret): its type says the failure class
+
+    @property
+    def message(self) -> str:
+        return str(self.error)
 
 
 @dataclass

@@ -6,10 +6,11 @@ import psycopg2
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from ..core.errors import WarehouseError
 from .urls import redacted
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(WarehouseError):
     """The data database cannot be reached; nothing was written."""
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ..core.errors import ConfigurationError
+
 DRIVER = "postgresql+psycopg2"
 
 
-class DatabaseConfigError(ValueError):
+class DatabaseConfigError(ConfigurationError):
     """A database URL that cannot work; the message names the setting."""
 
 

@@ -8,14 +8,17 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..core.errors import ApiError, PermanentHttpError
-from ..apis.esi import EsiResource
-from ..core.snapshot import Snapshot
-from ..core.requests import SliceRequest, plan_requests
-from ..core.snapshot import SliceFailure, SnapshotSet
 from ..core.catalog import DATASETS_BY_KEY
-from ..core.datasets import Column, Dataset, Paging
+from ..core.datasets import Column, Dataset
+from ..core.errors import ApiError, Forbidden
+from ..core.paging import NextToken, PageNumbers
+from ..core.requests import SliceRequest, plan_requests
+from ..core.snapshot import SliceFailure, Snapshot, SnapshotSet
+from ..fetch.auth import Credential
+from ..fetch.resource import ApiResource
+from ..fetch.spec import ApiSpec
 from ..warehouse import PostgresWarehouse
+from .failures import LAST_SYNC_CHECK
 
 IO_MANAGER_KEY = "warehouse_io_manager"
 
@@ -36,9 +39,8 @@ class SyncConfig(dg.Config):
     )
 
 
-AUTH_RESOURCE_KEY = "esi_auth"
 MAX_DELETE_SHARE_ENV = "SYNC_ASSETS_MAX_DELETE_SHARE"
-LAST_SYNC_CHECK = "last_sync"
+
 
 
 def partitions_def(dataset: Dataset) -> dg.PartitionsDefinition | None:
@@ -49,10 +51,15 @@ def partitions_def(dataset: Dataset) -> dg.PartitionsDefinition | None:
     return dg.StaticPartitionsDefinition(list(dataset.partitioning.keys))
 
 
-def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition:
+def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
+    """The asset of one dataset: the API's resource (key: the spec's name) fetches, the warehouse's
+    IO manager writes; per-partition credentials come from the spec's credentials resource."""
     warn, fail = dataset.freshness_windows
     source = dataset.slices.source if dataset.slices else None
-    resource_keys = {resource_key, "warehouse"} | ({AUTH_RESOURCE_KEY} if dataset.auth else set())
+    credentials_key = spec.credentials_resource if dataset.auth else None
+    if dataset.auth and credentials_key is None:
+        raise ValueError(f"{dataset.key} declares auth, but the {spec.title} spec names no credentials resource")
+    resource_keys = {spec.name, "warehouse"} | ({credentials_key} if credentials_key else set())
 
     @dg.asset(
         name=dataset.name,
@@ -62,7 +69,7 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
         partitions_def=partitions_def(dataset),
         io_manager_key=IO_MANAGER_KEY,
         kinds={"postgres", "python"},
-        pool=dataset.api,
+        pool=spec.name,
         deps=[dg.AssetKey(source.split("."))] if source else None,
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn),
         metadata={
@@ -85,17 +92,18 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
     def sync(context: dg.AssetExecutionContext, config: SyncConfig):  # -> MaterializeResult carrying a Snapshot(Set)
         partition_key = context.partition_key if dataset.partitioning else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
-        api: EsiResource = getattr(context.resources, resource_key)
-        # Token first: a missing scope or role fails here, before any API call is spent.
-        bearer = getattr(context.resources, AUTH_RESOURCE_KEY).bearer_for(dataset, partition_key, context.log) if dataset.auth else None
+        api: ApiResource = getattr(context.resources, spec.name)
+        # Credential first: a missing scope or role fails here, before any API call is spent.
+        credentials = getattr(context.resources, credentials_key) if credentials_key else None
+        credential = credentials.credential_for(dataset, partition_key, context.log) if credentials else None
         requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
         if dataset.slices is None:
             # a paged walk loads its pages as they land (slices stay small: each is written after its fetch)
-            result: Snapshot | SnapshotSet = _fetch(context, api, warehouse, dataset, requests[0], bearer, config,
-                                                    load_while_fetching=dataset.paging is Paging.X_PAGES)
+            result: Snapshot | SnapshotSet = _fetch(context, api, warehouse, dataset, requests[0], credentials, credential,
+                                                    config, load_while_fetching=isinstance(dataset.paginator, (PageNumbers, NextToken)))
             metadata = fetch_metadata(result)
         else:
-            result = _fetch_slices(context, api, warehouse, dataset, requests, bearer, config)
+            result = _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config)
             metadata = batch_metadata(result)
         for snapshot in result.snapshots if isinstance(result, SnapshotSet) else [result]:
             snapshot.max_delete_share = config.max_delete_share
@@ -107,21 +115,18 @@ def build_sync_asset(dataset: Dataset, resource_key: str) -> dg.AssetsDefinition
     return sync
 
 
-def _fetch(context, api, warehouse, dataset: Dataset, request: SliceRequest, bearer, config: SyncConfig,
-           load_while_fetching: bool = False) -> Snapshot:
+def _fetch(context, api: ApiResource, warehouse, dataset: Dataset, request: SliceRequest, credentials,
+           credential: Credential | None, config: SyncConfig, load_while_fetching: bool = False) -> Snapshot:
     previous = None if _stateless(dataset) else warehouse.read_validators(dataset, request.state_key)
     loader = warehouse.page_loader(dataset, request.state_key, request.context) if load_while_fetching else None
     try:
-        snapshot = api.fetch_snapshot(
-            dataset, request, previous, bearer=bearer.token if bearer else None,
-            principal=str(bearer.character_id) if bearer else "public", full_refresh=config.full_refresh, log=context.log,
-            sink=loader,
-        )
-    except PermanentHttpError as exc:
+        snapshot = api.fetch_snapshot(dataset, request, previous, credential=credential, full_refresh=config.full_refresh,
+                                      log=context.log, sink=loader)
+    except Forbidden as exc:
         if loader is not None:
             loader.abort()
-        if bearer is not None and exc.status == 403:  # e.g. the character lost its role: say so, delete nothing
-            getattr(context.resources, AUTH_RESOURCE_KEY).report_forbidden(bearer, dataset, exc.detail)
+        if credential is not None and hasattr(credentials, "report_forbidden"):  # e.g. a lost role: say so, delete nothing
+            credentials.report_forbidden(credential, dataset, exc.detail)
         raise
     except BaseException:
         if loader is not None:
@@ -142,18 +147,18 @@ def _fetch(context, api, warehouse, dataset: Dataset, request: SliceRequest, bea
     return snapshot
 
 
-def _fetch_slices(context, api, warehouse, dataset, requests, bearer, config) -> SnapshotSet:
+def _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config) -> SnapshotSet:
     """Slices are fetched concurrently (bounded) and kept apart: one failure does not stop the others."""
     batch = SnapshotSet(dataset.key, [])
     context.log.info(f"{dataset.key}: {len(requests)} requests to make")
     with ThreadPoolExecutor(max_workers=max(1, min(api.max_concurrency, len(requests)))) as pool:
-        futures = {pool.submit(_fetch, context, api, warehouse, dataset, r, bearer, config): r for r in requests}
+        futures = {pool.submit(_fetch, context, api, warehouse, dataset, r, credentials, credential, config): r for r in requests}
         for future, request in futures.items():
             try:
                 batch.snapshots.append(future.result())
             except ApiError as exc:
                 context.log.error(f"{request.label}: {exc}")
-                batch.failures.append(SliceFailure(request.state_key, str(exc)))
+                batch.failures.append(SliceFailure(request.state_key, exc))
     return batch
 
 
@@ -249,4 +254,4 @@ def _query(dataset: Dataset) -> str:
     return "&".join(f"{k}={v}" for k, v in dataset.query.items())
 
 
-__all__ = ["IO_MANAGER_KEY", "SyncConfig", "build_sync_asset", "fetch_metadata", "table_schema"]
+__all__ = ["IO_MANAGER_KEY", "LAST_SYNC_CHECK", "SyncConfig", "build_sync_asset", "fetch_metadata", "table_schema"]

@@ -1,35 +1,29 @@
-"""Why a sync failed, in a few classes a person can act on, without secrets."""
+"""Why a sync failed: its failure class (declared by the error's type), reason and partition,
+recorded and shown on the asset's `last_sync` check. No secrets reach either."""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Iterator
 
-# Order matters: the first class whose pattern matches wins.
-FAILURE_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("auth", re.compile(r"invalid_grant|log in again|NoUsableToken|no usable ESI token|no ESI token|InvalidClient|"
-                        r"TokenKeyError|SYNC_ASSETS_TOKEN_KEY|ESI_CLIENT_ID|ESI_CLIENT_SECRET", re.I)),
-    ("permission", re.compile(r"HTTP 40[13]|required role|not in the corporation|not valid for scope", re.I)),
-    ("budget", re.compile(r"circuit is open|HTTP 42[09]|error budget|Too many requests|exceeded the error limit", re.I)),
-    ("bad_payload", re.compile(r"MalformedPayload|not valid JSON|expected a JSON|is not (int64|float64|bool|string|timestamp|date)|"
-                               r"required field|unexpected payload shape", re.I)),
-    ("guard", re.compile(r"would delete .* of .* rows", re.I)),
-    ("configuration", re.compile(r"SYNC_ASSETS_DATABASE_URL|SYNC_ASSETS_ESI_URL|DatabaseConfigError|SettingError|SchemaMismatch", re.I)),
-    ("transient", re.compile(r"HTTP 5\d\d|timeout|timed out|connection|InconsistentSnapshot|no consistent snapshot|"
-                             r"DatabaseUnavailable|cannot reach", re.I)),
-)
+import dagster as dg
+
+from ..core.catalog import DATASETS_BY_KEY
+from ..core.errors import FailureClass, failure_class_of
+from ..warehouse import PostgresWarehouse
+
+if TYPE_CHECKING:
+    from dagster_shared.error import SerializableErrorInfo
+
+LAST_SYNC_CHECK = "last_sync"
+
 _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+"), "***"),  # a JWT
-    (re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"), r"\1 ***"),
-    (re.compile(r"(?i)\b(refresh_token|access_token|client_secret|password)=[^&\s]+"), r"\1=***"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=|-]+"), r"\1 ***"),
+    (re.compile(r"(?i)\b(refresh_token|access_token|client_secret|password|api_key)=[^&\s]+"), r"\1=***"),
     (re.compile(r"://([^:/@\s]+):[^@/\s]+@"), r"://\1:***@"),  # a password in a URL
+    (re.compile(r"\bAtz[ar]\|[\w.~+/=|-]+"), "***"),  # Login with Amazon tokens
 )
-
-
-def classify(message: str) -> str:
-    for name, pattern in FAILURE_CLASSES:
-        if pattern.search(message):
-            return name
-    return "error"
 
 
 def redact(message: str) -> str:
@@ -37,3 +31,65 @@ def redact(message: str) -> str:
     for pattern, replacement in _SECRETS:
         message = pattern.sub(replacement, message)
     return message
+
+
+def error_chain(error: SerializableErrorInfo | None) -> Iterator[SerializableErrorInfo]:
+    """An error and its causes/contexts, outermost first."""
+    while error is not None:
+        yield error
+        error = error.cause or error.context
+
+
+def classify_failure(errors: list[SerializableErrorInfo]) -> FailureClass:
+    """The failure class of the first of our errors found down any of the chains."""
+    names = [link.cls_name for error in errors for link in error_chain(error) if link.cls_name]
+    return failure_class_of(names)
+
+
+def build_failure_sensor() -> dg.SensorDefinition:
+    @dg.run_failure_sensor(
+        name="sync_failure_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Records every failed sync (dataset, partition, class, reason) and marks the asset's "
+        f"`{LAST_SYNC_CHECK}` check failed, so the UI shows why a dataset is red.",
+    )
+    def sync_failure_sensor(context: dg.RunFailureSensorContext, warehouse: PostgresWarehouse):
+        run = context.dagster_run
+        errors = [e.step_failure_data.error for e in context.get_step_failure_events() if e.step_failure_data.error]
+        message = redact(_failure_text(context, errors))
+        failure_class = classify_failure(errors).value
+        partition = run.tags.get("dagster/partition")
+        for key in sorted(_run_assets(context), key=lambda k: k.to_user_string()):
+            dataset_key = ".".join(key.path)
+            if dataset_key not in DATASETS_BY_KEY:
+                continue
+            warehouse.record_failure(dataset_key, partition, run.run_id, failure_class, message)
+            context.instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=key,
+                    check_name=LAST_SYNC_CHECK,
+                    passed=False,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=f"{failure_class}: {message[:500]}",
+                    metadata={"failure_class": failure_class, "partition": partition or "", "run_id": run.run_id,
+                              "reason": message[:2000]},
+                )
+            )
+        context.log.info(f"run {run.run_id[:8]} failed ({failure_class})")
+
+    return sync_failure_sensor
+
+
+def _run_assets(context: dg.RunFailureSensorContext) -> set[dg.AssetKey]:
+    """The assets the failed run was to materialize (its selection, or its planned materializations)."""
+    run = context.dagster_run
+    if run.asset_selection:
+        return set(run.asset_selection)
+    planned = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    return {entry.dagster_event.event_specific_data.asset_key for entry in planned if entry.dagster_event}
+
+
+def _failure_text(context: dg.RunFailureSensorContext, errors: list[SerializableErrorInfo]) -> str:
+    texts = [context.failure_event.message or ""]
+    texts += [link.message.strip() for error in errors for link in error_chain(error)]
+    return "\n".join(t for t in texts if t)

@@ -13,9 +13,10 @@ from typing import Mapping
 from dagster._utils.schedules import is_valid_cron_string
 
 from ..core.datasets import Dataset
+from ..core.errors import ConfigurationError
 
 
-class SettingError(ValueError):
+class SettingError(ConfigurationError):
     """An environment variable holds a value that cannot work; the message names it."""
 
 

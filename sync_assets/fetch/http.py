@@ -1,4 +1,6 @@
-"""One GET, done right: pooled httpx, tenacity retries, ESI's error budget, Retry-After."""
+"""One GET, done right, for any API: pooled httpx, tenacity retries with jitter, Retry-After, the
+API's auth strategy and error classifier, shared budgets, and (for APIs that have one, ESI) an
+error-limit gate."""
 
 from __future__ import annotations
 
@@ -14,22 +16,11 @@ import httpx
 import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from ..core.errors import (
-    ApiUnreachable,
-    HttpStatusError,
-    MalformedPayload,
-    PageOutOfRange,
-    PermanentHttpError,
-    TransientHttpError,
-)
+from ..core.errors import ApiUnreachable, ErrorLimited, HttpStatusError, MalformedPayload, TransientHttpError
+from .errors import ErrorClassifier
 
 if TYPE_CHECKING:
     from .budget import BudgetKey, PostgresBudget
-
-RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 520})
-ERROR_LIMITED = 420  # ESI: the error budget is exhausted, every route answers 420 until the reset
-RATE_LIMITED = 429
-
 
 class Log(Protocol):
     def info(self, msg: str) -> Any: ...
@@ -46,9 +37,10 @@ class PageResponse:
     etag: str | None
     last_modified: datetime | None
     expires: datetime | None
-    x_pages: int | None
+    headers: httpx.Headers
     data: Any  # parsed JSON of a 200, None for a 304
     body_bytes: int
+    page_count: int | None = None  # set by the walk from its paginator (a header or the body)
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,8 @@ class RetryPolicy:
 
 
 class ErrorLimitGate:
-    """ESI's error budget as the server last reported it (X-ESI-Error-Limit-Remain/Reset).
+    """An API-wide error budget as the server last reported it (ESI: X-ESI-Error-Limit-Remain/Reset),
+    for a client without a shared budget (which keeps its own, across processes).
 
     When the budget left drops to `floor`, requests wait for the window to reset instead of
     spending the last errors and earning a 420 for every route.
@@ -115,14 +108,19 @@ class ApiHttpClient:
         timeout: httpx.Timeout,
         max_connections: int,
         retry: RetryPolicy,
-        gate: ErrorLimitGate,
+        gate: ErrorLimitGate | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         budget: "PostgresBudget | None" = None,
+        classifier: ErrorClassifier | None = None,
+        auth: httpx.Auth | None = None,
+        base_url_setting: str = "the API's base URL",
     ):
         self.retry = retry
-        self.gate = gate
+        self.gate = gate  # an API-wide error budget (ESI); None for APIs without one
         self.budget = budget  # shared across processes; without it only this process's view counts
+        self.classifier = classifier or ErrorClassifier()
+        self.base_url_setting = base_url_setting
         self._sleep = sleep
         self._client = httpx.Client(
             base_url=base_url,
@@ -130,7 +128,13 @@ class ApiHttpClient:
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
+            auth=auth,  # the API's own key, when every request carries it
         )
+
+    @property
+    def raw(self) -> httpx.Client:
+        """The underlying httpx client, for one-off calls outside walks (a status probe)."""
+        return self._client
 
     @property
     def base_url(self) -> str:
@@ -152,10 +156,14 @@ class ApiHttpClient:
         headers: Mapping[str, str] | None = None,
         budget_key: "BudgetKey | None" = None,
         alive: Callable[[], None] | None = None,
+        auth: httpx.Auth | None = None,
+        page_params: Mapping[str, Any] | None = None,
     ) -> PageResponse:
         """GET one page; retries transient failures, raises a precise error otherwise.
-        `alive()` raises when the caller gave up (a stopped walk): every wait (retry backoff,
-        Retry-After, budgets) checks it at least twice a second, so nothing outlives its walk."""
+        `page`: the page number (sent as `page_params`, by default `?page=N`); `auth`: a per-request
+        credential (a character's token, a seller's); `alive()` raises when the caller gave up (a
+        stopped walk): every wait (retry backoff, Retry-After, budgets) checks it at least twice a
+        second, so nothing outlives its walk."""
         sleep = self._interruptible(alive)
 
         def before_sleep(state: RetryCallState) -> None:
@@ -178,13 +186,14 @@ class ApiHttpClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    if self.budget is None:
+                    if self.budget is None and self.gate is not None:
                         self.gate.wait_turn(log)
-                    return self._get_once(path, params, page, etag, headers, budget_key, log, sleep)
+                    query = {**params, **(page_params if page_params is not None else {"page": page} if page else {})}
+                    return self._get_once(path, query, page, etag, headers, budget_key, log, sleep, auth)
         except httpx.TransportError as exc:  # the last attempt: say where we were trying to go
             raise ApiUnreachable(
                 f"GET {self.base_url}{path}{f' page {page}' if page else ''}: {_describe(exc)} after "
-                f"{self.retry.max_attempts} attempts; is the API's base URL right (SYNC_ASSETS_ESI_URL for ESI)?"
+                f"{self.retry.max_attempts} attempts; is {self.base_url_setting} right?"
             ) from exc
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -207,21 +216,19 @@ class ApiHttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, HttpStatusError) and exc.retry_after is not None:
             return min(max(exc.retry_after, 0.0), self.retry.max_retry_after_s)
-        return wait_exponential_jitter(initial=self.retry.initial_wait_s, max=self.retry.max_wait_s)(state)
+        return wait_exponential_jitter(multiplier=self.retry.initial_wait_s, max=self.retry.max_wait_s)(state)
 
     def _get_once(
-        self, path: str, params: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None,
+        self, path: str, query: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None,
         budget_key: "BudgetKey | None" = None, log: Log = DEFAULT_LOG, sleep: Callable[[float], None] | None = None,
+        auth: httpx.Auth | None = None,
     ) -> PageResponse:
-        query = dict(params)
-        if page is not None:
-            query["page"] = page
         headers = dict(extra or {})
         if etag:
             headers["If-None-Match"] = etag
         reservation = self.budget.before_request(budget_key, log, sleep) if self.budget and budget_key else None
         try:
-            response = self._client.get(path, params=query, headers=headers)
+            response = self._client.get(path, params=query, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT)
         except httpx.TransportError:
             if reservation:
                 self.budget.after_response(reservation, None, {})  # type: ignore[union-attr]
@@ -232,7 +239,8 @@ class ApiHttpClient:
             raise
         if reservation:
             self.budget.after_response(reservation, response.status_code, response.headers)  # type: ignore[union-attr]
-        self.gate.observe(response.headers)
+        if self.gate is not None:
+            self.gate.observe(response.headers)
         status = response.status_code
         if status == 304 or status == 200:
             data = None
@@ -249,27 +257,14 @@ class ApiHttpClient:
                 etag=response.headers.get("etag"),
                 last_modified=_http_date(response.headers.get("last-modified")),
                 expires=_http_date(response.headers.get("expires")),
-                x_pages=int_or_none(response.headers.get("x-pages")),
+                headers=response.headers,
                 data=data,
                 body_bytes=len(response.content),
             )
-        raise self._status_error(response, path, page)
-
-    def _status_error(self, response: httpx.Response, path: str, page: int | None) -> HttpStatusError:
-        status, detail = response.status_code, _error_detail(response)
-        where = f"{path}{f' (page {page})' if page else ''}"
-        retry_after = float_or_none(response.headers.get("retry-after"))
-        if status == ERROR_LIMITED:
-            reset = float_or_none(response.headers.get("x-esi-error-limit-reset")) or 60.0
-            self.gate.trip(reset)
-            return TransientHttpError("GET", where, status, detail, retry_after=reset + 1)
-        if status == RATE_LIMITED:
-            return TransientHttpError("GET", where, status, detail, retry_after=retry_after if retry_after is not None else 10.0)
-        if status in RETRYABLE_STATUSES:
-            return TransientHttpError("GET", where, status, detail, retry_after=retry_after)
-        if status == 404 and page and page > 1 and "page does not exist" in detail.lower():
-            return PageOutOfRange("GET", where, status, detail)
-        return PermanentHttpError("GET", where, status, detail)
+        error = self.classifier.error(response, f"{path}{f' (page {page})' if page else ''}", page)
+        if isinstance(error, ErrorLimited) and self.gate is not None:
+            self.gate.trip(error.reset_s)
+        raise error
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -282,24 +277,6 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timeout ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}" if exc else "unknown error"
-
-
-def _error_detail(response: httpx.Response) -> str:
-    """The API's own error text: ESI's {"error": ...}, or the title of an HTML error page."""
-    content_type = response.headers.get("content-type", "")
-    text = response.text[:2000]
-    if "json" in content_type:
-        try:
-            body = orjson.loads(response.content)
-            if isinstance(body, dict) and "error" in body:
-                return str(body["error"])[:300]
-        except orjson.JSONDecodeError:
-            pass
-    if "<html" in text.lower():
-        start, end = text.lower().find("<title>"), text.lower().find("</title>")
-        title = text[start + 7 : end].strip() if 0 <= start < end else "no title"
-        return f"HTML error page: {title}"
-    return text[:300].strip() or response.reason_phrase
 
 
 def _http_date(value: str | None) -> datetime | None:

@@ -1,8 +1,15 @@
-"""X-Pages walks that yield one consistent snapshot or nothing.
+"""The walk engine: one complete, consistent set of pages, or an error; for any paginator.
 
-ESI pages carry their own ETags, and the cache can refresh between page 1 and page N, which
-gives duplicates or gaps. A walk is accepted only if every page shares page 1's Last-Modified
-and X-Pages and the pages are all 200 or all 304; anything else is refetched (bounded).
+Known page counts (`PageNumbers`: ESI's X-Pages header, Laravel's meta.last_page) are walked
+concurrently: page 1, then 2..N. Pages may come from a cache that refreshes between page 1 and page
+N, which gives duplicates or gaps; a walk is accepted only if every page shares page 1's
+Last-Modified and page count, and the pages are all 200 or all 304; anything else is refetched
+(bounded). Cursors (`FromId`, `NextToken`) are walked one page after another.
+
+Retries have two levels: each request is retried a few times (tenacity, in fetch/http.py); a page
+that still fails is set aside and tried again after the rest of the walk (same snapshot: its
+Last-Modified and page count are checked like any page), for as long as the walk's deadline and the
+shared budgets allow. So a storm of transient errors costs time, not the walk.
 """
 
 from __future__ import annotations
@@ -15,17 +22,40 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
-from ..core.errors import InconsistentSnapshot, PageOutOfRange
-from .http import ApiHttpClient, Log, PageResponse
-from ..core.snapshot import FetchStats, PageSink
+import httpx
 
-ParsePage = Callable[[int, Any], Any]  # (page, JSON) -> parsed rows (e.g. a DataFrame)
+from ..core.errors import (
+    ApiUnreachable,
+    InconsistentSnapshot,
+    MalformedPayload,
+    PageOutOfRange,
+    PermanentHttpError,
+    RetriesExhausted,
+    TransientHttpError,
+)
+from ..core.paging import FromId, NextToken, PageNumbers, Single, at_path
+from ..core.snapshot import FetchStats, PageSink
+from .http import ApiHttpClient, Log, PageResponse
+
+ParsePage = Callable[[int, Any], Any]  # (page, records) -> parsed rows (e.g. a DataFrame)
+# a page that failed every attempt with one of these is tried again after the rest of the walk
+RETRY_LATER = (TransientHttpError, ApiUnreachable, MalformedPayload, httpx.TransportError)
+
+
+@dataclass(frozen=True)
+class WalkLimits:
+    """How long a walk keeps retrying pages that failed every attempt, and how often it refetches
+    a snapshot that moved under it."""
+
+    max_walks: int = 3  # page walks per snapshot (a moved snapshot restarts the walk)
+    deadline_s: float = 1800.0  # the walk gives up retrying failed pages after this long
+    pause_s: float = 2.0  # between rounds of retried pages (each request has its own backoff too)
 
 
 @dataclass
 class WalkResult:
     responses: list[PageResponse]  # ordered by page, data released after parsing
-    parsed: list[Any] = field(default_factory=list)  # parse(page, json) per page, 200 walks only
+    parsed: list[Any] = field(default_factory=list)  # parse(page, records) per page, 200 walks only
 
     @property
     def all_not_modified(self) -> bool:
@@ -42,42 +72,93 @@ class _RestartUnconditionally(Exception):
         self.reason = reason
 
 
-class XPagesWalker:
-    def __init__(
-        self,
-        http: ApiHttpClient,
-        path: str,
-        params: Mapping[str, Any],
-        *,
-        paginated: bool,
-        max_concurrency: int,
-        max_walks: int,
-        expiry_guard_s: float,
-        parse: ParsePage,
-        stats: FetchStats,
-        log: Log,
-        label: str,
-        headers: Mapping[str, str] | None = None,
-        budget_key: Any = None,
-        sink: PageSink | None = None,
-    ):
-        self.headers, self.budget_key, self.sink = headers, budget_key, sink
+class _Walk:
+    """What every walker shares: the HTTP call with its budget key and credential, stats,
+    cancellation, the deadline for retrying failed pages."""
+
+    def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, parse: ParsePage, stats: FetchStats,
+                 log: Log, label: str, headers: Mapping[str, str] | None = None, budget_key: Any = None,
+                 auth: httpx.Auth | None = None, limits: WalkLimits = WalkLimits(),
+                 clock: Callable[[], float] = time.monotonic):
         self.http, self.path, self.params = http, path, params
-        self.paginated, self.max_concurrency = paginated, max_concurrency
-        self.max_walks, self.expiry_guard_s = max_walks, expiry_guard_s
         self.parse, self.stats, self.log, self.label = parse, stats, log, label
+        self.headers, self.budget_key, self.auth, self.limits = headers, budget_key, auth, limits
+        self._clock = clock
+        self._started = clock()
         self._stats_lock = threading.Lock()
-        self._sink_lock = threading.Lock()  # a stopped walk's late pages never reach the sink after its restart
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
         """Stop the walk from another thread: no request starts after this, no retry is waited for."""
         self._cancelled.set()
 
+    def _check_running(self, stop: threading.Event | None = None) -> None:
+        if self._cancelled.is_set() or (stop is not None and stop.is_set()):
+            raise WalkCancelled(f"{self.label}: walk stopped; no further request")
+
+    def _get(self, params: Mapping[str, Any], page: int | None, etag: str | None, stop: threading.Event | None = None,
+             page_params: Mapping[str, Any] | None = None) -> PageResponse:
+        self._check_running(stop)
+        response = self.http.get_page(
+            self.path, params, page, etag, self.log, on_retry=lambda: self._count_retry(stop),
+            alive=lambda: self._check_running(stop), headers=self.headers, budget_key=self.budget_key,
+            auth=self.auth, page_params=page_params,
+        )
+        with self._stats_lock:
+            self.stats.count(response.status, response.body_bytes)
+        return response
+
+    def _count_retry(self, stop: threading.Event | None = None) -> None:
+        """Called before each retry's wait: a stopped walk retries nothing."""
+        self._check_running(stop)
+        with self._stats_lock:
+            self.stats.retries += 1
+
+    def _retry_later(self, failures: Mapping[int, BaseException], round_: int) -> None:
+        """Between rounds of failed pages: give up when the deadline is spent, else pause."""
+        pages = sorted(failures)
+        last = failures[pages[-1]]
+        spent = self._clock() - self._started
+        shown = ", ".join(map(str, pages[:10])) + ("…" if len(pages) > 10 else "")
+        if spent + self.limits.pause_s > self.limits.deadline_s:
+            raise RetriesExhausted(
+                f"{self.label}: walk deadline of {self.limits.deadline_s:.0f}s spent after {round_} rounds of retries with "
+                f"{len(pages)} pages still failing (pages {shown}; last: {type(last).__name__}: {last}); nothing was written"
+            ) from last
+        self.log.warning(f"{self.label}: {len(pages)} pages failed every attempt (pages {shown}; last: {last}); "
+                         f"retrying them (round {round_ + 1}, {spent:.0f}s of the walk's {self.limits.deadline_s:.0f}s spent)")
+        left = self.limits.pause_s
+        while left > 0:
+            self._check_running()
+            time.sleep(min(left, 0.5))
+            left -= 0.5
+
+    def _records(self, response: PageResponse, records_path: str | None) -> Any:
+        records = at_path(response.data, records_path)
+        if records is None:
+            raise MalformedPayload(f"{self.label} page {response.page}: the body has no {records_path!r}")
+        return records
+
+
+class PageWalker(_Walk):
+    """A route with one response (`Single`) or numbered pages whose count the first page tells."""
+
+    def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, paginator: Single | PageNumbers,
+                 max_concurrency: int, expiry_guard_s: float, sink: PageSink | None = None, **common: Any):
+        super().__init__(http, path, params, **common)
+        self.paginator, self.max_concurrency = paginator, max_concurrency
+        self.expiry_guard_s, self.sink = expiry_guard_s, sink
+        self._sink_lock = threading.Lock()  # a stopped walk's late pages never reach the sink after its restart
+
+    @property
+    def paginated(self) -> bool:
+        return isinstance(self.paginator, PageNumbers)
+
     def walk(self, etags: Sequence[str] | None) -> WalkResult:
         """Fetch all pages, conditionally when `etags` (page i+1 at index i) are given."""
         reasons: list[str] = []
-        for attempt in range(1, self.max_walks + 1):
+        max_walks = self.limits.max_walks
+        for attempt in range(1, max_walks + 1):
             self.stats.walks += 1
             try:
                 return self._walk_once(etags)
@@ -87,15 +168,15 @@ class XPagesWalker:
                 etags = None  # the snapshot moved: every page is refetched in full
                 if self.sink is not None:
                     self.sink.restart()
-                if attempt < self.max_walks:
-                    self.log.warning(f"{self.label}: {reason}; refetching every page (walk {attempt + 1}/{self.max_walks})")
+                if attempt < max_walks:
+                    self.log.warning(f"{self.label}: {reason}; refetching every page (walk {attempt + 1}/{max_walks})")
         raise InconsistentSnapshot(
-            f"{self.label}: no consistent snapshot after {self.max_walks} walks ({'; '.join(reasons)}); nothing was written"
+            f"{self.label}: no consistent snapshot after {max_walks} walks ({'; '.join(reasons)}); nothing was written"
         )
 
     def _walk_once(self, etags: Sequence[str] | None) -> WalkResult:
-        first = self._fetch(1, etags[0] if etags else None)
-        pages = _page_count(first, etags) if self.paginated else 1
+        first = self._first(etags[0] if etags else None)
+        pages = self._page_count(first, etags)
         if self._about_to_expire(first) and pages > 1:
             delay = (first.expires - _utcnow()).total_seconds() + 1.0  # type: ignore[operator]
             self.log.info(f"{self.label}: page 1 expires in {delay - 1:.1f}s; waiting for the next snapshot before walking {pages} pages")
@@ -105,7 +186,7 @@ class XPagesWalker:
             if first.status == 200:
                 etags = None  # page 1 changed: a mixed walk would be refetched anyway
             elif len(etags) != pages:
-                raise _RestartUnconditionally(f"X-Pages is {pages} but {len(etags)} pages are stored")
+                raise _RestartUnconditionally(f"the page count is {pages} but {len(etags)} pages are stored")
         results: dict[int, PageResponse] = {1: first}
         parsed: dict[int, Any] = {}
         self._accept(first, first, pages, parsed)
@@ -120,6 +201,16 @@ class XPagesWalker:
             raise _RestartUnconditionally(f"{n304} of {pages} pages answered 304 and the rest 200")
         return WalkResult(ordered, [parsed[p] for p in range(1, pages + 1)] if statuses == {200} else [])
 
+    def _first(self, etag: str | None) -> PageResponse:
+        """Page 1, retried in rounds like any page: nothing else can start without it."""
+        round_ = 0
+        while True:
+            try:
+                return self._fetch(1, etag)
+            except RETRY_LATER as exc:
+                self._retry_later({1: exc}, round_)
+                round_ += 1
+
     def _fetch_rest(self, first, pages, etags, results, parsed, progress) -> None:
         # One stop flag per walk: when the walk fails (a page error, another snapshot) or is
         # interrupted (Dagster terminating the run raises in this thread), queued pages are dropped,
@@ -127,18 +218,28 @@ class XPagesWalker:
         # (their answers are ignored). A walk restarted after a moved snapshot gets a fresh flag.
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, pages - 1), thread_name_prefix="page")
+        pending, round_ = list(range(2, pages + 1)), 0
         try:
-            futures: dict[Future, int] = {
-                pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop): page
-                for page in range(2, pages + 1)
-            }
-            for future in as_completed(futures):  # progress is logged as pages land, the first error ends the walk
-                error = future.exception()
-                if error is not None:
-                    raise error
-                response = future.result()
-                results[futures[future]] = response
-                progress.done(response)
+            while pending:
+                futures: dict[Future, int] = {
+                    pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop): page
+                    for page in pending
+                }
+                failed: dict[int, BaseException] = {}
+                for future in as_completed(futures):  # progress is logged as pages land; a hard error ends the walk
+                    error = future.exception()
+                    if isinstance(error, RETRY_LATER):
+                        failed[futures[future]] = error
+                        continue
+                    if error is not None:
+                        raise error
+                    response = future.result()
+                    results[futures[future]] = response
+                    progress.done(response)
+                if failed:
+                    self._retry_later(failed, round_)
+                    round_ += 1
+                pending = sorted(failed)
         except BaseException:
             with self._sink_lock:
                 stop.set()
@@ -154,42 +255,62 @@ class XPagesWalker:
         return response
 
     def _fetch(self, page: int, etag: str | None, stop: threading.Event | None = None) -> PageResponse:
-        self._check_running(stop)
-        response = self.http.get_page(
-            self.path, self.params, page if self.paginated else None, etag, self.log, on_retry=lambda: self._count_retry(stop),
-            alive=lambda: self._check_running(stop),
-            headers=self.headers, budget_key=self.budget_key,
-        )
-        with self._stats_lock:
-            self.stats.count(response.status, response.body_bytes)
+        paginator = self.paginator
+        if isinstance(paginator, PageNumbers):
+            response = self._get(self.params, page, etag, stop, page_params=paginator.params(page))
+        else:
+            response = self._get(self.params, None, etag, stop)
+        response.page_count = self._declared_count(response)
         return response
 
-    def _check_running(self, stop: threading.Event | None) -> None:
-        if self._cancelled.is_set() or (stop is not None and stop.is_set()):
-            raise WalkCancelled(f"{self.label}: walk stopped; no further request")
+    def _declared_count(self, response: PageResponse) -> int | None:
+        """The page count this response states (header or body), None when it states none."""
+        paginator = self.paginator
+        if not isinstance(paginator, PageNumbers):
+            return None
+        if paginator.count_header is not None:
+            raw = response.headers.get(paginator.count_header)
+        else:
+            raw = at_path(response.data, paginator.count_path) if response.status == 200 else None
+        if raw is None:
+            return None
+        try:
+            count = int(raw)
+        except (TypeError, ValueError):
+            raise MalformedPayload(f"{self.label} page {response.page}: page count {raw!r} is not a number") from None
+        if count < 0:
+            raise MalformedPayload(f"{self.label} page {response.page}: page count {count} is negative")
+        return max(count, 1)  # an empty result still has its (empty) first page
+
+    def _page_count(self, response: PageResponse, etags: Sequence[str] | None, default: int | None = None) -> int:
+        """Pages of the walk. A 304 may omit the count: then the stored page count stands."""
+        if not self.paginated:
+            return 1
+        if response.page_count is not None:
+            return response.page_count
+        if response.status == 304:
+            return default if default is not None else len(etags or ()) or 1
+        if self.paginator.count_header is None:  # type: ignore[union-attr]
+            raise MalformedPayload(f"{self.label} page {response.page}: the body has no page count "
+                                   f"at {self.paginator.count_path!r}")  # type: ignore[union-attr]
+        return 1
 
     def _accept(self, first: PageResponse, response: PageResponse, pages: int, parsed: dict[int, Any],
                 stop: threading.Event | None = None) -> None:
         """Reject a page from another snapshot; parse a 200 body and drop the raw JSON."""
-        if self.paginated and _page_count(response, None, default=pages) != pages:
-            raise InconsistentSnapshot(f"X-Pages changed from {pages} to {response.x_pages} at page {response.page}")
+        if self.paginated and self._page_count(response, None, default=pages) != pages:
+            raise InconsistentSnapshot(f"the page count changed from {pages} to {response.page_count} at page {response.page}")
         if response.last_modified != first.last_modified and not (response.status == 304 and response.last_modified is None):
             raise InconsistentSnapshot(
                 f"page {response.page} is from another snapshot (Last-Modified {response.last_modified} != {first.last_modified})"
             )
         if response.status == 200:
-            parsed[response.page] = frame = self.parse(response.page, response.data)
+            parsed[response.page] = frame = self.parse(response.page, self._records(response, self.paginator.records_path))
             response.data = None
             if self.sink is not None:
                 with self._sink_lock:
                     self._check_running(stop)
                     self.sink.put(response.page, frame)
-
-    def _count_retry(self, stop: threading.Event | None = None) -> None:
-        """Called before each retry's wait: a stopped walk retries nothing."""
-        self._check_running(stop)
-        with self._stats_lock:
-            self.stats.retries += 1
 
     def _about_to_expire(self, first: PageResponse) -> bool:
         if self.expiry_guard_s <= 0 or first.expires is None:
@@ -222,7 +343,7 @@ class _Progress:
                 )
 
 
-class FromIdWalker:
+class FromIdWalker(_Walk):
     """Walk a from_id route (newest first) back to the newest id already stored.
 
     ESI: the first call has no from_id; each next call passes the smallest id seen and includes
@@ -230,33 +351,26 @@ class FromIdWalker:
     `stop_at`. Ledger records never change, so pages need not share one snapshot.
     """
 
-    def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, id_field: str,
-                 parse: ParsePage, stats: FetchStats, log: Log, label: str,
-                 headers: Mapping[str, str] | None = None, max_calls: int = 10_000, budget_key: Any = None):
-        self.http, self.path, self.params, self.id_field = http, path, params, id_field
-        self.budget_key = budget_key
-        self.parse, self.stats, self.log, self.label, self.headers = parse, stats, log, label, headers
-        self.max_calls = max_calls
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Stop the walk from another thread: no request starts after this, no retry is waited for."""
-        self._cancelled.set()
+    def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, paginator: FromId,
+                 max_calls: int = 10_000, **common: Any):
+        super().__init__(http, path, params, **common)
+        self.paginator, self.max_calls = paginator, max_calls
 
     def walk(self, first_etag: str | None, stop_at: int | None) -> tuple[list[PageResponse], list[Any]]:
         """Responses (the first carries the validators) and parsed frames holding only ids newer
         than `stop_at`. A 304 on the first call means nothing new: ([304 response], [])."""
         self.stats.walks += 1
-        first = self._fetch(None, first_etag)
+        id_field = self.paginator.field
+        first = self._fetch(None, first_etag, call=1)
         if first.status == 304:
             return [first], []
         responses, frames = [first], []
         current = first
         previous_from: int | None = None
         while True:
-            frame = self.parse(len(responses), current.data)
+            frame = self.parse(len(responses), self._records(current, self.paginator.records_path))
             current.data = None
-            ids = frame[self.id_field]
+            ids = frame[id_field]
             fresh = frame[ids > stop_at] if stop_at is not None else frame
             if len(fresh):
                 frames.append(fresh)
@@ -268,40 +382,99 @@ class FromIdWalker:
             if len(responses) >= self.max_calls:
                 raise InconsistentSnapshot(f"{self.label}: from_id walk did not end after {self.max_calls} calls")
             previous_from = next_from
-            current = self._fetch(next_from, None)
+            current = self._fetch(next_from, None, call=len(responses) + 1)
             responses.append(current)
         progress = f"{len(responses)} calls, {sum(len(f) for f in frames):,} new records"
         self.log.info(f"{self.label}: from_id walk done: {progress}")
         return responses, frames
 
-    def _fetch(self, from_id: int | None, etag: str | None) -> PageResponse:
-        self._check_running()
+    def _fetch(self, from_id: int | None, etag: str | None, call: int) -> PageResponse:
         params = dict(self.params)
         if from_id is not None:
-            params["from_id"] = from_id
-        response = self.http.get_page(
-            self.path, params, None, etag, self.log, on_retry=self._count_retry, headers=self.headers, budget_key=self.budget_key,
-            alive=self._check_running,
-        )
-        self.stats.count(response.status, response.body_bytes)
-        return response
-
-    def _count_retry(self) -> None:
-        self._check_running()
-        self.stats.retries += 1
-
-    def _check_running(self) -> None:
-        if self._cancelled.is_set():
-            raise WalkCancelled(f"{self.label}: from_id walk stopped; no further request")
+            params[self.paginator.param] = from_id
+        round_ = 0
+        while True:
+            try:
+                return self._get(params, None, etag)
+            except RETRY_LATER as exc:
+                self._retry_later({call: exc}, round_)
+                round_ += 1
 
 
-def _page_count(response: PageResponse, etags: Sequence[str] | None, default: int | None = None) -> int:
-    """X-Pages of a response. A 304 may omit it: then the stored page count stands."""
-    if response.x_pages is not None:
-        return response.x_pages
-    if response.status == 304:
-        return default if default is not None else len(etags or ()) or 1
-    return 1
+class NextTokenWalker(_Walk):
+    """Follow a next-page token from the body until there is none (SP-API).
+
+    A token is sent with the first call's parameters (or alone, when the API wants it alone); a
+    token that comes back twice is a broken cursor (the walk would never end); tokens that live
+    only `lifetime_s` make the walk restart from the first page when it was too slow to use one
+    (or when the API refuses one as expired), at most `max_walks` times.
+    """
+
+    def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, paginator: NextToken,
+                 sink: PageSink | None = None, **common: Any):
+        super().__init__(http, path, params, **common)
+        self.paginator, self.sink = paginator, sink
+
+    def walk(self) -> tuple[list[PageResponse], list[Any]]:
+        reasons: list[str] = []
+        for attempt in range(1, self.limits.max_walks + 1):
+            self.stats.walks += 1
+            try:
+                return self._walk_once()
+            except _RestartUnconditionally as exc:
+                reasons.append(exc.reason)
+                if self.sink is not None:
+                    self.sink.restart()
+                self.log.warning(f"{self.label}: {exc.reason}; restarting from the first page")
+        raise InconsistentSnapshot(f"{self.label}: no complete walk after {self.limits.max_walks} tries "
+                                   f"({'; '.join(reasons)}); nothing was written")
+
+    def _walk_once(self) -> tuple[list[PageResponse], list[Any]]:
+        decl = self.paginator
+        responses: list[PageResponse] = []
+        frames: list[Any] = []
+        token: str | None = None
+        issued_at = 0.0
+        seen: set[str] = set()
+        while True:
+            if token is not None and decl.lifetime_s is not None and self._clock() - issued_at > decl.lifetime_s:
+                raise _RestartUnconditionally(f"the next token expired ({decl.lifetime_s:.0f}s) before it was used")
+            response = self._fetch_page(token, len(responses) + 1)
+            responses.append(response)
+            page = len(responses)
+            frame = self.parse(page, self._records(response, decl.records_path))
+            frames.append(frame)
+            if self.sink is not None:
+                self.sink.put(page, frame)
+            following = at_path(response.data, decl.token_path)
+            response.data = None
+            if not following:
+                return responses, frames
+            if not isinstance(following, str):
+                raise MalformedPayload(f"{self.label} page {page}: next token at {decl.token_path!r} is not a string")
+            if following in seen:
+                raise InconsistentSnapshot(f"{self.label}: page {page} repeated an earlier next token: the cursor is broken")
+            if page >= decl.max_pages:
+                raise InconsistentSnapshot(f"{self.label}: still a next token after {decl.max_pages} pages")
+            seen.add(following)
+            token, issued_at = following, self._clock()
+
+    def _fetch_page(self, token: str | None, page: int) -> PageResponse:
+        decl = self.paginator
+        params = dict(self.params) if token is None or not decl.only_param else {}
+        if token is not None:
+            params[decl.param] = token
+        round_ = 0
+        while True:
+            try:
+                return self._get(params, None, None)
+            except PermanentHttpError as exc:
+                if token is not None and decl.lifetime_s is not None and exc.status in (400, 404):
+                    raise _RestartUnconditionally(f"the API refused the next token of page {page} ({exc.detail})") from exc
+                raise
+            except RETRY_LATER as exc:
+                self._retry_later({page: exc}, round_)
+                round_ += 1
 
 
 def _utcnow() -> datetime:

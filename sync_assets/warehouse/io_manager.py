@@ -8,12 +8,16 @@ import pandas as pd
 
 from ..core.snapshot import Snapshot, SnapshotSet
 from ..core.catalog import dataset_for_asset_key
+from ..core.errors import SyncError
 from .resource import PostgresWarehouse
 from ..db.transaction import DatabaseUnavailable
 
 
-class SliceSyncError(RuntimeError):
-    """Some slices of a sliced dataset failed; the successful ones are committed."""
+class SliceSyncError(SyncError):
+    """Some slices of a sliced dataset failed; the successful ones are committed. Raised from the
+    first failure, whose type says the failure class."""
+
+    failure_class = None
 
 
 class SnapshotIOManager(dg.ConfigurableIOManager):
@@ -64,11 +68,11 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             }
         )
         if isinstance(obj, SnapshotSet) and obj.failures:
-            failed = "; ".join(f"{f.state_key}: {f.error}" for f in obj.failures)
+            failed = "; ".join(f"{f.state_key}: {f.message}" for f in obj.failures)
             raise SliceSyncError(
                 f"{dataset.key}: {len(obj.failures)} of {len(obj.failures) + len(snapshots)} requests failed "
                 f"(the others were committed): {failed}"
-            )
+            ) from obj.failures[0].error
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         dataset = dataset_for_asset_key(context.asset_key.path)

@@ -5,14 +5,17 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 from ..core.datasets import Dataset
+from ..core.errors import FailureClass, WarehouseError
 
 META_SCHEMA = "sync_assets"
 SYNC_STATE = f"{META_SCHEMA}.sync_state"
 _DDL_LOCK = 7_349_001  # advisory lock id: one DDL transaction at a time across processes
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(WarehouseError):
     """An existing table has a column whose type differs from the declaration."""
+
+    failure_class = FailureClass.CONFIGURATION
 
 
 def qi(name: str) -> str:

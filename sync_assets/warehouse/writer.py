@@ -16,6 +16,7 @@ from sqlalchemy import Connection, text
 
 from ..core.snapshot import Outcome, Snapshot, Validators
 from ..core.datasets import Dataset, WriteMode
+from ..core.errors import GuardRefused
 from .tables import SYNC_STATE, qi, table_name
 
 STAGE = "_sync_stage"
@@ -187,7 +188,7 @@ class _CsvStream:
 MIRROR_GUARD_MIN_ROWS = 100  # small tables change wholesale legitimately
 
 
-class MirrorGuardError(RuntimeError):
+class MirrorGuardError(GuardRefused):
     """A mirror snapshot would delete an implausible share of the table; nothing was written."""
 
 

@@ -205,7 +205,8 @@ class CorpWorld:
         from sync_assets.apis.esi.auth import EsiAuthResource, lookup_identity
         from sync_assets.apis.esi.sso.crypto import TokenCipher
         from sync_assets.apis.esi.datasets import ESI_CORPORATION_DATASETS
-        from sync_assets.defs.assets import AUTH_RESOURCE_KEY, IO_MANAGER_KEY, build_sync_asset
+        from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+        from sync_assets.apis.esi.spec import ESI
         from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
         self.sandbox, self.upstream, self.url, self.proxy, self.database_url = sandbox, upstream, url, proxy, database_url
@@ -222,9 +223,9 @@ class CorpWorld:
             client_secret=secrets_.client_secret, token_key=secrets_.token_key, sso_url=upstream, sso_issuer="login.eveonline.com",
         )
         self._lookup = partial(lookup_identity, EsiResource(**{**esi, "base_url": upstream}))
-        self.assets = {d.key: build_sync_asset(d, "esi") for d in ESI_CORPORATION_DATASETS}
+        self.assets = {d.key: build_sync_asset(d, ESI) for d in ESI_CORPORATION_DATASETS}
         self.partitions = ESI_CORPORATION_DATASETS[0].partitioning.dynamic
-        self.resources = {"esi": self.esi, "warehouse": self.warehouse, AUTH_RESOURCE_KEY: self.auth,
+        self.resources = {"esi": self.esi, "warehouse": self.warehouse, ESI.credentials_resource: self.auth,
                           IO_MANAGER_KEY: SnapshotIOManager(warehouse=self.warehouse)}
         self.characters: dict[int, int] = {}
 

@@ -26,12 +26,13 @@ from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.core.datasets import Dataset
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.apis.esi.spec import ESI
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FORGE = "10000002"
-ORDERS_ASSET = build_sync_asset(MARKET_ORDERS, "esi")
+ORDERS_ASSET = build_sync_asset(MARKET_ORDERS, ESI)
 SCALE = float(os.environ.get("SYNC_ASSETS_FAULT_SCALE") or 1)
 DDL_LOCK = 7_349_001  # sync_assets.warehouse.tables._DDL_LOCK: the first lock every run process takes
 STATE_BRAKE, COMMIT_BRAKE = 7_349_902, 7_349_903

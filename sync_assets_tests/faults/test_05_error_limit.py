@@ -134,7 +134,9 @@ def _page_workers() -> list[str]:
 def test_a_420_forced_by_the_test_is_waited_out_and_never_repeated(fault_db: str, fault_report: FaultReport) -> None:
     entry = _entry(fault_report, "test_a_420_forced_by_the_test_is_waited_out_and_never_repeated",
                    "the test spends the whole error budget itself (bad requests) so the run's first request gets a 420;")
-    sandbox = EsiSandbox(regions={int(FORGE): 12}, n_price_types=10, corporations={}, error_limit=20, error_limit_window=4)
+    # a window long enough that the run's first request lands in it however slowly the run starts
+    # (with 4 s, a loaded machine started the run after the reset and no 420 was ever served)
+    sandbox = EsiSandbox(regions={int(FORGE): 12}, n_price_types=10, corporations={}, error_limit=20, error_limit_window=20)
     with serve_in_thread(sandbox) as url:
         runner = Runner(url, fault_db)
         with httpx.Client(base_url=url) as client:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
@@ -16,6 +15,7 @@ from .sso.sso import DEFAULT_SSO_URL, EveSso
 from ...core.datasets import Dataset
 from ...warehouse import PostgresWarehouse
 from .resource import EsiResource
+from ...fetch.auth import Credential, RefreshingToken
 from ...fetch.http import DEFAULT_LOG, Log
 
 ROLES_MAX_AGE = timedelta(hours=1)  # ESI caches /characters/{id}/roles for 3600 s: no point asking sooner
@@ -27,18 +27,9 @@ def lookup_identity(esi: EsiResource, access_token: str, character_id: int) -> t
     http = esi._client()
     character = http.get_page(f"/characters/{character_id}", {}, None, None).data
     roles = http.get_page(
-        f"/characters/{character_id}/roles", {}, None, None, headers={"Authorization": f"Bearer {access_token}"}
+        f"/characters/{character_id}/roles", {}, None, None, auth=RefreshingToken(lambda refresh: access_token)
     ).data
     return int(character["corporation_id"]), list(roles.get("roles") or [])
-
-
-@dataclass(frozen=True)
-class Bearer:
-    character_id: int
-    token: str
-
-    def __repr__(self) -> str:  # never print the token
-        return f"Bearer(character_id={self.character_id}, token=***)"
 
 
 class EsiAuthResource(dg.ConfigurableResource):
@@ -71,17 +62,26 @@ class EsiAuthResource(dg.ConfigurableResource):
     def cipher(self) -> TokenCipher:
         return TokenCipher(self.token_key)
 
-    def bearer_for(self, dataset: Dataset, partition_key: str | None, log: Log = DEFAULT_LOG) -> Bearer:
-        """An access token for the dataset's corporation, or NoUsableToken naming what is missing
-        (raised before any ESI data request is made)."""
+    def credential_for(self, dataset: Dataset, partition_key: str | None, log: Log = DEFAULT_LOG) -> Credential:
+        """A credential for the dataset's corporation, or NoUsableToken naming what is missing
+        (raised before any ESI data request is made). Its token is refreshed once if ESI answers
+        401 mid-walk (a token that expired during a long walk)."""
         assert dataset.auth is not None and partition_key is not None
         corporation_id = int(partition_key)
         engine = self.engine()
         self.recheck_identities(engine, corporation_id, log)
         token = tokens.select_token(engine, corporation_id, dataset.auth.scope, dataset.auth.roles)
-        access = tokens.access_token(engine, self.sso(), token.character_id, cipher=self.cipher())
+        character_id = token.character_id
+        first = tokens.access_token(engine, self.sso(), character_id, cipher=self.cipher())  # fails here, before any data request
+
+        def access(refresh: bool) -> str:
+            if not refresh:
+                return first
+            tokens.forget_access_token(engine, character_id)
+            return tokens.access_token(engine, self.sso(), character_id, cipher=self.cipher())
+
         log.info(f"{dataset.key}[{partition_key}]: using the token of {token.label}")
-        return Bearer(token.character_id, access)
+        return Credential(RefreshingToken(access), principal=str(character_id), owner=character_id)
 
     def recheck_identities(self, engine: Engine, corporation_id: int | None = None, log: Log = DEFAULT_LOG) -> None:
         """Refresh corporation and roles of tokens not checked within the last hour (roles change
@@ -104,9 +104,9 @@ class EsiAuthResource(dg.ConfigurableResource):
     def lookup_identity(self, access_token: str, character_id: int) -> tuple[int, Sequence[str]]:
         return lookup_identity(self.esi, access_token, character_id)
 
-    def report_forbidden(self, bearer: Bearer, dataset: Dataset, detail: str) -> None:
+    def report_forbidden(self, credential: Credential, dataset: Dataset, detail: str) -> None:
         """ESI refused the token (role lost, left the corporation): mark it so the next run picks
         another one or fails fast with the reason. Data is never deleted for this."""
         lowered = detail.lower()
         status = "missing_scope" if "scope" in lowered else "lost_role"
-        tokens.mark_status(self.engine(), bearer.character_id, status, f"ESI refused {dataset.key}: {detail}")
+        tokens.mark_status(self.engine(), int(credential.owner), status, f"ESI refused {dataset.key}: {detail}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import time
 
 from ...core.catalog import register
-from ...core.datasets import Auth, Downtime, Column, ColumnType, Dataset, Paging, Partitioning, Slices, WriteMode
+from ...core.datasets import Auth, Column, ColumnType, Dataset, Downtime, Partitioning, Slices, WriteMode
+from ...core.paging import X_PAGES, FromId
 
 # Daily downtime at 11:00 UTC (ESI.md §6): scheduled work skips it instead of failing.
 ESI_DOWNTIME = Downtime(start_utc=time(11, 0), minutes=15)
@@ -30,7 +31,7 @@ MARKET_ORDERS = Dataset(
         "One partition per trade-hub region; the table mirrors ESI's latest complete snapshot."
     ),
     query={"order_type": "all"},
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     partitioning=Partitioning(
         path_param="region_id",
         column=Column("region_id", I, description="Region the order book belongs to"),
@@ -153,7 +154,7 @@ CORPORATION_ASSETS = _corporation(
     "corporation_assets",
     route="/corporations/{corporation_id}/assets",
     description="Every item the corporation owns; location_id may be another item (containers, ships).",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     columns=(
         Column("item_id", I),
         Column("type_id", I),
@@ -175,7 +176,7 @@ INDUSTRY_JOBS = _corporation(
     route="/corporations/{corporation_id}/industry/jobs",
     description="Manufacturing, research and reaction jobs, completed ones included; finished jobs stay.",
     query={"include_completed": "true"},
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     write_mode=WriteMode.UPSERT,
     columns=(
         Column("job_id", I),
@@ -229,7 +230,7 @@ CORPORATION_ORDERS = _corporation(
     "corporation_orders",
     route="/corporations/{corporation_id}/orders",
     description="The corporation's open market orders (mirror: filled or cancelled orders leave this table).",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     columns=(*_ORDER_COLUMNS, Column("issued_by", I)),
     primary_key=("corporation_id", "order_id"),
     cache_seconds=1200,
@@ -240,7 +241,7 @@ CORPORATION_ORDER_HISTORY = _corporation(
     "corporation_order_history",
     route="/corporations/{corporation_id}/orders/history",
     description="Closed orders of the last 90 days (expired, cancelled, filled); kept after ESI forgets them.",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     write_mode=WriteMode.UPSERT,
     columns=(*_ORDER_COLUMNS, Column("issued_by", I, required=False), Column("state", S)),
     primary_key=("corporation_id", "order_id"),
@@ -252,7 +253,7 @@ WALLET_JOURNAL = _corporation(
     "wallet_journal",
     route="/corporations/{corporation_id}/wallets/{division}/journal",
     description="Wallet journal of divisions 1-7 (ESI keeps 30 days; this table keeps everything).",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     slices=WALLET_DIVISIONS,
     write_mode=WriteMode.UPSERT,
     columns=(
@@ -280,8 +281,7 @@ WALLET_TRANSACTIONS = _corporation(
     "wallet_transactions",
     route="/corporations/{corporation_id}/wallets/{division}/transactions",
     description="Market transactions of divisions 1-7, walked with from_id back to the newest stored one.",
-    paging=Paging.FROM_ID,
-    cursor_field="transaction_id",
+    paginator=FromId("transaction_id"),
     slices=WALLET_DIVISIONS,
     write_mode=WriteMode.UPSERT,
     columns=(
@@ -307,7 +307,7 @@ MINING_OBSERVERS = _corporation(
     "mining_observers",
     route="/corporation/{corporation_id}/mining/observers",
     description="Structures (moon drills) that record who mined what; lists the ledgers to fetch.",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     columns=(Column("observer_id", I), Column("observer_type", S), Column("last_updated", D)),
     primary_key=("corporation_id", "observer_id"),
     cache_seconds=3600,
@@ -319,7 +319,7 @@ MINING_LEDGER = _corporation(
     "mining_ledger",
     route="/corporation/{corporation_id}/mining/observers/{observer_id}",
     description="Ore mined at each observer, per character, type and day.",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     slices=Slices(columns=(Column("observer_id", I),), source="esi.mining_observers"),
     write_mode=WriteMode.UPSERT,
     columns=(
@@ -339,7 +339,7 @@ CORPORATION_KILLMAIL_IDS = _corporation(
     "corporation_killmail_ids",
     route="/corporations/{corporation_id}/killmails/recent",
     description="Ids and hashes of the corporation's killmails of the last 90 days (kept after that).",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     write_mode=WriteMode.UPSERT,
     columns=(Column("killmail_id", I), Column("killmail_hash", S)),
     primary_key=("corporation_id", "killmail_id"),
@@ -387,7 +387,7 @@ CONTAINER_LOGS = _corporation(
     "container_logs",
     route="/corporations/{corporation_id}/containers/logs",
     description="Audit log of secure containers (ESI keeps 7 days; this table keeps everything).",
-    paging=Paging.X_PAGES,
+    paginator=X_PAGES,
     write_mode=WriteMode.UPSERT,
     columns=(
         Column("container_id", I),

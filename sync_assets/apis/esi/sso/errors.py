@@ -6,15 +6,19 @@ to do. None ever carries a key, client secret, refresh token or access token.
 
 from __future__ import annotations
 
+from ....core.errors import AuthFailed, FailureClass
+
 LOGIN_AGAIN = "log in again with `sync-assets esi login`"
 
 
-class AuthError(Exception):
+class AuthError(AuthFailed):
     """Base class: the CLI prints these without a traceback."""
 
 
 class TokenKeyError(AuthError):
     """SYNC_ASSETS_TOKEN_KEY is missing or malformed, or does not decrypt the stored tokens."""
+
+    failure_class = FailureClass.CONFIGURATION
 
 
 class SsoError(AuthError):
@@ -32,13 +36,19 @@ class InvalidGrant(SsoError):
 class InvalidClient(SsoError):
     """The application's credentials (ESI_CLIENT_ID / ESI_CLIENT_SECRET) were rejected: a configuration error."""
 
+    failure_class = FailureClass.CONFIGURATION
+
 
 class SsoRequestError(SsoError):
     """Any other 4xx answer of the SSO: a bug or a misconfiguration, retrying cannot help."""
 
+    failure_class = FailureClass.CONFIGURATION
+
 
 class SsoUnavailable(SsoError):
     """Transient: 5xx, 429 or a network failure persisted through the retries. Nothing was stored."""
+
+    failure_class = FailureClass.TRANSIENT
 
 
 class InvalidAccessToken(SsoError):
@@ -54,6 +64,8 @@ class InvalidAccessToken(SsoError):
 
 class SsoConfigError(AuthError):
     """An SSO setting (ESI_CLIENT_ID, ESI_CLIENT_SECRET, ESI_SSO_URL, ESI_CALLBACK_URL) is missing or invalid."""
+
+    failure_class = FailureClass.CONFIGURATION
 
 
 class TokenStoreError(AuthError):

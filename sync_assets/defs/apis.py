@@ -1,0 +1,36 @@
+"""One API wired into Dagster: its spec, its datasets and the resources they need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import dagster as dg
+
+from ..core.datasets import Dataset
+from ..fetch.resource import ApiResource
+from ..fetch.spec import ApiSpec
+
+
+@dataclass(frozen=True)
+class ApiDefinition:
+    spec: ApiSpec
+    datasets: Sequence[Dataset]
+    resource: ApiResource  # bound under the spec's name
+    credentials: Any = None  # per-partition credentials (a resource with credential_for), under spec.credentials_resource
+    sensors: Sequence[dg.SensorDefinition] = ()  # the API's own (ESI: corporations appear as partitions)
+
+    def __post_init__(self) -> None:
+        if type(self.resource).spec is not self.spec:
+            raise ValueError(f"the resource for {self.spec.name} is built on another spec ({type(self.resource).spec.name})")
+        wrong = [d.key for d in self.datasets if d.api != self.spec.name]
+        if wrong:
+            raise ValueError(f"datasets {wrong} do not belong to the {self.spec.name} API")
+        if any(d.auth for d in self.datasets) and (self.spec.credentials_resource is None or self.credentials is None):
+            raise ValueError(f"{self.spec.title}: datasets declare auth but no credentials resource is given")
+
+    def resources(self) -> dict[str, Any]:
+        bound: dict[str, Any] = {self.spec.name: self.resource}
+        if self.spec.credentials_resource and self.credentials is not None:
+            bound[self.spec.credentials_resource] = self.credentials
+        return bound

@@ -1,0 +1,292 @@
+"""The one generic API resource: built from an `ApiSpec`, it turns a dataset request into one
+complete, consistent Snapshot (or an error). It never writes tables.
+
+An API's resource is a subclass that names its spec:
+
+    class IrisResource(ApiResource):
+        spec: ClassVar[ApiSpec] = IRIS
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import dagster as dg
+import httpx
+import pandas as pd
+from pydantic import Field, PrivateAttr, field_validator
+
+from .. import __version__
+from ..core.datasets import Dataset
+from ..core.errors import ConfigurationError, MalformedPayload
+from ..core.paging import FromId, NextToken, PageNumbers, Single
+from ..core.requests import SliceRequest
+from ..core.snapshot import FetchStats, Outcome, PageSink, Snapshot, Validators
+from ..db.engines import engine_for
+from ..db.urls import psycopg2_url
+from .auth import ApiKeyHeader, Credential
+from .budget import BudgetKey, BudgetPolicy, PostgresBudget
+from .frames import empty_frame, rows_to_frame
+from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
+from .pagination import FromIdWalker, NextTokenWalker, PageWalker, WalkLimits
+from .spec import ApiSpec
+
+DEFAULT_USER_AGENT = f"sync_assets/{__version__} (Dagster sync; python-httpx)"
+PUBLIC = "public"  # the budget principal of requests without a credential
+
+
+class ApiResource(dg.ConfigurableResource):
+    """Rate-limit-aware, ETag-aware client of one API. Returns snapshots; never writes tables."""
+
+    spec: ClassVar[ApiSpec]
+
+    base_url: str = Field(default="", description="The API's base URL; empty: the real API (see the spec's variable)")
+    api_key: str | None = Field(default=None, description="The API's key, for APIs whose requests all carry one")
+    user_agent: str = Field(default=DEFAULT_USER_AGENT, description="Sent as User-Agent (APIs ask for an app name and contact)")
+    max_concurrency: int = Field(default=8, ge=1, le=64, description="Pages fetched at once per walk")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request (timeouts, 5xx, 429) before the page waits for a later round")
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    max_walks: int = Field(default=3, ge=1, le=10, description="Page walks per snapshot before giving up")
+    walk_deadline_s: float = Field(default=1800.0, gt=0, description="How long a walk keeps retrying pages that failed every attempt")
+    retry_round_pause_s: float = Field(default=2.0, ge=0, description="Pause between rounds of retried pages")
+    error_limit_floor: int = Field(default=10, ge=0, description="APIs with an error budget: wait for its reset at this many errors left")
+    expiry_guard_s: float = Field(default=3.0, ge=0, description="Wait for the next snapshot if page 1 expires this soon")
+    budget_database_url: str | None = Field(
+        default=None,
+        description="Postgres holding the budgets shared by every process (rate-limit buckets, latches, circuit "
+        "breaker); env SYNC_ASSETS_DATABASE_URL. Unset: budgets are per process.",
+    )
+
+    _http: ApiHttpClient | None = PrivateAttr(default=None)
+    _transport: httpx.BaseTransport | None = PrivateAttr(default=None)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value:
+            return value
+        spec = cls.spec
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, UnicodeError, TypeError) as exc:
+            raise ValueError(f"base_url is not a URL ({exc}); set {spec.base_url_env} to e.g. {spec.base_url}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http(s) URL such as {spec.base_url}, got {value!r} ({spec.base_url_env})")
+        return value.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self.base_url or self.spec.base_url
+
+    def with_transport(self, transport: httpx.BaseTransport) -> "ApiResource":
+        """Unit tests: send every request through `transport` (e.g. httpx.MockTransport)."""
+        self._transport = transport
+        return self
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._http = self._build_http()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    # -- one snapshot ------------------------------------------------------------------------------
+
+    def fetch_snapshot(
+        self,
+        dataset: Dataset,
+        request: SliceRequest,
+        previous: Validators | None = None,
+        *,
+        credential: Credential | None = None,
+        full_refresh: bool = False,
+        log: Log = DEFAULT_LOG,
+        sink: PageSink | None = None,
+    ) -> Snapshot:
+        """One complete, consistent snapshot of one request of `dataset`, or an error.
+
+        - Before a stored Expires the API is not asked at all (CACHE_VALID): it would only answer
+          the same data (ESI forbids polling faster than its cache).
+        - After it, pages are asked conditionally with their stored ETags: all 304 is NOT_MODIFIED.
+        - `full_refresh` ignores stored validators and Expires (unconditional GETs).
+        - `credential`: the per-partition credential (a character's token); never logged.
+        - `sink`: takes each accepted page of a walk as it lands (see PageSink).
+        """
+        label = request.label or dataset.key
+        now = datetime.now(timezone.utc)
+        if previous and previous.expires_at and previous.expires_at > now and not full_refresh:
+            log.info(f"{label}: cached by {self.spec.title} until {previous.expires_at.isoformat()}; not asking before then")
+            return Snapshot(dataset.key, request.state_key, Outcome.CACHE_VALID, previous, context=request.context)
+        stats = FetchStats()
+        started = time.perf_counter()
+        http = self._client()
+        key = self.budget_key(dataset, credential)
+        common: dict[str, Any] = dict(parse=_page_parser(dataset, request, label), stats=stats, log=log, label=label,
+                                      budget_key=key, auth=credential.auth if credential else None,
+                                      limits=WalkLimits(self.max_walks, self.walk_deadline_s, self.retry_round_pause_s))
+        paginator = dataset.paginator
+        use_state = previous is not None and not full_refresh
+        if isinstance(paginator, FromId):
+            walker = FromIdWalker(http, request.path, dataset.query, paginator=paginator, **common)
+            first_etag = previous.page_etags[0] if use_state and previous.page_etags else None  # type: ignore[union-attr]
+            stop_at = int(previous.cursor) if use_state and previous.cursor else None  # type: ignore[union-attr]
+            responses, frames = walker.walk(first_etag, stop_at)
+        elif isinstance(paginator, NextToken):
+            responses, frames = NextTokenWalker(http, request.path, dataset.query, paginator=paginator, sink=sink, **common).walk()
+        else:
+            walker = PageWalker(http, request.path, dataset.query, paginator=paginator, max_concurrency=self.max_concurrency,
+                                expiry_guard_s=self.expiry_guard_s, sink=sink, **common)
+            result = walker.walk((previous.page_etags or None) if use_state else None)  # type: ignore[union-attr]
+            responses, frames = result.responses, result.parsed
+        stats.pages = len(responses)
+        stats.duration_s = time.perf_counter() - started
+        if http.budget is not None:
+            stats.budget_remaining = http.budget.remaining(key)
+            stats.budget_wait_s = http.budget.waited_s
+        validators = Validators(
+            # cursor walks revalidate only their first (newest) response; page walks every page
+            page_etags=tuple(r.etag or "" for r in (responses if isinstance(paginator, (Single, PageNumbers)) else responses[:1])),
+            # a 304 need not repeat Last-Modified: keep the stored one rather than lose it
+            last_modified=responses[0].last_modified or (previous.last_modified if previous else None),
+            expires_at=min((r.expires for r in responses if r.expires), default=None),
+            cursor=_cursor(dataset, frames, previous),
+        )
+        if all(r.status == 304 for r in responses):
+            log.info(f"{label}: unchanged (all {stats.pages} responses 304); no body transferred")
+            return Snapshot(dataset.key, request.state_key, Outcome.NOT_MODIFIED, validators, stats=stats, context=request.context)
+        snapshot = Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, stats=stats, context=request.context)
+        if sink is not None and not _count_duplicates(dataset, frames, stats):
+            snapshot.pages, snapshot.rows = frames, sum(len(f) for f in frames)  # the sink has them: no second copy yet
+            snapshot.assemble = lambda pages: _assemble(dataset, request, pages, FetchStats())
+        else:
+            snapshot.frame = _assemble(dataset, request, frames, stats)
+            snapshot.rows = len(snapshot.frame)
+        log.info(
+            f"{label}: snapshot of {snapshot.rows:,} rows in {stats.pages} responses, {stats.body_bytes / 1e6:.1f} MB, "
+            f"{stats.retries} retries, {stats.duration_s:.2f}s"
+        )
+        return snapshot
+
+    def budget_key(self, dataset: Dataset, credential: Credential | None = None) -> BudgetKey:
+        """The shared bucket a dataset's requests spend: per rate-limit group and principal."""
+        return BudgetKey(self.spec.name, self.spec.limit_group(dataset.rate_limit_group), self.principal(credential))
+
+    def principal(self, credential: Credential | None) -> str:
+        if credential is not None:
+            return credential.principal
+        if self.spec.api_key is not None and self.api_key:
+            return "key:" + hashlib.sha256(self.api_key.encode()).hexdigest()[:12]
+        return PUBLIC
+
+    def server_status(self) -> str | None:
+        """A reason to hold scheduled work (the API down, starting up, unreachable), or None."""
+        return self.spec.status(self._client().raw) if self.spec.status else None
+
+    # -- the HTTP client ---------------------------------------------------------------------------
+
+    def _client(self) -> ApiHttpClient:
+        if self._http is None:  # used outside a Dagster run (benchmarks, scripts)
+            self._http = self._build_http()
+        return self._http
+
+    def _build_http(self) -> ApiHttpClient:
+        spec = self.spec
+        return ApiHttpClient(
+            base_url=self.url,
+            headers={"User-Agent": self.user_agent, "Accept": "application/json", **spec.headers},
+            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
+            max_connections=self.max_concurrency,
+            retry=RetryPolicy(self.max_attempts, self.backoff_initial_s, self.backoff_max_s),
+            gate=ErrorLimitGate(self.error_limit_floor) if spec.error_limit else None,
+            transport=self._transport,
+            budget=self._budget(),
+            classifier=spec.errors,
+            auth=self._static_auth(),
+            base_url_setting=spec.base_url_env,
+        )
+
+    def _static_auth(self) -> httpx.Auth | None:
+        declared = self.spec.api_key
+        if declared is None:
+            return None
+        if not self.api_key:
+            raise ConfigurationError(f"{self.spec.title} needs an API key: set {declared.env}")
+        return ApiKeyHeader(declared.header, self.api_key)
+
+    def _budget(self) -> PostgresBudget | None:
+        if not self.budget_database_url:
+            return None
+        # the process's pool for that database: a run's budget takes one connection at a time
+        engine = engine_for(psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL"))
+        return PostgresBudget(engine, BudgetPolicy(error_limit_floor=self.error_limit_floor), want_slots=self.max_concurrency)
+
+
+def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
+    # scope columns the payload carries must hold the request's own values: a row of another
+    # partition would land outside the scope this sync replaces
+    carried = [c.name for c in dataset.scope_columns if c.name in {col.name for col in dataset.columns}]
+
+    def parse(page: int, data: Any) -> pd.DataFrame:
+        where = f"{label} page {page}"
+        if dataset.transform is not None:
+            try:
+                data = dataset.transform(data)
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+                raise MalformedPayload(f"{where}: unexpected payload shape ({type(exc).__name__}: {exc})") from None
+        frame = rows_to_frame(data, dataset.columns, where)
+        for name in carried:
+            expected = request.context.get(name)
+            if expected is not None and len(frame) and bool((frame[name] != expected).any()):
+                other = frame.loc[frame[name] != expected, name].iloc[0]
+                raise MalformedPayload(f"{where}: a row has {name}={other}, outside the requested {name}={expected}")
+        return frame
+
+    return parse
+
+
+def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) -> str | None:
+    paginator = dataset.paginator
+    if not isinstance(paginator, FromId):
+        return None
+    newest = [int(f[paginator.field].max()) for f in frames if len(f)]
+    stored = int(previous.cursor) if previous and previous.cursor else None
+    candidates = newest + ([stored] if stored is not None else [])
+    return str(max(candidates)) if candidates else None
+
+
+def _count_duplicates(dataset: Dataset, frames: list[Any], stats: FetchStats) -> int:
+    """Rows whose key another page repeats (a row moved during the walk), from the key columns only."""
+    keys = [c for c in dataset.primary_key if c not in {col.name for col in dataset.context_columns}]
+    if not frames or not keys:
+        return 0
+    stats.duplicates_dropped = int(pd.concat([f[keys] for f in frames], ignore_index=True).duplicated(keep="last").sum())
+    return stats.duplicates_dropped
+
+
+def _assemble(dataset: Dataset, request: SliceRequest, frames: list[Any], stats: FetchStats) -> pd.DataFrame:
+    """Concatenate page frames into table shape: context columns first, one row per key.
+    Empties `frames` (the walk's page list) so the pages can be freed as soon as they are copied."""
+    pages = [f for f in frames if len(f)]
+    frames.clear()  # the page frames die with the concatenation: one copy of the rows, not two
+    frame = pd.concat(pages, ignore_index=True) if pages else empty_frame(dataset.columns)
+    del pages
+    for position, column in enumerate(dataset.context_columns):
+        value = request.context[column.name]
+        frame.insert(position, column.name, pd.Series(value, index=frame.index, dtype=column.pandas_dtype))
+    # a row can move between pages while they are fetched: keep its last copy. Rare, so look
+    # before copying the whole frame.
+    duplicated = frame.duplicated(subset=list(dataset.primary_key), keep="last")
+    stats.duplicates_dropped = int(duplicated.sum())
+    if stats.duplicates_dropped:
+        frame = frame.loc[~duplicated].reset_index(drop=True)
+    return frame

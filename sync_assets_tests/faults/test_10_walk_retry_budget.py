@@ -1,0 +1,52 @@
+"""A transient storm costs time, not the walk: a page that failed all its attempts is tried again
+after the rest of the walk (same snapshot), within the walk's deadline and ESI's error budget.
+
+Before the retry budget was per walk, each page had its own few attempts and the walk failed on
+the first unlucky page: at 30% 5xx a 300-page walk with 5 attempts per page fails about half the
+time (1 - (1 - 0.3^5)^300), and with 2 attempts per page it fails every time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
+
+from .helpers import FORGE, Runner, expected_orders, failure_text, frame_diff, materialization_metadata, retry_lines
+
+PAGES = 300
+KEY = ["region_id", "order_id"]
+
+
+def test_a_30_percent_5xx_storm_over_300_pages_completes_with_exact_data_and_no_420(fault_databases: Any) -> None:
+    # 30% of requests answer 502/503/504 (3 in 10 of them HTML pages); ESI's error limit is on
+    # (100 errors per 20 s window): the walk must pace itself on it, never earn a 420.
+    sandbox = EsiSandbox(regions={int(FORGE): PAGES}, orders_per_page=40, n_price_types=10, corporations={},
+                         error_rate=0.3, error_seed=11, error_limit=100, error_limit_window=20)
+    with serve_in_thread(sandbox) as url:
+        # two attempts per request: about 9% of the pages fail both, in every round
+        runner = Runner(url, fault_databases("retry_budget"), max_attempts=2, retry_round_pause_s=0.2)
+        result = runner.sync()
+        assert result.success, failure_text(result)[:3000]
+        assert frame_diff(runner.table(), expected_orders(sandbox), KEY) is None
+        orders = sandbox.counter("orders")
+        assert orders["status_420"] == 0
+        assert orders["status_5xx"] > 0
+        meta = materialization_metadata(result)
+        assert meta["pages"] == PAGES and meta["retries"] >= orders["status_5xx"] - PAGES  # every 5xx retried
+        rounds = [m for m in runner.messages(result) if "failed every attempt" in m]
+        assert rounds, "no page needed a later round: the storm did not test the walk's retry budget"
+        assert retry_lines(runner.messages(result))
+
+
+def test_a_storm_that_outlasts_the_walk_deadline_fails_saying_so_and_writes_nothing(fault_databases: Any) -> None:
+    sandbox = EsiSandbox(regions={int(FORGE): 20}, orders_per_page=40, n_price_types=10, corporations={},
+                         error_rate=1.0, error_seed=3, error_limit=1_000_000)
+    with serve_in_thread(sandbox) as url:
+        runner = Runner(url, fault_databases("retry_deadline"), max_attempts=2, walk_deadline_s=1.0, retry_round_pause_s=0.3)
+        result = runner.sync()
+        assert not result.success
+        message = failure_text(result)
+        assert "RetriesExhausted" in message and "walk deadline of 1s spent" in message, message[:2000]
+        assert runner.table().empty
