@@ -171,7 +171,7 @@ class ApiHttpClient:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
-                f"GET {path}{f' page {page}' if page else ''}: {_describe(exc)}; "
+                f"GET {path}{f' page {page}' if page else ''}: {describe(exc)}; "
                 f"retry {state.attempt_number}/{self.retry.max_attempts - 1} in {wait:.1f}s"
             )
 
@@ -192,7 +192,7 @@ class ApiHttpClient:
                     return self._get_once(path, query, page, etag, headers, budget_key, log, sleep, auth)
         except httpx.TransportError as exc:  # the last attempt: say where we were trying to go
             raise ApiUnreachable(
-                f"GET {self.base_url}{path}{f' page {page}' if page else ''}: {_describe(exc)} after "
+                f"GET {self.base_url}{path}{f' page {page}' if page else ''}: {describe(exc)} after "
                 f"{self.retry.max_attempts} attempts; is {self.base_url_setting} right?"
             ) from exc
         raise AssertionError("unreachable: tenacity reraises the last error")
@@ -271,7 +271,8 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (TransientHttpError, httpx.TransportError, MalformedPayload))
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe(exc: BaseException | None) -> str:
+    """A failed attempt in a few words, for log lines (no secrets: our errors carry none)."""
     if isinstance(exc, HttpStatusError):
         return f"HTTP {exc.status} ({exc.detail})"
     if isinstance(exc, httpx.TimeoutException):

@@ -8,8 +8,10 @@ Last-Modified and page count, and the pages are all 200 or all 304; anything els
 
 Retries have two levels: each request is retried a few times (tenacity, in fetch/http.py); a page
 that still fails is set aside and tried again after the rest of the walk (same snapshot: its
-Last-Modified and page count are checked like any page), for as long as the walk's deadline and the
-shared budgets allow. So a storm of transient errors costs time, not the walk.
+Last-Modified and page count are checked like any page), in rounds, for as long as the walk's
+deadline and the shared budgets (ESI's error limit, the circuit breaker) allow. So a storm of
+transient errors costs time, not the walk. Rounds in which no page at all succeeds mean an outage,
+not a storm: after a few of them the walk fails at once instead of waiting out its deadline.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..core.errors import (
 )
 from ..core.paging import FromId, NextToken, PageNumbers, Single, at_path
 from ..core.snapshot import FetchStats, PageSink
-from .http import ApiHttpClient, Log, PageResponse
+from .http import ApiHttpClient, Log, PageResponse, describe
 
 ParsePage = Callable[[int, Any], Any]  # (page, records) -> parsed rows (e.g. a DataFrame)
 # a page that failed every attempt with one of these is tried again after the rest of the walk
@@ -50,6 +52,7 @@ class WalkLimits:
     max_walks: int = 3  # page walks per snapshot (a moved snapshot restarts the walk)
     deadline_s: float = 1800.0  # the walk gives up retrying failed pages after this long
     pause_s: float = 2.0  # between rounds of retried pages (each request has its own backoff too)
+    max_idle_rounds: int = 3  # consecutive rounds in which no page succeeded: the API is down, give up
 
 
 @dataclass
@@ -114,19 +117,28 @@ class _Walk:
         with self._stats_lock:
             self.stats.retries += 1
 
-    def _retry_later(self, failures: Mapping[int, BaseException], round_: int) -> None:
-        """Between rounds of failed pages: give up when the deadline is spent, else pause."""
+    def _retry_later(self, failures: Mapping[int, BaseException], round_: int, idle_rounds: int = 0) -> None:
+        """Between rounds of failed pages: give up when the deadline is spent or the API answered
+        nothing but errors for `max_idle_rounds` rounds, else pause."""
         pages = sorted(failures)
         last = failures[pages[-1]]
         spent = self._clock() - self._started
         shown = ", ".join(map(str, pages[:10])) + ("…" if len(pages) > 10 else "")
+        still = f"{len(pages)} pages still failing (pages {shown}; last: {type(last).__name__}: {last}); nothing was written"
         if spent + self.limits.pause_s > self.limits.deadline_s:
             raise RetriesExhausted(
-                f"{self.label}: walk deadline of {self.limits.deadline_s:.0f}s spent after {round_} rounds of retries with "
-                f"{len(pages)} pages still failing (pages {shown}; last: {type(last).__name__}: {last}); nothing was written"
+                f"{self.label}: walk deadline of {self.limits.deadline_s:.0f}s spent after {round_} rounds of retries with {still}"
             ) from last
-        self.log.warning(f"{self.label}: {len(pages)} pages failed every attempt (pages {shown}; last: {last}); "
-                         f"retrying them (round {round_ + 1}, {spent:.0f}s of the walk's {self.limits.deadline_s:.0f}s spent)")
+        if idle_rounds >= self.limits.max_idle_rounds:
+            raise RetriesExhausted(
+                f"{self.label}: no page succeeded in {idle_rounds} rounds of retries (the API looks down) with {still}"
+            ) from last
+        for page in pages:  # one line per retry, like the request-level retries
+            self.log.warning(f"{self.label} page {page}: {describe(failures[page])}; retry in round {round_ + 1}, after the rest")
+        self.log.warning(f"{self.label}: {len(pages)} pages failed every attempt; trying them again "
+                         f"({spent:.0f}s of the walk's {self.limits.deadline_s:.0f}s spent)")
+        with self._stats_lock:
+            self.stats.retries += len(pages)
         left = self.limits.pause_s
         while left > 0:
             self._check_running()
@@ -208,7 +220,7 @@ class PageWalker(_Walk):
             try:
                 return self._fetch(1, etag)
             except RETRY_LATER as exc:
-                self._retry_later({1: exc}, round_)
+                self._retry_later({1: exc}, round_, idle_rounds=round_ + 1)
                 round_ += 1
 
     def _fetch_rest(self, first, pages, etags, results, parsed, progress) -> None:
@@ -218,7 +230,7 @@ class PageWalker(_Walk):
         # (their answers are ignored). A walk restarted after a moved snapshot gets a fresh flag.
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, pages - 1), thread_name_prefix="page")
-        pending, round_ = list(range(2, pages + 1)), 0
+        pending, round_, idle = list(range(2, pages + 1)), 0, 0
         try:
             while pending:
                 futures: dict[Future, int] = {
@@ -237,7 +249,8 @@ class PageWalker(_Walk):
                     results[futures[future]] = response
                     progress.done(response)
                 if failed:
-                    self._retry_later(failed, round_)
+                    idle = idle + 1 if len(failed) == len(pending) else 0
+                    self._retry_later(failed, round_, idle)
                     round_ += 1
                 pending = sorted(failed)
         except BaseException:
@@ -397,7 +410,7 @@ class FromIdWalker(_Walk):
             try:
                 return self._get(params, None, etag)
             except RETRY_LATER as exc:
-                self._retry_later({call: exc}, round_)
+                self._retry_later({call: exc}, round_, idle_rounds=round_ + 1)
                 round_ += 1
 
 
@@ -473,7 +486,7 @@ class NextTokenWalker(_Walk):
                     raise _RestartUnconditionally(f"the API refused the next token of page {page} ({exc.detail})") from exc
                 raise
             except RETRY_LATER as exc:
-                self._retry_later({page: exc}, round_)
+                self._retry_later({page: exc}, round_, idle_rounds=round_ + 1)
                 round_ += 1
 
 

@@ -42,11 +42,25 @@ def test_a_30_percent_5xx_storm_over_300_pages_completes_with_exact_data_and_no_
 
 def test_a_storm_that_outlasts_the_walk_deadline_fails_saying_so_and_writes_nothing(fault_databases: Any) -> None:
     sandbox = EsiSandbox(regions={int(FORGE): 20}, orders_per_page=40, n_price_types=10, corporations={},
-                         error_rate=1.0, error_seed=3, error_limit=1_000_000)
+                         error_rate=0.5, error_seed=3, error_limit=1_000_000)
     with serve_in_thread(sandbox) as url:
-        runner = Runner(url, fault_databases("retry_deadline"), max_attempts=2, walk_deadline_s=1.0, retry_round_pause_s=0.3)
+        # a deadline already spent when the first page fails every attempt
+        runner = Runner(url, fault_databases("retry_deadline"), max_attempts=1, walk_deadline_s=0.001, retry_round_pause_s=0.3)
         result = runner.sync()
         assert not result.success
         message = failure_text(result)
-        assert "RetriesExhausted" in message and "walk deadline of 1s spent" in message, message[:2000]
+        assert "RetriesExhausted" in message and "walk deadline of 0s spent" in message and "HTTP 50" in message, message[:2000]
+        assert runner.table().empty
+
+
+def test_an_api_that_answers_only_errors_fails_the_walk_after_a_few_idle_rounds(fault_databases: Any) -> None:
+    sandbox = EsiSandbox(regions={int(FORGE): 20}, orders_per_page=40, n_price_types=10, corporations={},
+                         error_rate=1.0, error_seed=3, error_limit=1_000_000)
+    with serve_in_thread(sandbox) as url:
+        runner = Runner(url, fault_databases("retry_idle"), max_attempts=2, retry_round_pause_s=0.1)
+        result = runner.sync()
+        assert not result.success
+        message = failure_text(result)
+        assert "RetriesExhausted" in message and "no page succeeded in 3 rounds" in message, message[:2000]
+        assert sandbox.counter("orders")["requests"] == 3 * 2  # page 1: 3 rounds of 2 attempts; nothing else was asked
         assert runner.table().empty
