@@ -131,6 +131,8 @@ class BudgetError(ApiError):
 class CircuitOpen(BudgetError):
     """The API failed repeatedly; requests are refused until the cooldown ends."""
 
+    failure_class = FailureClass.TRANSIENT  # an outage, not our spending: try again later
+
 
 class BudgetExhausted(BudgetError):
     """A budget would only allow the next request after longer than a run is willing to wait."""
