@@ -6,6 +6,7 @@ this declaration. SP-API and IRIS are declarations of the same kind."""
 from __future__ import annotations
 
 import threading
+from datetime import date, datetime
 from typing import Any, ClassVar, Iterator
 
 import dagster as dg
@@ -20,6 +21,7 @@ from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.core.datasets import Column, ColumnType, Dataset, Partitioning, WriteMode
 from sync_assets.core.limits import SlidingWindow
 from sync_assets.core.paging import PageNumbers
+from sync_assets.core.windows import Granularity, TimeWindows
 from sync_assets.definitions import build_definitions, esi_api
 from sync_assets.defs.apis import ApiDefinition
 from sync_assets.fetch.resource import ApiResource
@@ -54,6 +56,22 @@ SHOP_WIDGETS = Dataset(
 )
 
 
+# a monthly dataset: each month asked with inclusive MM/DD/YYYY dates (IRIS's style), mirrored by month
+SALES = Dataset(
+    api="widgets",
+    name="sales",
+    route="/sales",
+    description="Every sale, by month.",
+    paginator=PageNumbers(count_header=None, count_path="meta.last_page", records_path="data", size_param="per_page", size=10),
+    windows=TimeWindows(Granularity.MONTH, date(2026, 1, 1), "from", "to", column=Column("sold_at", T),
+                        timezone="Europe/Dublin", format="%m/%d/%Y", end_inclusive=True),
+    columns=(Column("sale_id", I), Column("sold_at", T), Column("amount", F)),
+    primary_key=("sale_id",),
+    write_mode=WriteMode.MIRROR,
+    cache_seconds=3600,
+)
+
+
 class WidgetsResource(ApiResource):
     spec: ClassVar[ApiSpec] = WIDGETS
 
@@ -67,9 +85,12 @@ class WidgetsServer:
             1: [self.widget(i) for i in range(1, 61)],  # 3 pages of 25
             2: [self.widget(i) for i in range(101, 131)],  # 2 pages
         }
+        # 25 sales a month from September to November 2026, at noon Dublin time
+        self.sales = [{"sale_id": m * 100 + d, "sold_at": f"2026-{m:02d}-{d:02d}T12:00:00+01:00", "amount": d + 0.5}
+                      for m in (9, 10, 11) for d in range(1, 26)]
         self.requests: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/shops/{shop_id:int}/widgets", self.widgets)])
+        self.app = Starlette(routes=[Route("/shops/{shop_id:int}/widgets", self.widgets), Route("/sales", self.sales_route)])
 
     @staticmethod
     def widget(i: int) -> dict[str, Any]:
@@ -84,10 +105,20 @@ class WidgetsServer:
         items = self.shops[request.path_params["shop_id"]]
         last_page = max(1, -(-len(items) // per_page))
         data = items[(page - 1) * per_page : page * per_page]
-        # money as strings, the way IRIS sends some amounts: the frame makes them numbers
         body = {"data": [{**w, "price": float(w["price"])} for w in data],
                 "meta": {"current_page": page, "last_page": last_page, "per_page": per_page, "total": len(items)}}
         return JSONResponse(body, headers={"X-RateLimit-Limit": "500", "X-RateLimit-Remaining": "499"})
+
+
+    async def sales_route(self, request: Request) -> JSONResponse:
+        with self.lock:
+            self.requests.append((request.url.path, request.url.query, request.headers.get("x-api-key")))
+        q = request.query_params
+        first, last = (datetime.strptime(q[k], "%m/%d/%Y").date() for k in ("from", "to"))
+        chosen = [s for s in self.sales if first <= date.fromisoformat(s["sold_at"][:10]) <= last]
+        page, per_page = int(q.get("page", 1)), int(q.get("per_page", 15))
+        return JSONResponse({"data": chosen[(page - 1) * per_page : page * per_page],
+                             "meta": {"current_page": page, "last_page": max(1, -(-len(chosen) // per_page))}})
 
 
 @pytest.fixture
@@ -98,14 +129,14 @@ def widgets_api() -> Iterator[tuple[WidgetsServer, str]]:
 
 
 def definitions(url: str, database_url: str, api_key: str = API_KEY) -> dg.Definitions:
-    widgets = ApiDefinition(WIDGETS, [SHOP_WIDGETS],
+    widgets = ApiDefinition(WIDGETS, [SHOP_WIDGETS, SALES],
                             WidgetsResource(base_url=url, api_key=api_key, budget_database_url=database_url, retry_round_pause_s=0))
     return build_definitions(warehouse=PostgresWarehouse(database_url=database_url), apis=[esi_api(), widgets])
 
 
-def sync(defs: dg.Definitions, shop: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    job = defs.resolve_job_def("sync_widgets_shop_widgets")
-    return job.execute_in_process(partition_key=shop, instance=instance, raise_on_error=False)
+def sync(defs: dg.Definitions, partition: str, instance: dg.DagsterInstance, dataset: str = "shop_widgets") -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def(f"sync_widgets_{dataset}")
+    return job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False)
 
 
 def rows(database_url: str) -> list[tuple[int, int, float]]:
@@ -164,3 +195,21 @@ def test_a_refused_key_fails_the_run_as_an_auth_failure_and_writes_nothing(widge
         written = conn.execute(text("SELECT count(*) FROM widgets.shop_widgets")).scalar() if exists else 0
     engine.dispose()
     assert written == 0
+
+
+def test_a_monthly_dataset_asks_each_month_and_mirrors_it_alone(widgets_api, database_url: str) -> None:
+    server, url = widgets_api
+    defs = definitions(url, database_url)
+    instance = dg.DagsterInstance.ephemeral()
+    assert sync(defs, "2026-10-01", instance, "sales").success and sync(defs, "2026-11-01", instance, "sales").success
+    asked = sorted(query for path, query, _ in server.requests if path == "/sales")
+    assert asked == sorted([f"from=10%2F01%2F2026&to=10%2F31%2F2026&page={p}&per_page=10" for p in (1, 2, 3)]
+                           + [f"from=11%2F01%2F2026&to=11%2F30%2F2026&page={p}&per_page=10" for p in (1, 2, 3)])
+    server.sales = [s for s in server.sales if s["sale_id"] != 1003]  # a sale of October withdrawn
+    assert sync(defs, "2026-10-01", instance, "sales").success
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        by_month = dict(conn.execute(text(
+            "SELECT to_char(sold_at AT TIME ZONE 'Europe/Dublin', 'YYYY-MM'), count(*) FROM widgets.sales GROUP BY 1")).all())
+    engine.dispose()
+    assert by_month == {"2026-10": 24, "2026-11": 25}  # October mirrored, November untouched, September never asked

@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from datetime import time as time_of_day
 from enum import Enum
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .paging import SINGLE, FromId, Paginator
+
+if TYPE_CHECKING:
+    from .windows import TimeWindows
 
 
 class WriteMode(str, Enum):
@@ -147,6 +150,7 @@ class Dataset:
     query: Mapping[str, str] = field(default_factory=dict)  # fixed query parameters
     paginator: Paginator = SINGLE  # how results are split into pages (core.paging)
     partitioning: Partitioning | None = None
+    windows: TimeWindows | None = None  # time-window partitions (a day, a month) sent as start/end parameters
     slices: Slices | None = None
     auth: Auth | None = None  # None: a public route
     transform: Callable[[Any], Any] | None = None  # payload -> list of row dicts, when not already that
@@ -167,7 +171,8 @@ class Dataset:
     def scope_columns(self) -> tuple[Column, ...]:
         """The partition and slice columns: one request's rows are exactly those with its values
         here, so a mirror replaces that scope and nothing else (whether or not the payload has them)."""
-        return ((self.partitioning.column,) if self.partitioning else ()) + (self.slices.columns if self.slices else ())
+        window = (self.windows.column,) if self.windows and self.windows.column else ()
+        return ((self.partitioning.column,) if self.partitioning else ()) + window + (self.slices.columns if self.slices else ())
 
     @property
     def context_columns(self) -> tuple[Column, ...]:
@@ -202,6 +207,12 @@ class Dataset:
             raise ValueError(f"dataset {self.key}: the partition column must be part of the primary key")
         if isinstance(self.paginator, FromId) and self.paginator.field not in names:
             raise ValueError(f"dataset {self.key}: from_id paging walks {self.paginator.field!r}, which is not a column")
+        if self.windows and self.partitioning:
+            raise ValueError(f"dataset {self.key}: time windows and key partitions together are not supported yet")
+        if self.windows and self.windows.column and self.windows.column.name not in {c.name for c in self.columns}:
+            raise ValueError(f"dataset {self.key}: the window column {self.windows.column.name!r} must be a payload column")
+        if self.write_mode is WriteMode.MIRROR and self.windows and not self.windows.column:
+            raise ValueError(f"dataset {self.key}: a mirror by time window needs the window's column (its scope)")
         if self.slices and bool(self.slices.values) == bool(self.slices.source):
             raise ValueError(f"dataset {self.key}: slices take either static values or a source dataset")
 

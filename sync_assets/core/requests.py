@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 from .datasets import Dataset
+from .windows import TimeWindows
 
 
 @dataclass(frozen=True)
@@ -13,14 +15,18 @@ class SliceRequest:
     path: str  # the route with every placeholder filled in
     state_key: str  # sync-state key of this slice: "<partition>[/<param>=<value>...]"
     context: Mapping[str, Any] = field(default_factory=dict)  # values of the scope columns: the mirror scope
+    params: Mapping[str, Any] = field(default_factory=dict)  # query parameters of this request (a time window)
     label: str = ""  # for log lines: dataset[partition/slice]
 
 
 def plan_requests(
-    dataset: Dataset, partition_key: str | None, slice_values: Sequence[Mapping[str, Any]] | None = None
+    dataset: Dataset, partition_key: str | None, slice_values: Sequence[Mapping[str, Any]] | None = None,
+    now: datetime | None = None,
 ) -> list[SliceRequest]:
     """Every request of one materialization. `slice_values` are needed when the dataset has slices
-    (static ones are taken from the declaration when not given)."""
+    (static ones are taken from the declaration when not given); `now` places time windows."""
+    if dataset.windows is not None:
+        return _window_requests(dataset, dataset.windows, partition_key, now or datetime.now(timezone.utc))
     params: dict[str, Any] = {}
     if dataset.partitioning is not None:
         if partition_key is None:
@@ -50,3 +56,21 @@ def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any]
     state_key = "/".join(p for p in (partition_key or "", suffix) if p)
     label = f"{dataset.key}[{state_key}]" if state_key else dataset.key
     return SliceRequest(path=path, state_key=state_key, context=context, label=label)
+
+
+def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str | None, now: datetime) -> list[SliceRequest]:
+    """One request per span of the partition's window (none for a window that has not begun).
+    A single span keeps the partition's own state key; split windows get one per span."""
+    if partition_key is None:
+        raise ValueError(f"{dataset.key} is partitioned by time windows: a partition key (e.g. {windows.first}) is required")
+    try:
+        spans = windows.spans(partition_key, now)
+    except ValueError:
+        raise ValueError(f"{dataset.key}: partition key {partition_key!r} is not a date (YYYY-MM-DD)") from None
+    requests = []
+    for span in spans:
+        state_key = partition_key if len(spans) == 1 else f"{partition_key}/{span}"
+        context = {windows.column.name: span} if windows.column else {}
+        requests.append(SliceRequest(path=dataset.route, state_key=state_key, context=context, params=windows.params(span),
+                                     label=f"{dataset.key}[{state_key}]"))
+    return requests

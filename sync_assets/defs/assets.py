@@ -13,6 +13,7 @@ from ..core.datasets import Column, Dataset
 from ..core.errors import ApiError, Forbidden
 from ..core.paging import NextToken, PageNumbers
 from ..core.requests import SliceRequest, plan_requests
+from ..core.windows import Granularity
 from ..core.snapshot import SliceFailure, Snapshot, SnapshotSet
 from ..fetch.auth import Credential
 from ..fetch.resource import ApiResource
@@ -44,6 +45,11 @@ MAX_DELETE_SHARE_ENV = "SYNC_ASSETS_MAX_DELETE_SHARE"
 
 
 def partitions_def(dataset: Dataset) -> dg.PartitionsDefinition | None:
+    if dataset.windows is not None:
+        windows = dataset.windows
+        # end_offset=1: the window in progress is a partition too (incremental syncs refresh it)
+        cls = dg.MonthlyPartitionsDefinition if windows.granularity is Granularity.MONTH else dg.DailyPartitionsDefinition
+        return cls(start_date=windows.first.isoformat(), timezone=windows.timezone, end_offset=1)
     if dataset.partitioning is None:
         return None
     if dataset.partitioning.dynamic:
@@ -90,14 +96,14 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         ],
     )
     def sync(context: dg.AssetExecutionContext, config: SyncConfig):  # -> MaterializeResult carrying a Snapshot(Set)
-        partition_key = context.partition_key if dataset.partitioning else None
+        partition_key = context.partition_key if (dataset.partitioning or dataset.windows) else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: ApiResource = getattr(context.resources, spec.name)
         # Credential first: a missing scope or role fails here, before any API call is spent.
         credentials = getattr(context.resources, credentials_key) if credentials_key else None
         credential = credentials.credential_for(dataset, partition_key, context.log) if credentials else None
         requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
-        if dataset.slices is None:
+        if dataset.slices is None and len(requests) == 1:
             # a paged walk loads its pages as they land (slices stay small: each is written after its fetch)
             result: Snapshot | SnapshotSet = _fetch(context, api, warehouse, dataset, requests[0], credentials, credential,
                                                     config, load_while_fetching=isinstance(dataset.paginator, (PageNumbers, NextToken)))

@@ -20,11 +20,12 @@ import pandas as pd
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
-from ..core.datasets import Dataset
+from ..core.datasets import Dataset, WriteMode
 from ..core.errors import ConfigurationError, MalformedPayload
 from ..core.paging import FromId, NextToken, PageNumbers, Single
 from ..core.requests import SliceRequest
 from ..core.snapshot import FetchStats, Outcome, PageSink, Snapshot, Validators
+from ..core.windows import TimeRange
 from ..db.engines import engine_for
 from ..db.urls import psycopg2_url
 from .auth import ApiKeyHeader, Credential
@@ -136,15 +137,16 @@ class ApiResource(dg.ConfigurableResource):
                                       limits=WalkLimits(self.max_walks, self.walk_deadline_s, self.retry_round_pause_s))
         paginator = dataset.paginator
         use_state = previous is not None and not full_refresh
+        query = {**dataset.query, **request.params}
         if isinstance(paginator, FromId):
-            walker = FromIdWalker(http, request.path, dataset.query, paginator=paginator, **common)
+            walker = FromIdWalker(http, request.path, query, paginator=paginator, **common)
             first_etag = previous.page_etags[0] if use_state and previous.page_etags else None  # type: ignore[union-attr]
             stop_at = int(previous.cursor) if use_state and previous.cursor else None  # type: ignore[union-attr]
             responses, frames = walker.walk(first_etag, stop_at)
         elif isinstance(paginator, NextToken):
-            responses, frames = NextTokenWalker(http, request.path, dataset.query, paginator=paginator, sink=sink, **common).walk()
+            responses, frames = NextTokenWalker(http, request.path, query, paginator=paginator, sink=sink, **common).walk()
         else:
-            walker = PageWalker(http, request.path, dataset.query, paginator=paginator, max_concurrency=self.max_concurrency,
+            walker = PageWalker(http, request.path, query, paginator=paginator, max_concurrency=self.max_concurrency,
                                 expiry_guard_s=self.expiry_guard_s, sink=sink, **common)
             result = walker.walk((previous.page_etags or None) if use_state else None)  # type: ignore[union-attr]
             responses, frames = result.responses, result.parsed
@@ -246,6 +248,13 @@ def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
         frame = rows_to_frame(data, dataset.columns, where)
         for name in carried:
             expected = request.context.get(name)
+            if isinstance(expected, TimeRange):
+                if dataset.write_mode is WriteMode.MIRROR and len(frame):
+                    outside = (frame[name] < expected.start) | (frame[name] >= expected.end)
+                    if bool(outside.any()):
+                        raise MalformedPayload(f"{where}: a row has {name}={frame.loc[outside, name].iloc[0]}, "
+                                               f"outside the requested window {expected}")
+                continue
             if expected is not None and len(frame) and bool((frame[name] != expected).any()):
                 other = frame.loc[frame[name] != expected, name].iloc[0]
                 raise MalformedPayload(f"{where}: a row has {name}={other}, outside the requested {name}={expected}")

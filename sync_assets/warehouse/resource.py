@@ -86,10 +86,8 @@ class PostgresWarehouse(dg.ConfigurableResource):
 
     def count_rows(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> int:
         self.ensure_dataset(dataset)
-        sql, params = f"SELECT count(*) FROM {table_name(dataset)}", {}
-        if partition_keys is not None and dataset.partitioning is not None:
-            sql += f" WHERE {qi(dataset.partitioning.column.name)} = ANY(:keys)"
-            params = {"keys": [dataset.partitioning.value(k) for k in partition_keys]}
+        where, params = partition_filter(dataset, partition_keys)
+        sql = f"SELECT count(*) FROM {table_name(dataset)}{where}"
         with self._begin() as conn:
             return int(conn.execute(text(sql), params).scalar_one())
 
@@ -109,10 +107,8 @@ class PostgresWarehouse(dg.ConfigurableResource):
         self.ensure_dataset(dataset)
         # JSONB comes back as JSON text, the same shape the frames carry it in
         cols = ", ".join(f"{qi(c.name)}::text AS {qi(c.name)}" if c.type is ColumnType.JSON else qi(c.name) for c in dataset.table_columns)
-        sql, params = f"SELECT {cols} FROM {table_name(dataset)}", {}
-        if partition_keys is not None and dataset.partitioning is not None:
-            sql += f" WHERE {qi(dataset.partitioning.column.name)} = ANY(:keys)"
-            params = {"keys": [dataset.partitioning.value(k) for k in partition_keys]}
+        where, params = partition_filter(dataset, partition_keys)
+        sql = f"SELECT {cols} FROM {table_name(dataset)}{where}"
         sql += " ORDER BY " + ", ".join(qi(k) for k in dataset.primary_key)
         with self._begin() as conn:
             frame = pd.read_sql(text(sql), conn, params=params)
@@ -120,3 +116,23 @@ class PostgresWarehouse(dg.ConfigurableResource):
 
     def _begin(self) -> Transaction:
         return Transaction(self.engine())
+
+
+def partition_filter(dataset: Dataset, partition_keys: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+    """` WHERE …` selecting the rows of some partitions (all rows for None): by the partition
+    column, or by the time window's column."""
+    if partition_keys is None:
+        return "", {}
+    if dataset.partitioning is not None:
+        return (f" WHERE {qi(dataset.partitioning.column.name)} = ANY(:keys)",
+                {"keys": [dataset.partitioning.value(k) for k in partition_keys]})
+    windows = dataset.windows
+    if windows is not None and windows.column is not None and partition_keys:
+        column = qi(windows.column.name)
+        ranges = [windows.window(k) for k in partition_keys]
+        clause = " OR ".join(f"({column} >= :s{i} AND {column} < :e{i})" for i in range(len(ranges)))
+        params: dict[str, Any] = {}
+        for i, window in enumerate(ranges):
+            params.update({f"s{i}": window.start, f"e{i}": window.end})
+        return f" WHERE {clause}", params
+    return "", {}

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, text
 from ..core.snapshot import Outcome, Snapshot, Validators
 from ..core.datasets import Dataset, WriteMode
 from ..core.errors import GuardRefused
+from ..core.windows import TimeRange
 from .tables import SYNC_STATE, qi, table_name
 
 STAGE = "_sync_stage"
@@ -99,7 +100,7 @@ def _copy_straight_in(conn: Connection, dataset: Dataset, context: Mapping[str, 
     share a key with the snapshot (the key includes every scope column): COPY straight into the
     table then inserts exactly what stage + merge would, in the same transaction, without the
     temp table, its ANALYZE and three joins."""
-    if not set(context) <= set(dataset.primary_key):
+    if not set(context) <= set(dataset.primary_key):  # a row outside the scope could share a key
         return False
     scope, params = _scope(context)
     where = f"WHERE {scope.removesuffix(' AND ')}" if scope else ""
@@ -247,10 +248,18 @@ def _merge(conn: Connection, dataset: Dataset, context: Mapping[str, Any]) -> di
 
 
 def _scope(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """`t.col = :v AND ...` for the snapshot's partition/slice columns: what a mirror replaces."""
-    names = sorted(context)
-    clause = "".join(f"t.{qi(n)} = :scope_{i} AND " for i, n in enumerate(names))
-    return clause, {f"scope_{i}": context[n] for i, n in enumerate(names)}
+    """`t.col = :v AND ...` for the snapshot's partition/slice columns, and `start <= t.col < end`
+    for its time window: what a mirror replaces."""
+    clause, params = "", {}
+    for i, name in enumerate(sorted(context)):
+        value = context[name]
+        if isinstance(value, TimeRange):
+            clause += f"t.{qi(name)} >= :scope_{i}_start AND t.{qi(name)} < :scope_{i}_end AND "
+            params.update({f"scope_{i}_start": value.start, f"scope_{i}_end": value.end})
+        else:
+            clause += f"t.{qi(name)} = :scope_{i} AND "
+            params[f"scope_{i}"] = value
+    return clause, params
 
 
 def _count(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> int:
