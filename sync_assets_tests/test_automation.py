@@ -14,10 +14,12 @@ from sqlalchemy import create_engine, text
 from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.defs.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
+from sync_assets.apis.esi.spec import ESI
 from sync_assets.defs.automation import build_sync_job
 from sync_assets.defs.checks import build_row_change_check, build_schema_check
 from sync_assets.defs.maintenance import maintenance_job
-from sync_assets.defs.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor, build_failure_sensor
+from sync_assets.defs.failures import build_failure_sensor
+from sync_assets.defs.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
@@ -25,13 +27,14 @@ from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 from .helpers import failure_messages
 
 FORGE = "10000002"
-ORDERS = build_sync_asset(MARKET_ORDERS, "esi")
-PRICES = build_sync_asset(MARKET_PRICES, "esi")
+ORDERS = build_sync_asset(MARKET_ORDERS, ESI)
+PRICES = build_sync_asset(MARKET_PRICES, ESI)
 
 
 @pytest.fixture
 def env(database_url: str) -> Iterator[tuple[EsiSandbox, str, PostgresWarehouse, dg.DagsterInstance]]:
-    sandbox = EsiSandbox(regions={int(FORGE): 4}, n_price_types=2000, request_log=True)
+    regions = {int(key): 1 for key in MARKET_ORDERS.partitioning.keys} | {int(FORGE): 4}
+    sandbox = EsiSandbox(regions=regions, n_price_types=2000, request_log=True)
     with serve_in_thread(sandbox) as url, dg.instance_for_test() as instance:
         yield sandbox, url, PostgresWarehouse(database_url=database_url), instance
 
@@ -51,30 +54,33 @@ def test_expiry_sensor_launches_after_expires_and_never_before(env, monkeypatch:
     job = build_sync_job(MARKET_ORDERS, ORDERS)
     sensor = build_expiry_sensor({MARKET_ORDERS.key: (MARKET_ORDERS, ORDERS, job)})
     repository = dg.Definitions(assets=[ORDERS], jobs=[job], sensors=[sensor], resources=resources(url, warehouse)).get_repository_def()
-    dg.materialize([ORDERS], partition_key=FORGE, resources=resources(url, warehouse), instance=instance)
-    expires = warehouse.read_validators(MARKET_ORDERS, FORGE).expires_at
-    first_sync_requests = sandbox.counters()["orders"]["requests"]
 
     def tick():
         with dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse, "esi": EsiResource(base_url=url)},
                                      repository_def=repository) as context:
             return sensor.evaluate_tick(context)
 
-    before = tick()
-    assert before.run_requests == [] and before.skip_message == "nothing expired"
+    first = tick()  # a fresh deployment: every region is launched at once, once
+    assert sorted(r.partition_key for r in first.run_requests) == sorted(MARKET_ORDERS.partitioning.keys)
+    assert all(r.tags["sync_assets/trigger"] == "new_partition" for r in first.run_requests)
+    for region in [*sorted(set(MARKET_ORDERS.partitioning.keys) - {FORGE}), FORGE]:  # as their runs would
+        dg.materialize([ORDERS], partition_key=region, resources=resources(url, warehouse), instance=instance)
+    expires = warehouse.read_validators(MARKET_ORDERS, FORGE).expires_at
+    assert FORGE not in {r.partition_key for r in tick().run_requests}  # synced, its cache still valid
+    first_sync_requests = sandbox.counters()["orders"]["requests"]
     while datetime.now(timezone.utc).timestamp() < expires.timestamp() + 1.2:
         time.sleep(0.2)
-    [request] = tick().run_requests
-    assert request.partition_key == FORGE and request.job_name == "sync_esi_market_orders"
+    [request] = [r for r in tick().run_requests if r.partition_key == FORGE]
+    assert request.job_name == "sync_esi_market_orders" and request.tags["sync_assets/slot"] == f"esi.market_orders[{FORGE}]"
     assert sandbox.counters()["orders"]["requests"] == first_sync_requests  # nothing asked before Expires
     sandbox.refresh("orders", int(FORGE))
     result = dg.materialize([ORDERS], partition_key=FORGE, resources=resources(url, warehouse), instance=instance,
                             tags=request.tags)
     assert result.success
-    later = [e["time"] for e in sandbox.request_log() if e["route"] == "orders"][first_sync_requests:]
+    later = [e["time"] for e in sandbox.request_log() if e["route"] == "orders"][first_sync_requests:]  # Forge's only
     assert later and min(later) >= expires.timestamp()
     assert warehouse.read_table(MARKET_ORDERS, [FORGE])["order_id"].tolist() == sorted(sandbox.orders_snapshot(int(FORGE))["order_id"])
-    assert tick().run_requests == []  # the new Expires is in the future again
+    assert FORGE not in {r.partition_key for r in tick().run_requests}  # the new Expires is in the future again
 
 
 def test_failed_sync_is_recorded_with_its_class_and_marks_the_check_red(env) -> None:

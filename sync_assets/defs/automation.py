@@ -1,56 +1,151 @@
-"""Schedules derived from dataset cadences, each guarded against overlapping runs."""
+"""Sync jobs, the tags of their runs, and the schedules that are the floor under the expiry sensor.
+
+- One run per (dataset, partition) at a time, from every launcher: each sync run carries
+  `sync_assets/slot` = "<dataset>[<partition>]" and dagster.yaml limits every value of that tag to
+  one run (`concurrency.runs.tag_concurrency_limits`, `applyLimitPerUniqueValue`). A second launch
+  queues behind the first; launches of other datasets or partitions are not held up.
+- One process per run (`in_process_executor`): killing the run process kills the sync with it, so a
+  failed run cannot go on writing.
+- A maximum run time (`dagster/max_runtime`, enforced by run monitoring) from the dataset's cadence.
+- One refresh per cache period: the expiry sensor refreshes a partition when its stored `Expires`
+  passes and syncs new partitions at once; a schedule tick launches only what that left behind.
+"""
 
 from __future__ import annotations
 
+import os
+from datetime import datetime, timedelta
+from typing import Mapping, Protocol
+
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
-from .guards import active_runs, api_blocker, partition_keys
+from .guards import api_blocker, in_progress, last_success, partition_keys, stored_expiry
+from .settings import SettingError, variable
+
+SLOT_TAG = "sync_assets/slot"
+DATASET_TAG = "sync_assets/dataset"
+TRIGGER_TAG = "sync_assets/trigger"
+MAX_RUNTIME_TAG = "dagster/max_runtime"  # read by Dagster's run monitoring (dagster.yaml run_monitoring)
+MAX_RUNTIME_ENV = "SYNC_ASSETS_MAX_RUNTIME_S"
+
+
+class SyncJob(Protocol):
+    """What `define_asset_job` returns (its class is not exported by dagster)."""
+
+    name: str
+
 
 def job_name(dataset: Dataset) -> str:
     return f"sync_{dataset.api}_{dataset.name}"
 
 
-def build_sync_job(dataset: Dataset, asset: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition:
-    return dg.define_asset_job(job_name(dataset), selection=dg.AssetSelection.assets(asset), description=f"Sync {dataset.key}")
+def slot(dataset: Dataset, partition_key: str | None) -> str:
+    return f"{dataset.key}[{partition_key}]" if partition_key else dataset.key
 
 
-def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+def max_runtime_s(dataset: Dataset, env: Mapping[str, str] | None = None) -> int:
+    """Two cache periods, at least 30 minutes (a first sync of a big partition is slow); override per
+    dataset with SYNC_ASSETS_MAX_RUNTIME__<API>__<DATASET> or for all with SYNC_ASSETS_MAX_RUNTIME_S."""
+    env = os.environ if env is None else env
+    for name in (variable("MAX_RUNTIME", dataset), MAX_RUNTIME_ENV):
+        if raw := env.get(name, "").strip():
+            if not raw.isdigit() or int(raw) < 60:
+                raise SettingError(f"{name}={raw!r}: expected whole seconds, at least 60")
+            return int(raw)
+    return max(1800, 2 * dataset.cache_seconds)
+
+
+def run_tags(dataset: Dataset, partition_key: str | None, trigger: str | None = None) -> dict[str, str]:
+    """Tags of a sync run of one dataset partition (also set by the job itself for UI launches)."""
+    tags = {DATASET_TAG: dataset.key, SLOT_TAG: slot(dataset, partition_key), MAX_RUNTIME_TAG: str(max_runtime_s(dataset))}
+    return tags | ({TRIGGER_TAG: trigger} if trigger else {})
+
+
+def build_sync_job(dataset: Dataset, asset: dg.AssetsDefinition) -> SyncJob:
+    """The dataset's job. Its tags reach every run of it (schedule, sensor, launchpad, job backfill);
+    the partition's slot comes from the job's partitioned config, which Dagster asks for the tags
+    of every partition it launches."""
+    partitions = asset.partitions_def
+    config = None
+    if partitions is not None:
+        config = dg.PartitionedConfig(
+            partitions_def=partitions,
+            run_config_for_partition_key_fn=lambda _key: {},
+            tags_for_partition_key_fn=lambda key: {SLOT_TAG: slot(dataset, key)},
+        )
+    tags = run_tags(dataset, None)
+    if partitions is not None:
+        del tags[SLOT_TAG]  # per partition, above
+    return dg.define_asset_job(
+        job_name(dataset),
+        selection=dg.AssetSelection.assets(asset),
+        config=config,
+        tags=tags,
+        executor_def=dg.in_process_executor,
+        description=f"Sync {dataset.key}",
+    )
+
+
+def overdue_after(dataset: Dataset) -> timedelta:
+    """How long past its stored Expires a partition may stay before a schedule tick relaunches it:
+    one cache period, in which the expiry sensor's launch should have refreshed it."""
+    return timedelta(seconds=dataset.cache_seconds)
+
+
+def due_partitions(
+    dataset: Dataset, asset_key: dg.AssetKey, instance: dg.DagsterInstance, warehouse: PostgresWarehouse, at: datetime
+) -> tuple[list[str | None], list[str]]:
+    """(partitions a schedule tick launches, notes on the others). Due: never materialized, no stored
+    Expires (datasets without validators: the schedule is their cadence), or Expires passed more
+    than `overdue_after` ago (the sensor's refresh failed or never came). Not due: a run of it is
+    still queued or running."""
+    keys = partition_keys(dataset, instance)
+    synced = last_success(instance, asset_key, dataset.partitioning is not None)
+    expiry = stored_expiry(warehouse, dataset)
+    due, notes = [], []
+    for key in keys:
+        label = key or dataset.key
+        run_id = in_progress(instance, asset_key, key)
+        if run_id:
+            notes.append(f"{label}: run {run_id[:8]} still queued or running")
+        elif key in synced and key in expiry and expiry[key] + overdue_after(dataset) > at:
+            notes.append(f"{label}: refreshed by the expiry sensor (Expires {expiry[key]:%H:%M:%S} UTC)")
+        else:
+            due.append(key)
+    return due, notes
+
+
+def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: SyncJob) -> dg.ScheduleDefinition:
     asset_key = asset.key
 
     @dg.schedule(
         name=f"{job_name(dataset)}_schedule",
-        job=job,
+        job_name=job.name,
         cron_schedule=dataset.schedule_cron,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         required_resource_keys={"warehouse", dataset.api},
-        description=f"Refresh {dataset.key} at its API cache cadence ({dataset.cache_seconds} s); "
-        "skips busy partitions, API downtime (clock and /status) and an open circuit.",
+        description=f"Floor under the expiry sensor for {dataset.key} ({dataset.cache_seconds} s cache): launches "
+        "partitions never synced, without stored Expires, or a cache period past Expires; skips API downtime "
+        "(clock and /status) and an open circuit.",
     )
     def schedule(context: dg.ScheduleEvaluationContext):
-        tick = context.scheduled_execution_time.isoformat()
+        at = context.scheduled_execution_time
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
-        api = getattr(context.resources, dataset.api)
-        blocker = api_blocker(dataset.api, context.scheduled_execution_time, warehouse, api.server_status)
+        blocker = api_blocker(dataset.api, at, warehouse, getattr(context.resources, dataset.api).server_status)
         if blocker:
             return dg.SkipReason(f"{dataset.key}: {blocker}")
-        requests, busy = [], []
-        for key in partition_keys(dataset, context.instance):
-            running = active_runs(context.instance, asset_key, key)
-            if running:
-                busy.append(f"{key or dataset.key} (run {running[0][:8]} still active)")
-                continue
-            run_key = f"{tick}:{key}" if key else tick
-            requests.append(dg.RunRequest(run_key=run_key, partition_key=key, tags={"sync_assets/dataset": dataset.key}))
-        if busy:
-            context.log.info("skipped: " + "; ".join(busy))
-        if not requests:
-            return dg.SkipReason(
-                "still running from an earlier launch: " + "; ".join(busy) if busy else "no partitions yet (no corporation token)"
-            )
-        return requests
+        due, notes = due_partitions(dataset, asset_key, context.instance, warehouse, at)
+        if notes:
+            context.log.info("not launched: " + "; ".join(notes))
+        if not due:
+            return dg.SkipReason("; ".join(notes) if notes else "no partitions yet (no corporation token)")
+        tick = at.isoformat()
+        return [
+            dg.RunRequest(run_key=f"{tick}:{key}" if key else tick, partition_key=key, tags=run_tags(dataset, key, "schedule"))
+            for key in due
+        ]
 
     return schedule

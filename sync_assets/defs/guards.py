@@ -1,24 +1,23 @@
-"""Why scheduled work should not start now: API downtime, an open circuit, a run still active."""
+"""What the automation reads before it launches: API downtime and circuits, and where each dataset
+partition stands (Dagster's own per-partition records, the stored `Expires`).
+
+Nothing here decides that a partition runs only once at a time: Dagster's run queue does, with the
+`sync_assets/slot` tag limit in dagster.yaml. `in_progress` only avoids queuing a launch that would
+wait behind a run of the same partition and then find nothing to do.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Callable
+from datetime import datetime, timezone
+from typing import Callable, Mapping
 
 import dagster as dg
-from dagster import DagsterRunStatus
+from sqlalchemy import text
 
-from ..fetch.budget import PostgresBudget
 from ..apis import DOWNTIMES
 from ..core.datasets import Dataset
-from ..warehouse import PostgresWarehouse
-
-ACTIVE_STATUSES = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
+from ..fetch.budget import PostgresBudget
+from ..warehouse import SYNC_STATE, PostgresWarehouse
 
 
 def api_blocker(api: str, at: datetime, warehouse: PostgresWarehouse, status: Callable[[], str | None] | None = None) -> str | None:
@@ -33,17 +32,51 @@ def api_blocker(api: str, at: datetime, warehouse: PostgresWarehouse, status: Ca
     return status() if status else None
 
 
-def active_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str | None) -> list[str]:
-    """Ids of queued or running runs that materialize `asset_key` (that partition), from any
-    launcher: a schedule, a sensor or the UI."""
-    tags = {"dagster/partition": partition_key} if partition_key else None
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES, tags=tags))
-    return [run.run_id for run in runs if run.asset_selection is None or asset_key in run.asset_selection]
-
-
 def partition_keys(dataset: Dataset, instance: dg.DagsterInstance) -> list[str | None]:
     if dataset.partitioning is None:
         return [None]
     if dataset.partitioning.dynamic:
         return list(instance.get_dynamic_partitions(dataset.partitioning.dynamic))
     return list(dataset.partitioning.keys)
+
+
+def in_progress(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str | None) -> str | None:
+    """Id of an unfinished run that plans to materialize this asset partition, or None. Dagster
+    records the plan per asset partition when any launcher creates a run (what
+    `AutomationCondition.in_progress()` reads), so a run with no asset selection counts only for
+    the assets it really materializes."""
+    planned = instance.get_latest_planned_materialization_info(asset_key, partition_key)
+    if planned is None:
+        return None
+    run = instance.get_run_by_id(planned.run_id)
+    return run.run_id if run is not None and not run.is_finished else None
+
+
+def last_success(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitioned: bool) -> dict[str | None, datetime]:
+    """When each partition (None: the unpartitioned asset) last materialized, from Dagster's event
+    log: two queries per asset, whatever the number of partitions."""
+    if not partitioned:
+        event = instance.get_latest_materialization_event(asset_key)
+        return {None: datetime.fromtimestamp(event.timestamp, timezone.utc)} if event else {}
+    storage_ids = instance.get_latest_storage_id_by_partition(asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    if not storage_ids:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(storage_ids.values())), limit=len(storage_ids)
+    ).records
+    return {r.partition_key: datetime.fromtimestamp(r.timestamp, timezone.utc) for r in records}
+
+
+def stored_expiry(warehouse: PostgresWarehouse, dataset: Dataset) -> Mapping[str | None, datetime]:
+    """The earliest stored `Expires` of each partition of `dataset` (a sliced dataset keeps one state
+    row per slice, "<partition>/division=3"). Datasets that keep no validators (immutable items)
+    have none."""
+    with warehouse.engine().connect() as conn:
+        if not conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": SYNC_STATE}).scalar_one():
+            return {}
+        rows = conn.execute(
+            text(f"SELECT split_part(partition_key, '/', 1) AS p, min(expires_at) AS e FROM {SYNC_STATE} "
+                 "WHERE dataset = :d AND expires_at IS NOT NULL GROUP BY 1"),
+            {"d": dataset.key},
+        ).all()
+    return {(r.p or None): r.e for r in rows}

@@ -1,4 +1,5 @@
-"""Sensors: corporations appear as partitions when a token for them is stored."""
+"""Sensors: corporations appear as partitions when a token for them is stored; expired caches and new
+partitions are launched. (The run-failure sensor is in failures.py.)"""
 
 
 import os
@@ -7,14 +8,13 @@ from datetime import datetime, timezone
 from typing import Mapping
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ..apis.esi.sso import tokens
-from ..core.catalog import DATASETS_BY_KEY
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
-from .failures import classify, redact
-from .guards import active_runs, api_blocker
+from .automation import SyncJob, run_tags, slot
+from .failures import build_failure_sensor  # noqa: F401  (moved to failures.py; still importable from here)
+from .guards import api_blocker, in_progress, last_success, partition_keys
 
 
 def build_corporation_sensor(partitions_name: str) -> dg.SensorDefinition:
@@ -52,9 +52,11 @@ def build_corporation_sensor(partitions_name: str) -> dg.SensorDefinition:
 EXPIRY_MARGIN_ENV = "SYNC_ASSETS_EXPIRY_MARGIN_S"
 
 
-def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition, UnresolvedAssetJobDefinition]]) -> dg.SensorDefinition:
-    """Launch a dataset partition once ESI's cache for it has expired (plus a margin): as fresh as
-    the API allows, and never a request before the API would answer differently."""
+def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition, SyncJob]]) -> dg.SensorDefinition:
+    """Launch a dataset partition once the API's cache for it has expired (plus a margin): as fresh
+    as the API allows, never a request before the API would answer differently, one launch per
+    Expires (the run key). Partitions never synced (a corporation just connected, a new region, a
+    fresh deployment) are launched at once, once; a schedule tick retries what failed."""
     margin_s = float(os.environ.get(EXPIRY_MARGIN_ENV) or 15)
 
     @dg.sensor(
@@ -63,94 +65,44 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         required_resource_keys={"warehouse", "esi"},
-        description=f"Refreshes a dataset partition {margin_s:.0f}s after its stored Expires; skips downtime, open circuits "
-        "and partitions still running.",
+        description=f"Refreshes a dataset partition {margin_s:.0f}s after its stored Expires and syncs new partitions at "
+        "once; skips downtime, open circuits and partitions with a run still queued or running.",
     )
     def expiry_sensor(context: dg.SensorEvaluationContext):
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
+        instance = context.instance
         now = datetime.now(timezone.utc)
-        requests, notes, blockers = [], [], {}
+        known = {key: set(partition_keys(dataset, instance)) for key, (dataset, _, _) in entries.items()}
+        candidates: list[tuple[str, str | None, str]] = []  # (dataset, partition, why: the run key's tail)
         for dataset_key, partition, expires_at in warehouse.expired_partitions(margin_s):
-            if dataset_key not in entries:
+            if (partition or None) in known.get(dataset_key, ()):  # a removed region or corporation is not launched
+                candidates.append((dataset_key, partition or None, f"expires {expires_at.isoformat()}"))
+        for dataset_key, (dataset, asset, _) in entries.items():
+            synced = last_success(instance, asset.key, dataset.partitioning is not None)
+            candidates += [(dataset_key, key, "first sync") for key in sorted(known[dataset_key], key=str) if key not in synced]
+        requests, notes, blockers, seen = [], [], {}, set()
+        for dataset_key, key, why in candidates:
+            if (dataset_key, key) in seen:  # expired and never materialized (Dagster's storage was reset): once
                 continue
+            seen.add((dataset_key, key))
             dataset, asset, job = entries[dataset_key]
+            label = slot(dataset, key)
             if dataset.api not in blockers:
                 blockers[dataset.api] = api_blocker(dataset.api, now, warehouse, getattr(context.resources, dataset.api).server_status)
             if blockers[dataset.api]:
-                notes.append(f"{dataset_key}[{partition}]: {blockers[dataset.api]}")
+                notes.append(f"{label}: {blockers[dataset.api]}")
                 continue
-            key = partition or None
-            running = active_runs(context.instance, asset.key, key)
-            if running:
-                notes.append(f"{dataset_key}[{partition}]: run {running[0][:8]} still active")
+            run_id = in_progress(instance, asset.key, key)
+            if run_id:
+                notes.append(f"{label}: run {run_id[:8]} still queued or running")
                 continue
-            requests.append(
-                dg.RunRequest(
-                    job_name=job.name,
-                    partition_key=key,
-                    run_key=f"{dataset_key}:{partition}:{expires_at.isoformat()}",  # one launch per expiry
-                    tags={"sync_assets/dataset": dataset_key, "sync_assets/trigger": "expiry"},
-                )
-            )
+            trigger = "new_partition" if why == "first sync" else "expiry"
+            requests.append(dg.RunRequest(job_name=job.name, partition_key=key, run_key=f"{label}:{why}",
+                                          tags=run_tags(dataset, key, trigger)))
         if notes:
             context.log.info("not launched: " + "; ".join(notes))
         if requests:
             return requests
-        return dg.SkipReason("nothing expired" if not notes else "; ".join(notes))
+        return dg.SkipReason("nothing expired, no new partition" if not notes else "; ".join(notes))
 
     return expiry_sensor
-
-
-LAST_SYNC_CHECK = "last_sync"
-
-
-def build_failure_sensor() -> dg.SensorDefinition:
-    @dg.run_failure_sensor(
-        name="sync_failure_sensor",
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Records every failed sync (dataset, partition, class, reason) and marks the asset's "
-        f"`{LAST_SYNC_CHECK}` check failed, so the UI shows why a dataset is red.",
-    )
-    def sync_failure_sensor(context: dg.RunFailureSensorContext, warehouse: PostgresWarehouse):
-        run = context.dagster_run
-        message = redact(_failure_text(context))
-        failure_class = classify(message)
-        partition = run.tags.get("dagster/partition")
-        for key in sorted(_run_assets(context), key=lambda k: k.to_user_string()):
-            dataset_key = ".".join(key.path)
-            if dataset_key not in DATASETS_BY_KEY:
-                continue
-            warehouse.record_failure(dataset_key, partition, run.run_id, failure_class, message)
-            context.instance.report_runless_asset_event(
-                dg.AssetCheckEvaluation(
-                    asset_key=key,
-                    check_name=LAST_SYNC_CHECK,
-                    passed=False,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    description=f"{failure_class}: {message[:500]}",
-                    metadata={"failure_class": failure_class, "partition": partition or "", "run_id": run.run_id,
-                              "reason": message[:2000]},
-                )
-            )
-        context.log.info(f"run {run.run_id[:8]} failed ({failure_class})")
-
-    return sync_failure_sensor
-
-
-def _run_assets(context: dg.RunFailureSensorContext) -> set[dg.AssetKey]:
-    """The assets the failed run was to materialize (its selection, or its planned materializations)."""
-    run = context.dagster_run
-    if run.asset_selection:
-        return set(run.asset_selection)
-    planned = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
-    return {entry.dagster_event.event_specific_data.asset_key for entry in planned if entry.dagster_event}
-
-
-def _failure_text(context: dg.RunFailureSensorContext) -> str:
-    texts = [context.failure_event.message or ""]
-    for event in context.get_step_failure_events():
-        error = event.step_failure_data.error
-        while error is not None:
-            texts.append(error.message.strip())
-            error = error.cause
-    return "\n".join(t for t in texts if t)

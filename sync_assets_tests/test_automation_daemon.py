@@ -1,0 +1,261 @@
+"""The automation under a real `dagster dev` (webserver + daemon: sensors, schedules, the run queue,
+run monitoring) on the project's dagster.yaml with Postgres storage, against the ESI sandbox.
+
+Runs are launched as the daemon and the UI launch them: the expiry sensor's and the schedules' run
+requests (no asset selection) and GraphQL `launchRun` of a sync job with the partition's tags, as
+the launchpad sends them. Nothing here creates a run with an explicit asset selection."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from sync_assets.apis import DOWNTIMES
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
+
+from .conftest import create_database, drop_database
+
+ROOT = Path(__file__).resolve().parent.parent
+FORGE, DOMAIN = "10000002", "10000043"
+REGIONS = {10000002: 30, 10000043: 2, 10000032: 2, 10000030: 2, 10000042: 2}
+ORDERS_JOB = "sync_esi_market_orders"
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Deployment:
+    def __init__(self, url: str, data_url: str, sandbox: EsiSandbox, log: Path):
+        self.url, self.data_url, self.sandbox, self.log = url, data_url, sandbox, log
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body
+        return body["data"]
+
+    def launch(self, partition: str, run_config: dict | None = None) -> str:
+        """As the launchpad does: the partition's tags come from the job (its partitioned config)."""
+        tags = self.graphql(PARTITION_TAGS, {"partition": partition})
+        tags = tags["partitionSetOrError"]["partition"]["tagsOrError"]["results"]
+        params = {
+            "selector": {"repositoryLocationName": "sync_assets", "repositoryName": "__repository__", "jobName": ORDERS_JOB},
+            "mode": "default",
+            "runConfigData": run_config or {},
+            "executionMetadata": {"tags": [{"key": t["key"], "value": t["value"]} for t in tags]},
+        }
+        launched = self.graphql(LAUNCH, {"params": params})["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return launched["run"]["runId"]
+
+    def runs(self) -> list[dict]:
+        return self.graphql(RUNS)["runsOrError"]["results"]
+
+    def run(self, run_id: str) -> dict:
+        return self.graphql(RUN, {"id": run_id})["runOrError"]
+
+    def wait(self, condition, what: str, timeout_s: float = 300):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(1)
+        raise AssertionError(f"timed out waiting for {what}; log tail:\n{self.log.read_text()[-3000:]}")
+
+    def sql(self, query: str, **params) -> list:
+        engine = create_engine(self.data_url)
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(text(query), params).all())
+        finally:
+            engine.dispose()
+
+
+PARTITION_TAGS = """
+query($partition: String!) { partitionSetOrError(
+  repositorySelector: {repositoryLocationName: "sync_assets", repositoryName: "__repository__"},
+  partitionSetName: "sync_esi_market_orders_partition_set") {
+  ... on PartitionSet { partition(partitionName: $partition) { tagsOrError { ... on PartitionTags { results { key value } } } } } } }
+"""
+LAUNCH = """
+mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }
+"""
+RUN_FIELDS = "runId jobName status startTime endTime assetSelection { path } tags { key value }"
+RUNS = "{ runsOrError(limit: 500) { ... on Runs { results { " + RUN_FIELDS + " } } } }"
+RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { """ + RUN_FIELDS + """
+  eventConnection(afterCursor: null) { events { __typename ... on MessageEvent { message }
+    ... on MaterializationEvent { assetKey { path } } } } } } }"""
+
+
+def _tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["tags"]}
+
+
+@pytest.fixture(scope="module")
+def deployment(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    downtime = DOWNTIMES["esi"]
+    if downtime.contains(datetime.now(timezone.utc)):  # the automation rightly holds every launch then
+        pytest.skip("ESI's daily downtime window: the automation launches nothing until it ends")
+    home = tmp_path_factory.mktemp("daemon") / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    data_url, dagster_url = create_database(pg_server_url, "data"), create_database(pg_server_url, "dagster")
+    sandbox = EsiSandbox(regions=REGIONS, n_price_types=500, orders_per_page=200)
+    sandbox.configure(latency=3.0)  # runs long enough (each a few requests) that runs of different slots overlap
+    log = home.parent / "dagster.log"
+    with serve_in_thread(sandbox) as esi_url, open(log, "w") as out:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_ASSETS_", "DAGSTER_", "ESI_"))}
+        env.update(DAGSTER_HOME=str(home), DAGSTER_PG_URL=dagster_url, SYNC_ASSETS_DATABASE_URL=data_url,
+                   SYNC_ASSETS_ESI_URL=esi_url, SYNC_ASSETS_EXPIRY_MARGIN_S="1")
+        port = _free_port()
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(ROOT / "workspace.yaml"), "-p", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deployment = Deployment(f"http://127.0.0.1:{port}", data_url, sandbox, log)
+        try:
+            def up() -> bool:
+                assert process.poll() is None, log.read_text()[-4000:]
+                try:
+                    return httpx.get(f"{deployment.url}/server_info", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            deployment.wait(up, "the webserver", 240)
+            yield deployment
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    drop_database(pg_server_url, data_url)
+    drop_database(pg_server_url, dagster_url)
+
+
+def test_one_run_per_partition_at_a_time_and_partitions_side_by_side(deployment: Deployment) -> None:
+    # Two launches of each of two partitions at once, from the UI, on top of what the daemon launches
+    # by itself (the expiry sensor syncs every partition never synced at once).
+    mine = [deployment.launch(partition) for partition in (FORGE, FORGE, DOMAIN, DOMAIN)]
+
+    every_slot = {f"esi.market_orders[{key}]" for key in map(str, REGIONS)} | {"esi.market_prices"}
+
+    def settled() -> list[dict] | None:
+        runs = [r for r in deployment.runs() if r["jobName"].startswith("sync_")]
+        synced = {_tags(r).get("sync_assets/slot") for r in runs if r["status"] == "SUCCESS"}
+        done = all(r["status"] in FINISHED for r in runs) and {r["runId"] for r in runs} >= set(mine)
+        return runs if done and synced >= every_slot else None
+
+    runs = deployment.wait(settled, "every launched run to finish")
+    assert all(r["status"] == "SUCCESS" for r in runs), [(r["runId"], r["status"]) for r in runs]
+    by_slot: dict[str, list[dict]] = {}
+    for run in runs:
+        tags = _tags(run)
+        assert tags.get("sync_assets/slot"), run  # every launcher's run carries its slot
+        assert tags["dagster/max_runtime"].isdigit()
+        by_slot.setdefault(tags["sync_assets/slot"], []).append(run)
+    daemon_runs = [r for r in runs if "dagster/sensor_name" in _tags(r) or "dagster/schedule_name" in _tags(r)]
+    assert daemon_runs and all(r["assetSelection"] is None for r in daemon_runs)  # launched as the daemon does
+    # one dataset partition never runs twice at once: each run of a slot starts after the previous ended
+    for slot, slot_runs in by_slot.items():
+        slot_runs.sort(key=lambda r: r["startTime"])
+        for before, after in zip(slot_runs, slot_runs[1:]):
+            assert after["startTime"] >= before["endTime"], (slot, before["runId"], after["runId"])
+    assert len(by_slot[f"esi.market_orders[{FORGE}]"]) >= 2 and len(by_slot[f"esi.market_orders[{DOMAIN}]"]) >= 2
+    # ... while different partitions and datasets did run at the same time
+    intervals = [(r["startTime"], r["endTime"], slot) for slot, rs in by_slot.items() for r in rs]
+    overlapping = {
+        frozenset((a[2], b[2])) for a in intervals for b in intervals if a[2] != b[2] and a[0] < b[1] and b[0] < a[1]
+    }
+    assert overlapping, intervals
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_killed_run_writes_nothing_afterwards_and_the_next_launch_converges(deployment: Deployment) -> None:
+    forge_slot = f"esi.market_orders[{FORGE}]"
+    deployment.wait(lambda: any(_tags(r).get("sync_assets/slot") == forge_slot and r["status"] == "SUCCESS"
+                                for r in deployment.runs()), "Forge's first sync")
+    table = "SELECT md5(string_agg(order_id::text || ':' || price::text || ':' || volume_remain::text, ',' ORDER BY order_id)) " \
+            "FROM esi.market_orders WHERE region_id = :r"
+    state = "SELECT s::text FROM sync_assets.sync_state s " \
+            "WHERE dataset = 'esi.market_orders' AND partition_key LIKE :p ORDER BY partition_key"  # validators, whole rows
+    before_table, before_state = deployment.sql(table, r=int(FORGE)), deployment.sql(state, p=f"{FORGE}%")
+    assert before_state and before_table[0][0]
+    deployment.sandbox.refresh("orders", int(FORGE))  # a new snapshot: a finished walk would change the table
+    deployment.sandbox.configure(latency=2.0)  # a slow walk (about 10 s), to kill it in the middle
+    full_refresh = {"ops": {"esi__market_orders": {"config": {"full_refresh": True}}}}
+    run_id = deployment.launch(FORGE, full_refresh)
+
+    def run_pid() -> int | None:
+        """The run's process id, once its walk has logged progress (and not its end)."""
+        messages = [e.get("message") or "" for e in deployment.run(run_id)["eventConnection"]["events"]]
+        progress = [m for m in messages if re.search(r": page \d+/\d+ \(", m)]
+        if not progress or re.search(r"page (\d+)/\1 ", progress[-1]):
+            return None
+        pid = [int(m.group(1)) for m in map(re.compile(r"Started process for run \(pid: (\d+)\)").search, messages) if m]
+        return pid[0] if pid else None
+
+    pid = deployment.wait(run_pid, "the run's walk to start")
+    family = {pid} | _descendants(pid)
+    os.kill(pid, signal.SIGKILL)
+    killed = deployment.wait(lambda: (r := deployment.run(run_id))["status"] in FINISHED and r, "the run to end")
+    assert killed["status"] == "FAILURE"
+    # no process of the run is left to write anything later (the multiprocess executor left its step running)
+    deployment.wait(lambda: not any(_alive(p) for p in family), "every process of the killed run to be gone", 60)
+    assert not [e for e in killed["eventConnection"]["events"] if e["__typename"] == "MaterializationEvent"]
+    assert deployment.sql(table, r=int(FORGE)) == before_table
+    assert deployment.sql(state, p=f"{FORGE}%") == before_state
+    # the next launch converges to the API's snapshot
+    deployment.sandbox.configure(latency=0.0)
+    again = deployment.launch(FORGE, full_refresh)
+    assert deployment.wait(lambda: (r := deployment.run(again))["status"] in FINISHED and r, "the next run")["status"] == "SUCCESS"
+    stored = [row[0] for row in deployment.sql("SELECT order_id FROM esi.market_orders WHERE region_id = :r ORDER BY 1", r=int(FORGE))]
+    assert stored == sorted(deployment.sandbox.orders_snapshot(int(FORGE))["order_id"].tolist())
+    assert deployment.sql(table, r=int(FORGE)) != before_table
