@@ -65,7 +65,7 @@ SALES = Dataset(
     paginator=PageNumbers(count_header=None, count_path="meta.last_page", records_path="data", size_param="per_page", size=10),
     windows=TimeWindows(Granularity.MONTH, date(2026, 1, 1), "from", "to", column=Column("sold_at", T),
                         timezone="Europe/Dublin", format="%m/%d/%Y", end_inclusive=True),
-    columns=(Column("sale_id", I), Column("sold_at", T), Column("amount", F)),
+    columns=(Column("sale_id", I), Column("sold_at", T), Column("amount", ColumnType.DECIMAL)),  # money sent as "12.50"
     primary_key=("sale_id",),
     write_mode=WriteMode.MIRROR,
     cache_seconds=3600,
@@ -86,7 +86,7 @@ class WidgetsServer:
             2: [self.widget(i) for i in range(101, 131)],  # 2 pages
         }
         # 25 sales a month from September to November 2026, at noon Dublin time
-        self.sales = [{"sale_id": m * 100 + d, "sold_at": f"2026-{m:02d}-{d:02d}T12:00:00+01:00", "amount": d + 0.5}
+        self.sales = [{"sale_id": m * 100 + d, "sold_at": f"2026-{m:02d}-{d:02d}T12:00:00+01:00", "amount": f"{d}.50"}
                       for m in (9, 10, 11) for d in range(1, 26)]
         self.requests: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
@@ -211,5 +211,7 @@ def test_a_monthly_dataset_asks_each_month_and_mirrors_it_alone(widgets_api, dat
     with engine.connect() as conn:
         by_month = dict(conn.execute(text(
             "SELECT to_char(sold_at AT TIME ZONE 'Europe/Dublin', 'YYYY-MM'), count(*) FROM widgets.sales GROUP BY 1")).all())
+        total = conn.execute(text("SELECT sum(amount)::text FROM widgets.sales WHERE sold_at < '2026-11-01'")).scalar()
     engine.dispose()
     assert by_month == {"2026-10": 24, "2026-11": 25}  # October mirrored, November untouched, September never asked
+    assert total == str(sum(d + 0.5 for d in range(1, 26)) - 3.5) + "0"  # exact NUMERIC from "12.50"-style strings

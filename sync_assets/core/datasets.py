@@ -36,6 +36,7 @@ class ColumnType(str, Enum):
     TIMESTAMP = "timestamp"
     DATE = "date"
     JSON = "json"  # nested payload kept whole (e.g. killmail attackers); JSON text in frames
+    DECIMAL = "decimal"  # money: exact (NUMERIC); APIs send it as a number or a string; decimal text in frames
 
 
 # Nullable (optional) columns use pandas' masked dtypes; required ones plain numpy dtypes.
@@ -48,6 +49,7 @@ PANDAS_DTYPES: Mapping[ColumnType, str] = {
     ColumnType.TIMESTAMP: "datetime64[us, UTC]",
     ColumnType.DATE: "datetime64[us]",
     ColumnType.JSON: "string",
+    ColumnType.DECIMAL: "string",
 }
 
 POSTGRES_TYPES: Mapping[ColumnType, str] = {
@@ -58,6 +60,7 @@ POSTGRES_TYPES: Mapping[ColumnType, str] = {
     ColumnType.TIMESTAMP: "timestamp with time zone",
     ColumnType.DATE: "date",
     ColumnType.JSON: "jsonb",
+    ColumnType.DECIMAL: "numeric",
 }
 
 

@@ -32,6 +32,7 @@ _PYTHON_TYPES: dict[ColumnType, tuple[type, ...]] = {
     ColumnType.TIMESTAMP: (str,),
     ColumnType.DATE: (str,),
     ColumnType.JSON: (dict, list, str, int, float, bool),
+    ColumnType.DECIMAL: (str, int, float),
 }
 # The exact types of a column that needs no value-by-value walk (JSON parsers make exactly these).
 # A JSON boolean is refused outside boolean columns (numpy would make True a 1), JSON columns included.
@@ -43,7 +44,9 @@ _EXACT: dict[ColumnType, frozenset[type]] = {
     ColumnType.TIMESTAMP: frozenset({str}),
     ColumnType.DATE: frozenset({str}),
     ColumnType.JSON: frozenset({dict, list, str, int, float}),
+    ColumnType.DECIMAL: frozenset({str, int, float}),
 }
+_DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _ARROW_TIMESTAMP = pa.timestamp("us", tz="UTC")
 _TIMESTAMP_DTYPE = pd.DatetimeTZDtype("us", "UTC")
 _NAT = np.iinfo(np.int64).min  # NaT as int64
@@ -111,6 +114,8 @@ def _convert(values: Sequence[Any], column: Column, nulls: bool, where: str) -> 
         return _parse_times(values, column, where)
     if kind is ColumnType.JSON:
         return _json_texts(values, column, where)
+    if kind is ColumnType.DECIMAL:
+        return _decimal_texts(values, column, where)
     raise _Foreign
 
 
@@ -124,6 +129,8 @@ def _slow_column(values: Sequence[Any], column: Column, where: str) -> Any:
             return _parse_times(values, column, where)
         if column.type is ColumnType.JSON:
             return _json_texts(values, column, where)
+        if column.type is ColumnType.DECIMAL:
+            return _decimal_texts(values, column, where)
         values = list(values)
         if column.type is ColumnType.INT64 and None not in values:
             return np.array([int(v) for v in values], dtype=np.int64)
@@ -183,6 +190,22 @@ def _json_texts(values: Sequence[Any], column: Column, where: str) -> Any:
     texts = [None if v is None else orjson.dumps(v).decode() for v in values]
     if any(t is not None and "\\u0000" in t and _JSON_NUL.search(t) for t in texts):
         raise MalformedPayload(f"{where}: field {column.name!r} holds a NUL character")
+    return pd.array(texts, dtype=column.pandas_dtype)
+
+
+def _decimal_texts(values: Sequence[Any], column: Column, where: str) -> Any:
+    """Amounts as exact decimal text (numeric in Postgres): a JSON number as written (its shortest
+    repr), or a string holding a number ("12.50"); anything else is refused, never guessed."""
+    texts = []
+    for value in values:
+        if value is None:
+            texts.append(None)
+        elif type(value) is str and _DECIMAL.fullmatch(value.strip()):
+            texts.append(value.strip())
+        elif type(value) in (int, float) and value == value and value not in (float("inf"), float("-inf")):
+            texts.append(repr(value))
+        else:
+            raise MalformedPayload(f"{where}: field {column.name!r} is not decimal: {type(value).__name__} value {value!r:.40}")
     return pd.array(texts, dtype=column.pandas_dtype)
 
 

@@ -23,6 +23,10 @@ from .writer import WriteResult, read_validators, write_snapshot
 _ready: set[tuple[str, str]] = set()  # (url, dataset key) whose DDL ran in this process
 
 
+# read back as text, the shape frames carry them in: JSONB as JSON text, NUMERIC as exact decimal text
+TEXT_READ = frozenset({ColumnType.JSON, ColumnType.DECIMAL})
+
+
 class PostgresWarehouse(dg.ConfigurableResource):
     """Postgres holding the synced tables and their sync state (env SYNC_ASSETS_DATABASE_URL)."""
 
@@ -105,8 +109,7 @@ class PostgresWarehouse(dg.ConfigurableResource):
 
     def read_table(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> pd.DataFrame:
         self.ensure_dataset(dataset)
-        # JSONB comes back as JSON text, the same shape the frames carry it in
-        cols = ", ".join(f"{qi(c.name)}::text AS {qi(c.name)}" if c.type is ColumnType.JSON else qi(c.name) for c in dataset.table_columns)
+        cols = ", ".join(f"{qi(c.name)}::text AS {qi(c.name)}" if c.type in TEXT_READ else qi(c.name) for c in dataset.table_columns)
         where, params = partition_filter(dataset, partition_keys)
         sql = f"SELECT {cols} FROM {table_name(dataset)}{where}"
         sql += " ORDER BY " + ", ".join(qi(k) for k in dataset.primary_key)
