@@ -74,3 +74,23 @@ def test_columns_come_from_the_spec_and_required_matches(spec: dict, dataset: Da
         top = (column.source or column.name).split(".")[0]
         if "." not in (column.source or "") and top in item.get("properties", {}):
             assert column.required == (top in required), f"{dataset.key}.{column.name}: required flag differs from the spec"
+
+
+def test_declared_rate_limits_are_the_specs_x_rate_limit_groups(spec: dict) -> None:
+    from sync_assets.apis.esi.spec import ESI, RATE_LIMIT_GROUPS, WINDOW_15M
+
+    groups = {}
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            limit = operation.get("x-rate-limit") if isinstance(operation, dict) else None
+            if limit:
+                assert limit["window-size"] == "15m"
+                groups[limit["group"]] = limit["max-tokens"]
+    assert RATE_LIMIT_GROUPS == groups
+    assert all(ESI.limits[g].capacity == n and ESI.limits[g].window_s == WINDOW_15M for g, n in groups.items())
+
+
+@pytest.mark.parametrize("dataset", ESI_DATASETS, ids=lambda d: d.key)
+def test_each_dataset_spends_its_routes_rate_limit_group(spec: dict, dataset: Dataset) -> None:
+    limit = spec["paths"][dataset.route]["get"].get("x-rate-limit")
+    assert dataset.rate_limit_group == (limit["group"] if limit else None)
