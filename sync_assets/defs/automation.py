@@ -22,9 +22,9 @@ import dagster as dg
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
 from .guards import api_blocker, in_progress, last_success, partition_keys, stored_expiry
+from .run_queue import SLOT_TAG
 from .settings import SettingError, variable
 
-SLOT_TAG = "sync_assets/slot"
 DATASET_TAG = "sync_assets/dataset"
 TRIGGER_TAG = "sync_assets/trigger"
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # read by Dagster's run monitoring (dagster.yaml run_monitoring)
