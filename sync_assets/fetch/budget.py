@@ -4,15 +4,21 @@ With the multiprocess executor every step is a process, and with a Docker/K8s ru
 run is a machine: an in-memory limiter would only limit itself. So the budgets live in the data
 database, next to the sync state:
 
-- rate-limit buckets: ESI's sliding window per (group, character) or (group, public), sized from
-  the server's `X-Ratelimit-Limit`, charged before requests and corrected from `X-Ratelimit-Used`
-  / `X-Ratelimit-Remaining` (the server's word wins);
-- the error limit: ESI answers 420 to every route once `X-ESI-Error-Limit-Remain` reaches 0. Each
-  process holds a lease of *error slots* (requests it may have in flight); the leases of every
-  process together never exceed the errors left above the floor, so even if every request in
-  flight fails at once the limit is not exhausted;
-- latches: a 429's `Retry-After` blocks that bucket, a 420 (or the floor) blocks the API until
-  `X-ESI-Error-Limit-Reset`;
+- rate-limit buckets, one per (api, group, principal), of the kind the API declares
+  (`core/limits.py`): a *sliding window* (ESI groups, IRIS: tokens spent come back `window_s`
+  after the request; table `api_spend`) or a *token bucket with burst* (SP-API: GCRA, one row per
+  bucket holding its theoretical arrival time; table `api_token_buckets`). The declared limit is
+  the starting point; the API's header dialect (`fetch/limits.py`) corrects it (the server's word
+  wins), and headers that are absent change nothing. What a request costs comes from the policy's
+  declarative cost model (ESI: 2xx 2, 3xx 1, 4xx 5, 5xx 0; others one per request), charged before
+  the request and corrected by the status or the server's own figure;
+- the error limit, for APIs whose policy declares one (ESI answers 420 to every route once
+  `X-ESI-Error-Limit-Remain` reaches 0): each process holds a lease of *error slots* (requests it
+  may have in flight); the leases of every process together never exceed the errors left above
+  the floor, so even if every request in flight fails at once the limit is not exhausted;
+- latches: a 429 blocks its bucket for its `Retry-After`, or, without one (SP-API's QuotaExceeded),
+  for an exponential backoff that grows with consecutive bare 429s; a 420 (or the floor) blocks the
+  API until `X-ESI-Error-Limit-Reset`;
 - a circuit breaker per API: consecutive 5xx/timeouts open it for a cooldown.
 
 Requests must not each pay database round trips (a 300-page walk would spend more time in the
@@ -20,17 +26,22 @@ budget than on the wire), so each process works from small local advances that i
 transaction: a stash of bucket tokens (a few requests' worth, refunded if unused), a lease of
 error slots (renewed every ~20 s), and the list of active latches (re-read every half second,
 updated at once by what this process learns itself). Errors and 429s, being rare, are written
-through immediately.
+through immediately. A token bucket's advance is used only while the bucket, without it, would
+not be full again (give or take the safety margin): so requests admitted from a stash keep GCRA's
+bound (burst + rate x t) at the moment they are sent, not only when their tokens were charged.
 
-A small SQL sliding-window limiter rather than a library: the bucket must follow ESI's exact
-window semantics and be corrected by response headers in the same store, and pyrate-limiter's
-Postgres bucket needs psycopg 3 next to the psycopg2 that dagster-postgres requires.
+Own SQL rather than pyrate-limiter (v4.4, its `PostgresBucket`): that bucket needs psycopg 3 and
+psycopg_pool beside the psycopg2 that dagster-postgres requires; it is a sliding-window log only
+(one row per token; GCRA is "planned for v5"), so no token bucket with burst; it locks its table
+with NOWAIT and *refuses* under contention instead of waiting; and it has no way to correct a
+bucket from response headers, charge a cost known only after the response, refund an advance,
+latch on Retry-After or share an error budget. All of that is what this store is for.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import re
 import socket
 import threading
 import time
@@ -42,9 +53,9 @@ from typing import Callable, Mapping
 from sqlalchemy import Connection, Engine, text
 
 from ..core.errors import ApiError
+from ..core.limits import ESI_COSTS, CostModel, RateLimit, SlidingWindow, TokenBucket
 from .http import Log
-from .http import float_or_none as _float
-from .http import int_or_none as _int
+from .limits import EsiHeaders, HeaderDialect, Learned
 
 SCHEMA = "sync_assets"
 BUDGET_DDL = f"""
@@ -55,12 +66,21 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.api_limits (
     window_s   double precision NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE {SCHEMA}.api_limits ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'server';
 CREATE TABLE IF NOT EXISTS {SCHEMA}.api_spend (
     bucket text NOT NULL,
     at     timestamptz NOT NULL,
     cost   integer NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_spend_bucket_at ON {SCHEMA}.api_spend (bucket, at);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.api_token_buckets (
+    bucket     text PRIMARY KEY,
+    rate       double precision NOT NULL,
+    burst      integer NOT NULL,
+    tat        timestamptz NOT NULL,
+    source     text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS {SCHEMA}.api_latches (
     latch         text PRIMARY KEY,
     blocked_until timestamptz NOT NULL,
@@ -82,9 +102,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.api_error_slots (
 );
 """
 _DDL_LOCK = 7_349_002
-RESERVED_COST = 2  # what a 200 costs (ESI: 2xx 2, 3xx 1, 4xx 5, 5xx 0); corrected after the response
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*([smh])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600}
+_EPS = 1e-9
 
 
 class CircuitOpen(ApiError):
@@ -98,12 +116,15 @@ class BudgetExhausted(ApiError):
 @dataclass(frozen=True)
 class BudgetKey:
     api: str
-    group: str | None  # rate-limit group; None for routes under the error limit only
-    principal: str = "public"  # character id for authenticated routes
+    group: str | None  # rate-limit group; None (and nothing declared) for routes under the error limit only
+    principal: str = "public"  # whose bucket: a character id, a selling partner, an API key's user
+    declared: RateLimit | None = None  # the limit the API's spec declares; None: learned from headers only
 
     @property
     def bucket(self) -> str | None:
-        return f"{self.api}/{self.group}/{self.principal}" if self.group else None
+        if not self.group and self.declared is None:
+            return None
+        return f"{self.api}/{self.group or '*'}/{self.principal}"
 
 
 @dataclass
@@ -115,18 +136,26 @@ class Reservation:
 
 @dataclass(frozen=True)
 class BudgetPolicy:
+    """How one API is budgeted. The defaults are ESI's."""
+
+    error_limit: bool = True  # the API has ESI's error limit (error slots, 420 latch); False: none at all
+    headers: HeaderDialect = EsiHeaders()  # how its responses state limits (fetch/limits.py)
+    cost: CostModel = ESI_COSTS  # tokens a request costs by status
     error_limit_floor: int = 10  # never plan to spend ESI's last errors of a window
     safety_margin: float = 0.05  # never plan to spend the last 5% of a bucket
     clock_slack_s: float = 0.25  # our clock and the server's differ a little: keep tokens a bit longer...
     clock_slack_share: float = 0.02  # ...but never more than 2% of the window (1 s windows exist)
     circuit_threshold: int = 8  # consecutive 5xx/timeouts that open the circuit
     circuit_cooldown_s: float = 60.0
+    backoff_initial_s: float = 10.0  # a 429 without Retry-After blocks its bucket this long...
+    backoff_factor: float = 2.0  # ...times this for each further bare 429 in a row...
+    backoff_max_s: float = 300.0  # ...up to this
     max_wait_s: float = 960.0  # longer waits fail the run instead (ESI windows are 15 minutes)
     latch_refresh_s: float = 0.5  # how stale this process's copy of other processes' latches may be
     slot_lease_s: float = 30.0  # error slots of a process that died come back after this
     stash_share: float = 0.05  # a process takes at most this share of a bucket in advance...
     stash_requests: int = 32  # ...and at most this many requests' worth
-    stash_age_share: float = 0.1  # unused advance tokens go back after this share of the window
+    stash_age_share: float = 0.1  # unused advance tokens of a window go back after this share of it
 
     def slack(self, window_s: float) -> float:
         return min(self.clock_slack_s, self.clock_slack_share * window_s)
@@ -134,11 +163,13 @@ class BudgetPolicy:
 
 @dataclass
 class _Stash:
-    """Tokens this process charged in advance: spent in the database at `charged_at`."""
+    """Tokens this process charged in advance (negative: owed, charged with the next request)."""
 
     tokens: int = 0
-    charged_at: datetime | None = None
-    stale_at: float = 0.0  # monotonic
+    token_bucket: bool = False  # the bucket's kind, for refunds
+    charged_at: datetime | None = None  # a window's refund is dated then, so it leaves the window with the charge
+    refund_by: datetime | None = None  # a token bucket's refund after this would return refilled tokens
+    valid_until: float = 0.0  # monotonic: advance tokens are not used after this
 
 
 @dataclass
@@ -161,6 +192,181 @@ class _ApiView:
     read_at: float = float("-inf")
 
 
+@dataclass(frozen=True)
+class _Grant:
+    """What a bucket kind decided: tokens charged (0 and a wait when refused) and how long an
+    advance stays usable (seconds from the transaction's start)."""
+
+    wait_s: float = 0.0
+    charged: int = 0
+    usable_s: float = 0.0
+    at: datetime | None = None
+    refund_by: datetime | None = None
+
+
+class _SlidingWindows:
+    """The sliding-window kind: a bucket's size in `api_limits`, its spending in `api_spend`."""
+
+    def __init__(self, policy: BudgetPolicy):
+        self.policy = policy
+
+    def limit(self, conn: Connection, key: BudgetKey, write_declared: bool) -> SlidingWindow | None:
+        bucket, declared = key.bucket, key.declared
+        if write_declared and isinstance(declared, SlidingWindow):
+            # the declared size is the starting point; a size the server stated is never replaced by it
+            conn.execute(
+                text(f"INSERT INTO {SCHEMA}.api_limits AS l (bucket, capacity, window_s, source) "
+                     "VALUES (:b, :c, :w, 'declared') ON CONFLICT (bucket) DO UPDATE SET capacity = EXCLUDED.capacity, "
+                     "window_s = EXCLUDED.window_s, updated_at = now() WHERE l.source = 'declared'"),
+                {"b": bucket, "c": declared.capacity, "w": declared.window_s},
+            )
+        row = conn.execute(text(f"SELECT capacity, window_s FROM {SCHEMA}.api_limits WHERE bucket = :b"), {"b": bucket}).first()
+        return SlidingWindow(row.capacity, row.window_s) if row else None
+
+    def charge(self, conn: Connection, bucket: str, limit: SlidingWindow, need: int) -> _Grant:
+        policy = self.policy
+        window = limit.window_s + policy.slack(limit.window_s)
+        conn.execute(
+            text(f"DELETE FROM {SCHEMA}.api_spend WHERE bucket = :b AND at <= clock_timestamp() - make_interval(secs => :w)"),
+            {"b": bucket, "w": window},
+        )
+        used = conn.execute(text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b"), {"b": bucket}).scalar_one()
+        allowed = limit.capacity * (1 - policy.safety_margin)
+        if used + need <= allowed:
+            advance = int(min(allowed * policy.stash_share, policy.cost.ok * policy.stash_requests, allowed - used))
+            charge = max(need, advance)
+            at = conn.execute(
+                text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, clock_timestamp(), :c) RETURNING at"),
+                {"b": bucket, "c": charge},
+            ).scalar_one()
+            return _Grant(charged=charge, usable_s=limit.window_s * policy.stash_age_share, at=at)
+        events = conn.execute(  # the earliest moment enough spent tokens have come back
+            text(f"SELECT EXTRACT(EPOCH FROM at + make_interval(secs => :w) - clock_timestamp()) AS back_in, cost "
+                 f"FROM {SCHEMA}.api_spend WHERE bucket = :b ORDER BY at"),
+            {"b": bucket, "w": window},
+        ).all()
+        for event in events:
+            used -= event.cost
+            if used + need <= allowed:
+                return _Grant(wait_s=max(float(event.back_in), 0.01))
+        return _Grant(wait_s=policy.max_wait_s + 1)  # more than the whole bucket: never
+
+    def refund(self, conn: Connection, bucket: str, stash: _Stash) -> None:
+        """Unused advance tokens go back dated when they were charged (they leave the window with it)."""
+        conn.execute(text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, :at, :c)"),
+                     {"b": bucket, "at": stash.charged_at, "c": -stash.tokens})
+
+    def spend(self, conn: Connection, bucket: str, tokens: int, back_in_s: float | None = None) -> None:
+        """Book tokens spent now, or dated so that they come back in `back_in_s` (a fixed window's reset)."""
+        earlier = 0.0
+        if back_in_s is not None:
+            known = conn.execute(text(f"SELECT window_s FROM {SCHEMA}.api_limits WHERE bucket = :b"), {"b": bucket}).scalar()
+            earlier = max(float(known) - back_in_s, 0.0) if known is not None else 0.0
+        conn.execute(
+            text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) "
+                 "VALUES (:b, clock_timestamp() - make_interval(secs => :e), :c)"),
+            {"b": bucket, "c": tokens, "e": earlier},
+        )
+
+    def learn_limit(self, conn: Connection, bucket: str, limit: SlidingWindow) -> None:
+        conn.execute(
+            text(f"INSERT INTO {SCHEMA}.api_limits (bucket, capacity, window_s, source) VALUES (:b, :c, :w, 'server') "
+                 "ON CONFLICT (bucket) DO UPDATE SET capacity = EXCLUDED.capacity, window_s = EXCLUDED.window_s, "
+                 "source = 'server', updated_at = now()"),
+            {"b": bucket, "c": limit.capacity, "w": limit.window_s},
+        )
+
+    def left(self, conn: Connection, bucket: str, limit: SlidingWindow) -> int:
+        """Tokens of the window not spent in the database's accounts (advances count as spent)."""
+        spent = conn.execute(
+            text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b "
+                 "AND at > clock_timestamp() - make_interval(secs => :w)"),
+            {"b": bucket, "w": limit.window_s + self.policy.slack(limit.window_s)},
+        ).scalar_one()
+        return int(limit.capacity - spent)
+
+
+class _TokenBuckets:
+    """The token-bucket kind, as GCRA: one row per bucket holding its theoretical arrival time
+    (`tat`): the bucket is full when `tat` <= now, and `tat - now` is the tokens owed, in seconds
+    of refill. Charging n tokens moves `tat` to max(tat, now) + n/rate; a charge is allowed while
+    `tat` stays within burst/rate of now. Exact, and serialised by the bucket's advisory lock."""
+
+    def __init__(self, policy: BudgetPolicy):
+        self.policy = policy
+
+    def limit(self, conn: Connection, key: BudgetKey, write_declared: bool) -> tuple[TokenBucket, float]:
+        """The bucket and how far ahead of now its `tat` is (seconds; <= 0: full)."""
+        declared = key.declared
+        assert isinstance(declared, TokenBucket)
+        if write_declared:
+            conn.execute(
+                text(f"INSERT INTO {SCHEMA}.api_token_buckets AS t (bucket, rate, burst, tat, source) "
+                     "VALUES (:b, :r, :n, clock_timestamp(), 'declared') ON CONFLICT (bucket) DO UPDATE SET "
+                     "rate = EXCLUDED.rate, burst = EXCLUDED.burst, updated_at = now() WHERE t.source = 'declared'"),
+                {"b": key.bucket, "r": declared.rate, "n": declared.burst},
+            )
+        row = conn.execute(
+            text(f"SELECT rate, burst, EXTRACT(EPOCH FROM tat - clock_timestamp()) AS ahead "
+                 f"FROM {SCHEMA}.api_token_buckets WHERE bucket = :b"), {"b": key.bucket},
+        ).first()
+        if row is None:  # removed by hand since this process wrote it: the declaration again
+            return self.limit(conn, key, True)
+        return TokenBucket(row.rate, row.burst), float(row.ahead)
+
+    def charge(self, conn: Connection, bucket: str, limit: TokenBucket, ahead: float, need: int) -> _Grant:
+        policy, interval = self.policy, limit.interval_s
+        owed = max(ahead, 0.0)
+        usable_burst = max(limit.burst * (1 - policy.safety_margin), need)  # a debt larger than the burst: a full bucket pays it
+        if owed + need * interval > usable_burst * interval + _EPS:
+            return _Grant(wait_s=max(owed + need * interval - usable_burst * interval, 0.01))
+        room = math.floor((usable_burst * interval - owed) / interval + _EPS)
+        share = max(need, math.floor(limit.burst * policy.stash_share))
+        charge = max(need, min(room, share, policy.cost.ok * policy.stash_requests))
+        # Tokens charged now and sent later are exact while the bucket, without them, would not be
+        # full yet (`owed` from now); after that its refill would be lost to the cap, i.e. counted
+        # twice. The safety margin admissions keep back absorbs what a little longer costs.
+        usable_s = owed + max(limit.burst - usable_burst, 0.0) * interval
+        row = conn.execute(
+            text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = GREATEST(tat, clock_timestamp()) + "
+                 "make_interval(secs => :c / rate) WHERE bucket = :b RETURNING tat, clock_timestamp() AS at"),
+            {"b": bucket, "c": charge},
+        ).one()
+        return _Grant(charged=charge, usable_s=usable_s, at=row.at, refund_by=row.tat)
+
+    def refund(self, conn: Connection, bucket: str, stash: _Stash) -> None:
+        """Give back unused advance tokens, but only while the bucket still owes them: once `tat`
+        could have reached now (the bucket full), GCRA has forgotten the charge already."""
+        conn.execute(
+            text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = tat - make_interval(secs => :n / rate) "
+                 "WHERE bucket = :b AND clock_timestamp() < :by"),
+            {"b": bucket, "n": stash.tokens, "by": stash.refund_by},
+        )
+
+    def spend(self, conn: Connection, bucket: str, tokens: int) -> None:
+        conn.execute(
+            text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = GREATEST(tat, clock_timestamp()) + "
+                 "make_interval(secs => :c / rate) WHERE bucket = :b"), {"b": bucket, "c": tokens},
+        )
+
+    def learn_rate(self, conn: Connection, bucket: str, rate: float) -> None:
+        """The server's rate replaces ours; what is owed stays the same number of tokens."""
+        conn.execute(
+            text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = clock_timestamp() + "
+                 "GREATEST(tat - clock_timestamp(), interval '0') * (rate / :r), rate = :r, source = 'server', "
+                 "updated_at = now() WHERE bucket = :b"),
+            {"b": bucket, "r": rate},
+        )
+
+    def at_most(self, conn: Connection, bucket: str, tokens: float) -> None:
+        """The server says at most `tokens` are left (0 after a 429): owe at least the rest."""
+        conn.execute(
+            text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = GREATEST(tat, clock_timestamp() + "
+                 "make_interval(secs => GREATEST(burst - :n, 0) / rate)) WHERE bucket = :b"),
+            {"b": bucket, "n": max(tokens, 0.0)},
+        )
+
+
 class PostgresBudget:
     """One per HTTP client (a run's resource); thread-safe for the walk's page workers."""
 
@@ -177,14 +383,18 @@ class PostgresBudget:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.RLock()
         self._ready = False
+        self._windows, self._tokens = _SlidingWindows(policy), _TokenBuckets(policy)
         self._circuit_dirty = False  # this process recorded a failure: the next success clears the count
-        self._known_limits: dict[str, tuple[int, float]] = {}
+        self._backoff_dirty: set[str] = set()  # buckets this process backed off: the next success resets them
+        self._known_limits: dict[str, RateLimit] = {}
+        self._declared_written: set[str] = set()
         self._stashes: dict[str, _Stash] = {}
         self._slots: dict[str, _Slots] = {}
         self._views: dict[str, _ApiView] = {}
         self._reconciled_at: dict[str, float] = {}
         self.waited_s = 0.0
         self.round_trips = 0  # database transactions, for benchmarks and tests
+        self.advance_hits = 0  # requests admitted from a local advance, without a transaction
 
     # -- before ---------------------------------------------------------------------------------
 
@@ -196,7 +406,7 @@ class PostgresBudget:
             with self._lock:
                 wait, reason, cost = self._try_admit(key)
             if wait <= 0:
-                return Reservation(key, cost)
+                return Reservation(key, cost, slot=self.policy.error_limit)
             if wait > self.policy.max_wait_s:
                 raise BudgetExhausted(f"{key.api}: {reason}; the next request would be {wait:.0f}s away, "
                                       f"longer than a run waits ({self.policy.max_wait_s:.0f}s)")
@@ -208,14 +418,15 @@ class PostgresBudget:
     def _try_admit(self, key: BudgetKey) -> tuple[float, str, int]:
         """(0, "", tokens charged) once admitted; (seconds to wait, why, 0) otherwise. Holds self._lock."""
         wait, reason = self._latched(key)
-        if wait <= 0:
+        if wait <= 0 and self.policy.error_limit:
             wait, reason = self._take_slot(key.api)
         if wait > 0 or not key.bucket:
             return wait, reason, 0
-        wait, cost = self._take_tokens(key.bucket)
+        wait, cost = self._take_tokens(key)
         if wait > 0:
-            self._slots[key.api].in_flight -= 1
-            return wait, f"rate-limit bucket {key.group} is spent", 0
+            if self.policy.error_limit:
+                self._slots[key.api].in_flight -= 1
+            return wait, f"rate-limit bucket {key.group or key.api} is spent", 0
         return 0.0, "", cost
 
     def _latched(self, key: BudgetKey) -> tuple[float, str]:
@@ -251,7 +462,7 @@ class PostgresBudget:
         if latch not in view.latches or view.latches[latch].until < until:
             view.latches[latch] = _Latch(until, reason)
 
-    # -- error slots ----------------------------------------------------------------------------
+    # -- error slots (APIs with an error limit) -------------------------------------------------
 
     def _take_slot(self, api: str) -> tuple[float, str]:
         slots = self._slots.setdefault(api, _Slots())
@@ -261,8 +472,8 @@ class PostgresBudget:
             if slots.in_flight >= slots.granted:
                 if slots.in_flight or left is None or left > 0:
                     # requests in flight (here or elsewhere) will hand their slots back soon
-                    return 0.2, f"ESI error budget: {slots.in_flight} requests of this run in flight hold the errors left"
-                return reset_in + 0.5, (f"ESI error budget low ({slots.remain_seen} errors left, floor "
+                    return 0.2, f"{api} error budget: {slots.in_flight} requests of this run in flight hold the errors left"
+                return reset_in + 0.5, (f"{api} error budget low ({slots.remain_seen} errors left, floor "
                                         f"{self.policy.error_limit_floor}), waiting for the window reset")
         slots.in_flight += 1
         return 0.0, ""
@@ -306,65 +517,64 @@ class PostgresBudget:
 
     # -- rate-limit tokens -----------------------------------------------------------------------
 
-    def _take_tokens(self, bucket: str) -> tuple[float, int]:
+    def _take_tokens(self, key: BudgetKey) -> tuple[float, int]:
         """(0, cost) once the request's tokens are taken, or (seconds to wait, 0)."""
-        stash = self._stashes.setdefault(bucket, _Stash())
-        if stash.tokens >= RESERVED_COST and self._clock() < stash.stale_at:
-            stash.tokens -= RESERVED_COST
-            return 0.0, RESERVED_COST
+        reserve = self.policy.cost.ok
+        stash = self._stashes.setdefault(key.bucket, _Stash())
+        if stash.tokens >= reserve and self._clock() < stash.valid_until:
+            stash.tokens -= reserve
+            self.advance_hits += 1
+            return 0.0, reserve
+        started = self._clock()  # before the database's clock is read: advances expire early, never late
         with self._begin() as conn:
-            return self._charge(conn, bucket, stash)
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:b))"), {"b": key.bucket})
+            self._refund(conn, key.bucket, stash)
+            need = reserve - stash.tokens  # more than one request's worth when the stash is in debt
+            grant = self._charge(conn, key, need)
+        if grant is None:  # size unknown and nothing declared: a probe (its cost is charged when known)
+            return 0.0, 0
+        if grant.wait_s > 0:
+            return grant.wait_s, 0
+        stash.tokens += grant.charged - reserve
+        stash.charged_at, stash.refund_by = grant.at, grant.refund_by
+        stash.token_bucket = isinstance(key.declared, TokenBucket)
+        stash.valid_until = started + grant.usable_s
+        return 0.0, reserve
 
-    def _charge(self, conn: Connection, bucket: str, stash: _Stash) -> tuple[float, int]:
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:b))"), {"b": bucket})
-        self._refund(conn, bucket, stash)
-        limit = conn.execute(text(f"SELECT capacity, window_s FROM {SCHEMA}.api_limits WHERE bucket = :b"), {"b": bucket}).first()
-        if limit is None:  # size unknown: one probe request at a time until a response tells it
-            probe = conn.execute(
-                text(
-                    f"INSERT INTO {SCHEMA}.api_latches AS l (latch, blocked_until, reason) "
-                    "VALUES (:l, clock_timestamp() + interval '5 seconds', 'sizing the bucket') ON CONFLICT (latch) "
-                    "DO UPDATE SET blocked_until = EXCLUDED.blocked_until WHERE l.blocked_until < clock_timestamp() RETURNING 1"
-                ),
-                {"l": f"{bucket}/probe"},
-            ).first()
-            return (0.0, 0) if probe else (0.05, 0)
-        window = limit.window_s + self.policy.slack(limit.window_s)
-        conn.execute(
-            text(f"DELETE FROM {SCHEMA}.api_spend WHERE bucket = :b AND at <= clock_timestamp() - make_interval(secs => :w)"),
-            {"b": bucket, "w": window},
-        )
-        used = conn.execute(text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b"), {"b": bucket}).scalar_one()
-        allowed = limit.capacity * (1 - self.policy.safety_margin)
-        need = RESERVED_COST - stash.tokens  # more than one request's worth when the stash is in debt
-        if used + need <= allowed:
-            advance = int(min(allowed * self.policy.stash_share, RESERVED_COST * self.policy.stash_requests, allowed - used))
-            charge = max(need, advance)
-            stash.charged_at = conn.execute(
-                text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, clock_timestamp(), :c) RETURNING at"),
-                {"b": bucket, "c": charge},
-            ).scalar_one()
-            stash.tokens += charge - RESERVED_COST
-            stash.stale_at = self._clock() + limit.window_s * self.policy.stash_age_share
-            return 0.0, RESERVED_COST
-        events = conn.execute(  # the earliest moment enough spent tokens have come back
-            text(f"SELECT EXTRACT(EPOCH FROM at + make_interval(secs => :w) - clock_timestamp()) AS back_in, cost "
-                 f"FROM {SCHEMA}.api_spend WHERE bucket = :b ORDER BY at"),
-            {"b": bucket, "w": window},
-        ).all()
-        for event in events:
-            used -= event.cost
-            if used + need <= allowed:
-                return max(float(event.back_in), 0.01), 0
-        return self.policy.max_wait_s, 0
+    def _charge(self, conn: Connection, key: BudgetKey, need: int) -> _Grant | None:
+        bucket = key.bucket
+        write_declared = key.declared is not None and bucket not in self._declared_written
+        if isinstance(key.declared, TokenBucket):
+            limit, ahead = self._tokens.limit(conn, key, write_declared)
+            self._declared_written.add(bucket)
+            self._known_limits[bucket] = limit
+            return self._tokens.charge(conn, bucket, limit, ahead, need)
+        window = self._windows.limit(conn, key, write_declared)
+        if write_declared:
+            self._declared_written.add(bucket)
+        if window is None:
+            return self._probe(conn, bucket)
+        self._known_limits[bucket] = window
+        return self._windows.charge(conn, bucket, window, need)
+
+    def _probe(self, conn: Connection, bucket: str) -> _Grant | None:
+        """A bucket nobody declared and no response has sized yet: one request every 5 s per bucket
+        until a response states its size (declare the limit to avoid this)."""
+        probe = conn.execute(
+            text(
+                f"INSERT INTO {SCHEMA}.api_latches AS l (latch, blocked_until, reason) "
+                "VALUES (:l, clock_timestamp() + interval '5 seconds', 'sizing the bucket') ON CONFLICT (latch) "
+                "DO UPDATE SET blocked_until = EXCLUDED.blocked_until WHERE l.blocked_until < clock_timestamp() RETURNING 1"
+            ),
+            {"l": f"{bucket}/probe"},
+        ).first()
+        return None if probe else _Grant(wait_s=0.05)
 
     def _refund(self, conn: Connection, bucket: str, stash: _Stash) -> None:
-        """Give unused advance tokens back, dated when they were charged (so they leave the window
-        when the charge does)."""
-        if stash.tokens > 0 and stash.charged_at is not None:
-            conn.execute(text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, :at, :c)"),
-                         {"b": bucket, "at": stash.charged_at, "c": -stash.tokens})
-            stash.tokens = 0
+        if stash.tokens <= 0 or stash.charged_at is None:
+            return
+        (self._tokens if stash.token_bucket else self._windows).refund(conn, bucket, stash)
+        stash.tokens = 0
 
     # -- after ----------------------------------------------------------------------------------
 
@@ -372,15 +582,17 @@ class PostgresBudget:
         """Learn from the server: bucket size and spend, 429/420 latches, error budget, circuit.
         Most responses teach nothing new and cost no database round trip."""
         key, bucket = reservation.key, reservation.key.bucket
+        learned = self.policy.headers.read(headers, self._known_limits.get(bucket) if bucket else None)
         failed = status is None or status >= 500
-        remain, reset = _int(headers.get("x-esi-error-limit-remain")), _float(headers.get("x-esi-error-limit-reset"))
-        error_budget_low = status == 420 or (remain is not None and remain <= self.policy.error_limit_floor)
+        errors = self.policy.error_limit
+        remain = learned.error_remain if errors else None
+        error_budget_low = errors and (status == 420 or (remain is not None and remain <= self.policy.error_limit_floor))
         with self._lock:
-            slots = self._slots.setdefault(key.api, _Slots())
+            slots = self._slots.setdefault(key.api, _Slots()) if errors else _Slots()
             if reservation.slot:
                 slots.in_flight -= 1
-            budget_news = (remain is not None and remain != slots.remain_seen) or status == 420
-            news = bucket is not None and self._bucket_news(reservation, status, headers)
+            budget_news = errors and ((remain is not None and remain != slots.remain_seen) or status == 420)
+            news = bucket is not None and self._bucket_news(reservation, status, learned)
             if not (failed or error_budget_low or budget_news or self._circuit_dirty or news):
                 return
             with self._begin() as conn:
@@ -391,19 +603,14 @@ class PostgresBudget:
                     self._views.setdefault(key.api, _ApiView()).latches.pop(f"{key.api}/circuit", None)
                     self._circuit_dirty = False
                 if budget_news:
-                    self._learn_error_budget(conn, key.api, 0 if status == 420 else remain, reset, slots)
+                    self._learn_error_budget(conn, key.api, 0 if status == 420 else remain, learned.error_reset_s, slots)
                 if error_budget_low:
                     left = remain if remain is not None and status != 420 else 0
+                    reset = learned.error_reset_s
                     self._latch(conn, key.api, f"{key.api}/error-limit", (reset or 60.0) + 0.5,
-                                f"ESI error budget low ({left} left), waiting for the window reset")
-                if bucket is None:
-                    return
-                if status == 429:
-                    retry_after = _float(headers.get("retry-after")) or 10.0
-                    self._latch(conn, key.api, bucket, retry_after + 0.5,
-                                f"429 Too Many Requests on {key.group}: Retry-After {retry_after:.0f}s")
+                                f"{key.api} error budget low ({left} left), waiting for the window reset")
                 if news:
-                    self._learn_bucket(conn, reservation, status, headers)
+                    self._learn_bucket(conn, reservation, status, learned)
 
     def release(self, reservation: Reservation) -> None:
         """The request was abandoned before any response (cancelled, interrupted)."""
@@ -426,59 +633,97 @@ class PostgresBudget:
         self._claim_slots(conn, api, slots)
         slots.remain_seen = remain
 
-    def _bucket_news(self, reservation: Reservation, status: int | None, headers: Mapping[str, str]) -> bool:
+    def _bucket_news(self, reservation: Reservation, status: int | None, learned: Learned) -> bool:
         """Settle what can be settled locally; True when the database must hear about it."""
         bucket = reservation.key.bucket
-        parsed = _parse_limit(headers.get("x-ratelimit-limit"))
-        used = _int(headers.get("x-ratelimit-used"))
-        if used is None and (status is None or status >= 500):
-            used = 0
-        if reservation.cost and used is not None and used != reservation.cost:
-            self._stashes.setdefault(bucket, _Stash()).tokens += reservation.cost - used  # may go into debt
-        if status == 429 or reservation.cost == 0 or (parsed and self._known_limits.get(bucket) != parsed):
-            return True  # a latch, a probe's cost, or the bucket's size: the database must know
-        remaining = _int(headers.get("x-ratelimit-remaining"))
-        if not (parsed and remaining is not None and remaining < parsed[0] * 0.5):
+        stash = self._stashes.setdefault(bucket, _Stash())
+        used = learned.used if learned.used is not None else self.policy.cost.of(status)
+        if reservation.cost and used != reservation.cost:
+            stash.tokens += reservation.cost - used  # may go into debt, paid with the next charge
+        ok = status is not None and status < 400
+        if status == 429 or reservation.cost == 0 or (bucket in self._backoff_dirty and ok):
+            return True  # a latch, a probe's cost, a backoff to reset: the database must know
+        known = self._known_limits.get(bucket)
+        if learned.limit is not None and learned.limit != known and _same_kind(learned.limit, reservation.key.declared):
+            return True  # the server states another size than ours
+        limit = learned.limit or known
+        if learned.remaining is None or limit is None or learned.remaining >= _size(limit) * 0.5:
             return False
         # near the edge, reconcile with the server's count (other clients may share the bucket)
         now = self._clock()
-        if now - self._reconciled_at.get(bucket, float("-inf")) < max(0.05, parsed[1] * self.policy.stash_age_share):
+        if now - self._reconciled_at.get(bucket, float("-inf")) < max(0.05, _horizon(limit) * self.policy.stash_age_share):
             return False
         self._reconciled_at[bucket] = now
         return True
 
-    def _learn_bucket(self, conn: Connection, reservation: Reservation, status: int | None, headers: Mapping[str, str]) -> None:
+    def _learn_bucket(self, conn: Connection, reservation: Reservation, status: int | None, learned: Learned) -> None:
+        key, bucket = reservation.key, reservation.key.bucket
+        if status == 429:
+            self._latch_429(conn, key, learned.retry_after_s)
+        elif bucket in self._backoff_dirty and status is not None and status < 400:
+            conn.execute(text(f"UPDATE {SCHEMA}.api_latches SET failures = 0 WHERE latch = :l"), {"l": bucket})
+            self._backoff_dirty.discard(bucket)
+        if isinstance(key.declared, TokenBucket):
+            self._learn_token_bucket(conn, reservation, status, learned)
+        else:
+            self._learn_window(conn, reservation, status, learned)
+
+    def _learn_token_bucket(self, conn: Connection, reservation: Reservation, status: int | None, learned: Learned) -> None:
         bucket = reservation.key.bucket
-        parsed = _parse_limit(headers.get("x-ratelimit-limit"))
-        if parsed:
-            self._known_limits[bucket] = parsed
-            conn.execute(
-                text(
-                    f"INSERT INTO {SCHEMA}.api_limits (bucket, capacity, window_s) VALUES (:b, :c, :w) "
-                    "ON CONFLICT (bucket) DO UPDATE SET capacity = EXCLUDED.capacity, window_s = EXCLUDED.window_s, updated_at = now()"
-                ),
-                {"b": bucket, "c": parsed[0], "w": parsed[1]},
-            )
-        correction = 0
+        stash = self._stashes.setdefault(bucket, _Stash())
+        known = self._known_limits.get(bucket)
+        if isinstance(learned.limit, TokenBucket) and learned.limit != known:
+            self._tokens.learn_rate(conn, bucket, learned.limit.rate)
+            self._known_limits[bucket] = learned.limit
+        if status == 429:
+            # the server's bucket is empty: so is ours, and this process's advance was not real
+            self._tokens.at_most(conn, bucket, 0)
+            stash.tokens, stash.valid_until = min(stash.tokens, 0), 0.0
+        elif learned.remaining is not None:
+            # the server counts this process's unused advance as left; the database does not
+            self._tokens.at_most(conn, bucket, learned.remaining - max(stash.tokens, 0))
+
+    def _learn_window(self, conn: Connection, reservation: Reservation, status: int | None, learned: Learned) -> None:
+        bucket = reservation.key.bucket
+        limit = learned.limit if isinstance(learned.limit, SlidingWindow) else None
+        if limit is not None and limit != self._known_limits.get(bucket):
+            self._windows.learn_limit(conn, bucket, limit)
+            self._known_limits[bucket] = limit
+        known = self._known_limits.get(bucket)
         if reservation.cost == 0:  # a probe: charge what the server says it cost
-            used = _int(headers.get("x-ratelimit-used"))
-            correction = used if used is not None else (0 if status is None or status >= 500 or status == 429 else RESERVED_COST)
-        remaining = _int(headers.get("x-ratelimit-remaining"))
-        if remaining is not None and parsed:
-            window = parsed[1] + self.policy.slack(parsed[1])
-            spent = conn.execute(
-                text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b "
-                     "AND at > clock_timestamp() - make_interval(secs => :w)"), {"b": bucket, "w": window},
-            ).scalar_one()
+            probe_cost = learned.used if learned.used is not None else self.policy.cost.of(status)
+            if probe_cost:
+                self._windows.spend(conn, bucket, probe_cost)
+        if learned.remaining is not None and isinstance(known, SlidingWindow):
             stash = self._stashes.get(bucket)
-            local_left = parsed[0] - (spent + correction) + (stash.tokens if stash else 0)
-            if remaining < local_left:  # others (another app, a restarted worker) spent more: believe the server
-                correction += local_left - remaining
-        if correction:
-            conn.execute(
-                text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, clock_timestamp(), :c)"),
-                {"b": bucket, "c": correction},
-            )
+            local_left = self._windows.left(conn, bucket, known) + (stash.tokens if stash else 0)
+            if learned.remaining < local_left:  # others (another app, a restarted worker) spent more: believe the server
+                self._windows.spend(conn, bucket, local_left - learned.remaining, learned.window_reset_s)
+
+    def _latch_429(self, conn: Connection, key: BudgetKey, retry_after_s: float | None) -> None:
+        bucket, group = key.bucket, key.group or key.api
+        if retry_after_s is not None:
+            self._latch(conn, key.api, bucket, retry_after_s + 0.5, f"429 Too Many Requests on {group}: Retry-After {retry_after_s:.0f}s")
+            return
+        # no Retry-After: back off, longer for each bare 429 in a row (429s of requests that were
+        # already in flight when the latch was set do not count as another in a row)
+        policy = self.policy
+        row = conn.execute(
+            text(
+                f"INSERT INTO {SCHEMA}.api_latches AS l (latch, blocked_until, reason, failures) "
+                "VALUES (:l, clock_timestamp() + make_interval(secs => :first), :r, 1) ON CONFLICT (latch) DO UPDATE SET "
+                "failures = CASE WHEN l.blocked_until > clock_timestamp() THEN l.failures ELSE l.failures + 1 END, "
+                "blocked_until = GREATEST(l.blocked_until, clock_timestamp() + make_interval(secs => "
+                "LEAST(:most, :first * power(:f, CASE WHEN l.blocked_until > clock_timestamp() THEN l.failures - 1 "
+                "ELSE l.failures END)))), reason = :r "
+                "RETURNING EXTRACT(EPOCH FROM blocked_until - clock_timestamp()) AS left_s, failures"
+            ),
+            {"l": bucket, "first": policy.backoff_initial_s, "most": policy.backoff_max_s, "f": policy.backoff_factor,
+             "r": f"429 Too Many Requests on {group} without Retry-After: backing off"},
+        ).one()
+        self._backoff_dirty.add(bucket)
+        self._note_latch(key.api, bucket, float(row.left_s),
+                         f"429 Too Many Requests on {group} without Retry-After ({row.failures} in a row): backing off")
 
     def _circuit_failure(self, conn: Connection, key: BudgetKey, what: str) -> None:
         self._circuit_dirty = True
@@ -537,17 +782,24 @@ class PostgresBudget:
         if not key.bucket:
             return None
         self._ensure()
+        stash = self._stashes.get(key.bucket)
+        unused = stash.tokens if stash else 0
         with self.engine.connect() as conn:
-            limit = conn.execute(text(f"SELECT capacity, window_s FROM {SCHEMA}.api_limits WHERE bucket = :b"), {"b": key.bucket}).first()
-            if limit is None:
+            if isinstance(key.declared, TokenBucket):
+                row = conn.execute(
+                    text(f"SELECT rate, burst, EXTRACT(EPOCH FROM tat - clock_timestamp()) AS ahead "
+                         f"FROM {SCHEMA}.api_token_buckets WHERE bucket = :b"), {"b": key.bucket},
+                ).first()
+                return None if row is None else int(row.burst - max(float(row.ahead), 0.0) * row.rate + _EPS) + unused
+            row = conn.execute(text(f"SELECT capacity, window_s FROM {SCHEMA}.api_limits WHERE bucket = :b"), {"b": key.bucket}).first()
+            if row is None:
                 return None
             spent = conn.execute(
                 text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b "
                      "AND at > clock_timestamp() - make_interval(secs => :w)"),
-                {"b": key.bucket, "w": limit.window_s},
+                {"b": key.bucket, "w": row.window_s},
             ).scalar_one()
-        stash = self._stashes.get(key.bucket)
-        return int(limit.capacity - spent + (stash.tokens if stash else 0))
+        return int(row.capacity - spent + unused)
 
     def _begin(self):
         self.round_trips += 1
@@ -562,7 +814,15 @@ class PostgresBudget:
         self._ready = True
 
 
-def _parse_limit(value: str | None) -> tuple[int, float] | None:
-    """'12000/15m' -> (12000, 900.0)."""
-    match = _LIMIT.match(value or "")
-    return (int(match.group(1)), float(int(match.group(2)) * _UNITS[match.group(3)])) if match else None
+def _same_kind(limit: RateLimit, declared: RateLimit | None) -> bool:
+    """Headers may only correct a bucket of their own kind (undeclared buckets are windows)."""
+    return isinstance(limit, TokenBucket) == isinstance(declared, TokenBucket)
+
+
+def _size(limit: RateLimit) -> int:
+    return limit.capacity if isinstance(limit, SlidingWindow) else limit.burst
+
+
+def _horizon(limit: RateLimit) -> float:
+    """Seconds a full bucket takes to come back."""
+    return limit.window_s if isinstance(limit, SlidingWindow) else limit.burst / limit.rate
