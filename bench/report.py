@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMAND = ".venv/bin/python -m bench.run --write bench/RESULTS.md"  # what `make bench` runs
 MB = 2**20
 
+# F variants (bench.run.VARIANTS): the in-process full sync, phase label in the F table
+VARIANT_LABELS = {"F-noheaders": "full, no X-Ratelimit-\\*", "F-5xx": "full, 30% 5xx"}
+
 SYSTEM_NAMES = {
     "sync_cli": "sync_assets, `dagster asset materialize` (whole process)",
     "sync_inproc": "sync_assets, in-process `dagster.materialize`",
@@ -148,6 +151,9 @@ def render(runs: list[Any], args: Any, elapsed: float, load_before: tuple, load_
     add(_method(args))
     add(_f_tables(res, args))
     add(_f100_rl_tables(res, args))
+    variants = _variant_tables(res, args)
+    if variants:
+        add(variants)
     add(_m_tables(res, args))
     add(_fixed_cost_table(res))
     add(_profiles(targets, args))
@@ -233,6 +239,46 @@ def _targets(res: Results, args: Any) -> list[dict]:
         target="RL: zero 429", key="RL_429", profile=[], measured=f"429s per run: {n429}", ratio="—",
         ok=None if not n429 else all(n == 0 for n in n429) and rl.n == len(rl.runs),
     ))
+    # F without rate-limit headers: the same walk, the same run, vs the with-headers in-process full sync
+    noh = res.cell("F-noheaders", "full", "sync_inproc")
+    if noh.runs:
+        with_s, with_walk = inproc.med(inner), inproc.med(lambda r: meta(r, "fetch_seconds"))
+        n_s, n_walk = noh.med(inner), noh.med(lambda r: meta(r, "fetch_seconds"))
+        r = n_s / with_s if n_s and with_s else None
+        killed = _killed(noh)
+        if r is None and killed and with_s:  # killed before it finished: its time is at least the timeout
+            bound = max(k.wall for k in killed)
+            t.append(dict(
+                target="F without rate-limit headers: in-process sync ≤ 1.2× the same walk with them", key="F_noheaders",
+                profile=["F_noheaders_serial"],
+                measured=f"killed after {bound:.0f} s ({_served(killed)}) vs {f2(with_s, ' s')} with headers",
+                ratio=f"≥ {ratio_text(bound / with_s)}", ok=False,
+            ))
+        else:
+            t.append(dict(
+                target="F without rate-limit headers: in-process sync ≤ 1.2× the same walk with them", key="F_noheaders",
+                profile=["F_noheaders_serial"],
+                measured=f"{f2(n_s, ' s')} (page walk {f2(n_walk, ' s')}) vs {f2(with_s, ' s')} (page walk {f2(with_walk, ' s')}) with headers"
+                         + (f"; {len(noh.runs) - noh.n} of {len(noh.runs)} runs failed" if noh.n < len(noh.runs) else ""),
+                ratio=f"{ratio_text(r)} (walk alone {ratio_text(n_walk / with_walk if n_walk and with_walk else None)})",
+                ok=None if r is None else r <= 1.2 and noh.n == len(noh.runs),
+            ))
+    # F under a 30% 5xx storm, ESI's error limit on: completes, exact data, no 420
+    storm = res.cell("F-5xx", "full", "sync_inproc")
+    if storm.runs:
+        exact = [_exact(res, r) for r in storm.runs]
+        t.append(dict(
+            target="F 30% 5xx (ESI's error limit on): the walk completes with exact data", key="F_5xx", profile=[],
+            measured=f"in-process sync {f2(storm.med(inner), ' s')} (page walk {f2(storm.med(lambda r: meta(r, 'fetch_seconds')), ' s')}), "
+                     f"retries per run: {', '.join(str(meta(r, 'retries')) if r.ok else 'failed' for r in storm.runs)}",
+            ratio=f"{sum(e is True for e in exact)}/{len(exact)} exact",
+            ok=False if any(e is False for e in exact) else None if any(e is None for e in exact) else True,
+        ))
+        n420 = [r.server.get("status_420") for r in storm.runs]
+        t.append(dict(
+            target="F 30% 5xx: zero 420", key="F_5xx_420", profile=[], measured=f"420s per run: {n420}", ratio="—",
+            ok=None if any(n is None for n in n420) else all(n == 0 for n in n420),
+        ))
     # M
     mcli = res.cell("M", "full", "sync_cli")
     mname, mdlt = _best_dlt(res, "M", "full")
@@ -311,6 +357,36 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
     if rl.n:
         why["RL_time"] = (f"the page walk ({f2(rl.med(walk))} s; its threads waited {f2(rl.med(lambda r: meta(r, 'budget_wait_seconds')))} s in total for the budget) "
                           f"is paced by the rate; the write ({f2(rl.med(write))} s) comes after it.")
+    noh = res.cell("F-noheaders", "full", "sync_inproc")
+    if noh.runs:
+        killed = _killed(noh)
+        if noh.n:
+            why["F_noheaders"] = (
+                f"without headers the page walk takes {f2(noh.med(walk))} s and its threads waited "
+                f"{f2(noh.med(lambda r: meta(r, 'budget_wait_seconds')))} s in total for the budget; with headers "
+                f"{f2(inproc.med(walk))} s and {f2(inproc.med(lambda r: meta(r, 'budget_wait_seconds')))} s: the difference is the budget "
+                "pacing a route whose bucket size the headers no longer tell (its declared group: market-order, 12000 tokens / 15 min).")
+        elif killed:
+            k = killed[0]
+            served = k.server.get("requests") or 0
+            why["F_noheaders"] = (
+                f"the walk was killed after {k.wall:.0f} s having made {served} requests "
+                f"({_served(killed)}; one every {k.wall / served:.1f} s)" if served else
+                f"the walk was killed after {k.wall:.0f} s without a request served") + (
+                ": the budget paces a route without X-Ratelimit-* headers far below its declared rate (market-order, "
+                "12000 tokens / 15 min); the profile shows where the walk waits.")
+        else:
+            why["F_noheaders"] = "every run failed: " + "; ".join(r.error[:200] for r in noh.runs)
+    storm = res.cell("F-5xx", "full", "sync_inproc")
+    if storm.runs:
+        notes = []
+        for r in storm.runs:
+            if not r.ok:
+                notes.append(f"rep {r.rep} failed: {r.error[:300]}")
+            elif _exact(res, r) is not True:
+                notes.append(f"rep {r.rep}: {r.inner.get('rows_in_table')} rows in the table vs {r.inner.get('snapshot_rows')} in the "
+                             "sandbox's snapshot" + ("" if _same_rows(res, r) is not False else ", content differs from the clean walk"))
+        why["F_5xx"] = "; ".join(notes) + "." if notes else ""
     mcli = res.cell("M", "full", "sync_cli")
     mname, mdlt = _best_dlt(res, "M", "full")
     if mcli.n and mdlt:
@@ -324,6 +400,34 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
             f"{fmb(m.med(lambda r: r.inner['peak_rss']))} MB peak overall, for a DataFrame of {fmb(m.med(lambda r: r.inner['frame_bytes']))} MB.")
     for t in targets:
         t["why"] = why.get(t["key"], "")
+
+
+def _killed(cell: Cell) -> list[Any]:
+    """Runs killed at their timeout (not the later repetitions skipped because of it)."""
+    return [r for r in cell.runs if not r.ok and r.error.startswith("timeout")]
+
+
+def _served(runs: list[Any]) -> str:
+    return ", ".join(f"{r.server.get('status_200', 0)} pages served" for r in runs)
+
+
+def _same_rows(res: Results, run: Any) -> bool | None:
+    """Whether the run's table holds the very rows of the with-headers, error-free full sync of the
+    same repetition (md5 over every row); None when either fingerprint is missing."""
+    ref = next((r for r in res.cell("F", "full", "sync_inproc").ok if r.rep == run.rep), None)
+    a, b = run.inner.get("fingerprint"), ref.inner.get("fingerprint") if ref else None
+    return None if not a or not b else a == b
+
+
+def _exact(res: Results, run: Any) -> bool | None:
+    """Exact data: the run succeeded, its table has the sandbox snapshot's row count and (when the
+    clean walk's fingerprint is there) the very same rows."""
+    if not run.ok:
+        return False
+    rows, snapshot = run.inner.get("rows_in_table"), run.inner.get("snapshot_rows")
+    if rows is None or snapshot is None:
+        return None
+    return rows == snapshot and _same_rows(res, run) is not False
 
 
 def _cpu_ratio(slow: Cell | None, fast: Cell) -> str:
@@ -379,6 +483,17 @@ def _method(args: Any) -> str:
 - **RL**: the sandbox's own limiter expresses "R requests/s": its sliding-window bucket with `rate_limit_window=1` and
   `rate_limit_tokens={{"market-order": 2R}}` (a 200 costs 2 tokens, a 304 1, a 429 nothing, like ESI); R = {args.rate}.
   The 429s are the sandbox's counters.
+- **F without rate-limit headers** (*F-noheaders*): the in-process full sync once more per repetition, into a fresh database
+  (so no bucket size learned by an earlier run), with the sandbox knob `rate_limit_enabled=False`: it sends no
+  `X-Ratelimit-*` headers and limits nothing (the `X-ESI-Error-Limit-*` headers stay). The route keeps its declared
+  group, market-order (12000 tokens / 15 min), which the product knows from the spec; {args.pages} pages cost
+  {2 * args.pages} tokens. The target compares its median with the with-headers `sync_inproc` full median of the same run
+  (with headers the sandbox announces market-order at 10⁹ tokens / 15 min). A run that exceeds its timeout is killed
+  and reported as a lower bound.
+- **F under a 30% 5xx storm** (*F-5xx*): the same, with `error_rate=0.3` on the route (502/503/504, 3 in 10 of them
+  HTML pages; `error_seed` = repetition) and ESI's error limit on at the sandbox's default (100 errors per 60 s window,
+  then 420 on every route), so the walk must pace itself on the error budget. *Exact data*: the table holds the
+  sandbox snapshot's row count (`/_sandbox/state`) and the same rows (md5 over all rows) as the error-free walk.
 - **M**: corporation `{98000001}` with {args.assets:,} assets (`{{"base": "small", "assets": N}}`), 1000 per page; a
   director's refresh token is stored (encrypted) in each sync database as `sync-assets esi login` would; dlt gets an
   access token. A second corporation with a quarter of the assets checks how memory grows with the pages.
@@ -400,11 +515,24 @@ def _f_tables(res: Results, args: Any) -> str:
             if not cell.runs:
                 continue
             lines.append(_row(_common(cell, phase, system)))
+        if phase == "full":  # the same in-process full sync without rate-limit headers / under a 5xx storm
+            for workload, label in VARIANT_LABELS.items():
+                cell = res.cell(workload, "full", "sync_inproc")
+                if cell.n:
+                    lines.append(_row(_common(cell, label, "sync_inproc")))
+                elif cell.runs:  # every run failed or was killed: say so instead of a row of n/a
+                    killed = _killed(cell)
+                    lines.append(_row([label, "sync_inproc", f"killed after {max(r.wall for r in killed):.0f} s" if killed else "failed",
+                                       *["—"] * 8]))
     lines.append("")
     lines.append("*in-process s*: sync_inproc: the `dagster.materialize` call; sync_cli: the asset's fetch + write as "
                  "reported in its metadata (`fetch_seconds` + `write_seconds`); dlt: `pipeline.run` inside the asset; "
                  "floor: fetch+parse + COPY. *rows written* for dlt: the rows of its last load package (every fetched row "
                  "is staged and merged).\n")
+    if any(res.cell(w, "full", "sync_inproc").runs for w in VARIANT_LABELS):
+        lines.append("*full, no X-Ratelimit-\\** and *full, 30% 5xx*: the in-process full sync again, in the same rotation, into "
+                     "fresh databases, without rate-limit headers and under a 30% 5xx storm; see "
+                     "[the section below](#f-without-rate-limit-headers-and-under-a-30-5xx-storm).\n")
     inproc = {p: res.cell("F", p, "sync_inproc") for p in ("full", "unchanged_cached", "unchanged", "refreshed")}
     lines.append("### sync_assets in-process, phase by phase (the former `bench/market_orders.py` table)\n")
     lines.append("| phase | in-process s | page walk s | write s | rows in table | rows written | rows/s | body bytes | 304 pages / pages |")
@@ -513,6 +641,72 @@ def _f100_rl_tables(res: Results, args: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _variant_tables(res: Results, args: Any) -> str:
+    noh, storm = res.cell("F-noheaders", "full", "sync_inproc"), res.cell("F-5xx", "full", "sync_inproc")
+    if not noh.runs and not storm.runs:
+        return ""
+    ref = {r.rep: r for r in res.cell("F", "full", "sync_inproc").runs}
+    lines = ["## F without rate-limit headers, and under a 30% 5xx storm\n"]
+    lines.append(f"The in-process full sync of The Forge ({args.pages} pages) again, each repetition into a fresh database, in the "
+                 "F full rotation of the same run; *with headers* is that repetition's `sync_inproc` full run.\n")
+    if noh.runs:
+        lines.append("### No `X-Ratelimit-*` headers (sandbox `rate_limit_enabled=False`; declared group market-order, 12000 tokens / 15 min)\n")
+        lines.append("| rep | in-process s | page walk s | with headers: in-process / walk s | ratio (walk alone) | requests | 200 / 429 "
+                     "| budget wait s | X-Ratelimit-* on page 1 | rows in table / snapshot | result |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in noh.runs:
+            w = ref.get(r.rep)
+            s, walk = r.inner.get("seconds"), meta(r, "fetch_seconds")
+            ws, wwalk = (w.inner.get("seconds"), meta(w, "fetch_seconds")) if w and w.ok else (None, None)
+            if r.ok:
+                ratio = f"{ratio_text(s / ws if s and ws else None)} ({ratio_text(walk / wwalk if walk and wwalk else None)})"
+            elif r.error.startswith("timeout") and ws:
+                ratio = f"≥ {ratio_text(r.wall / ws)}"
+            else:
+                ratio = "n/a"
+            sent = r.inner.get("ratelimit_headers_sent")
+            lines.append(_row([
+                str(r.rep), f2(s) if r.ok else f"killed after {r.wall:.0f} s" if r.error.startswith("timeout") else "—", f2(walk),
+                f"{f2(ws)} / {f2(wwalk)}", ratio, fint(r.server.get("requests")),
+                f"{fint(r.server.get('status_200'))} / {fint(r.server.get('status_429'))}", f2(meta(r, "budget_wait_seconds")),
+                "n/a" if sent is None else (", ".join(sent) or "none"),
+                f"{fint(r.inner.get('rows_in_table'))} / {fint(r.inner.get('snapshot_rows'))}", _result(r),
+            ]))
+        lines.append("")
+    if storm.runs:
+        limit = next((r.inner.get("error_limit") for r in storm.runs if r.inner.get("error_limit") is not None), None)
+        window = next((r.inner.get("error_limit_window") for r in storm.runs if r.inner.get("error_limit_window")), None)
+        lines.append(f"### 30% 5xx (sandbox `error_rate=0.3`, `error_seed` = rep; ESI's error limit "
+                     + (f"{limit} errors / {window} s" if limit is not None else "as configured") + ")\n")
+        lines.append("| rep | in-process s | page walk s | with headers, no errors: in-process s | requests | 200 / 5xx / 420 / 429 "
+                     "| retries (metadata) | page walks | budget wait s | rows in table / snapshot | same rows as the clean walk | exact | result |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in storm.runs:
+            w = ref.get(r.rep)
+            same = _same_rows(res, r)
+            exact = _exact(res, r)
+            lines.append(_row([
+                str(r.rep), f2(r.inner.get("seconds")) if r.ok else (f"killed after {r.wall:.0f} s" if r.error.startswith("timeout") else "—"),
+                f2(meta(r, "fetch_seconds")), f2(w.inner.get("seconds") if w and w.ok else None), fint(r.server.get("requests")),
+                " / ".join(fint(r.server.get(k)) for k in ("status_200", "status_5xx", "status_420", "status_429")),
+                fint(meta(r, "retries")), fint(meta(r, "page_walks")), f2(meta(r, "budget_wait_seconds")),
+                f"{fint(r.inner.get('rows_in_table'))} / {fint(r.inner.get('snapshot_rows'))}",
+                "n/a" if same is None else ("yes" if same else "**no**"), "n/a" if exact is None else ("yes" if exact else "**no**"),
+                _result(r),
+            ]))
+        lines.append("")
+        lines.append("*retries*: the materialization's `retries` metadata (requests retried, including pages retried after the rest of "
+                     "the walk); *5xx* / *420* / *429*: the sandbox's counters for the route during the run; *same rows as the clean walk*: "
+                     "md5 over every row of the table equals that of the with-headers, error-free full sync of the same repetition.")
+    return "\n".join(lines) + "\n"
+
+
+def _result(run: Any) -> str:
+    if run.ok:
+        return "ok"
+    return "FAILED: " + " ".join(run.error.split())[:400].replace("|", "\\|")
+
+
 def _m_tables(res: Results, args: Any) -> str:
     lines = [f"## M: {args.assets:,} corporation assets ({args.assets // 1000} pages, SSO token)\n"]
     lines.append("| system | wall s | in-process s | CPU s | peak RSS MB | rows in table | rows written | requests | body bytes | n |")
@@ -584,6 +778,7 @@ def _profiles(targets: list[dict], args: Any) -> str:
         "F_unchanged": "F unchanged (after Expires, all 304)",
         "F_unchanged_serial": "F unchanged (after Expires, all 304), page walk run inline (`--serial-fetch`)",
         "M_full": "M full (1,000,000 assets)",
+        "F_noheaders_serial": "F full without `X-Ratelimit-*` headers, page walk run inline (`--serial-fetch`): where its time goes",
     }
     why = {t["key"]: [p for p in t["profile"]] for t in missed}
     if missed:

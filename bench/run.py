@@ -9,8 +9,10 @@ serve every system; every measured system runs as its own process under `/usr/bi
 repetition) and every figure is the median of `--repeat` runs. See the generated RESULTS.md for
 the method, the results, the targets and the profiles; raw runs go to results.json and the
 pyinstrument trees to profiles/, next to the report (bench/ for the canonical run). ~20 min on
-2 cores; `--only`, `--repeat`, `--dlt-default-runs`, `--dlt-latency`, `--dlt-default-m` trade time
-for coverage. A run that hangs is killed, reported with the query Postgres was running, and not
+2 cores, plus about a minute per repetition for the F-5xx walk (paced by ESI's error limit) and up
+to 90 s for a no-headers walk that crawls (killed at its timeout, reported as a lower bound);
+`--only`, `--repeat`, `--dlt-default-runs`, `--dlt-latency`, `--dlt-default-m` trade time for
+coverage. A run that hangs is killed, reported with the query Postgres was running, and not
 repeated. Not part of the test suite.
 
 Workloads
@@ -20,6 +22,13 @@ Workloads
   F-100 the same with 100 ms sandbox latency per request (full, unchanged/304)
   RL    the sandbox limits the route to R requests/s (its own sliding-window bucket, window 1 s,
         2R tokens: a 200 costs 2 tokens); time vs the bound pages/R and 429s
+  F-noheaders  F full (in-process, fresh database) with the sandbox answering without X-Ratelimit-*
+        headers (knob rate_limit_enabled=False; the route keeps its declared group market-order,
+        12000 tokens / 15 min): time vs the same walk with headers (target <= 1.2x)
+  F-5xx F full (in-process, fresh database) while the sandbox answers 30% of the route's requests
+        with 502/503/504 (some HTML; error_seed = rep), ESI's error limit on (100 errors / 60 s):
+        time, retries, exact data (rows and a fingerprint vs the sandbox's snapshot and the clean
+        walk), 420s (must be 0)
   M     1,000,000 corporation assets (1000 pages, SSO token) - peak RSS and time; the same at
         250,000 assets to check that memory grows only with the DataFrame
 Systems
@@ -64,6 +73,8 @@ FORGE = 10000002
 CORP_M, CORP_M4 = 98000001, 98000002  # 1,000,000 and 250,000 assets (ids differ modulo 97)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 ISSUER = "login.eveonline.com"
+# F variants measured in the F full rotation, reported as workloads of their own (system sync_inproc)
+VARIANTS = {"sync_inproc_noheaders": "F-noheaders", "sync_inproc_storm": "F-5xx"}
 
 
 # =============================================================================== measuring processes
@@ -318,6 +329,8 @@ class Bench:
             return 900.0 if run.system.startswith("dlt") else 420.0
         if run.system.startswith("dlt"):
             return 400.0
+        if run.workload == "F-5xx":  # paced by ESI's error limit (100 errors / 60 s): a minute or two
+            return 300.0 * self.args.pages / 300 + 60.0
         return 60.0 * self.args.pages / 300 + 30.0
 
     def terminate_backends(self) -> list[str]:
@@ -356,11 +369,13 @@ class Bench:
         return run
 
     def sync_inproc(self, run: Run, db: str, asset: str, partition: str, route: str, extra: dict[str, str] | None = None,
-                    profile: str | None = None, serial: bool = False) -> Run:
+                    profile: str | None = None, serial: bool = False, profile_limit: float | None = None) -> Run:
         out = self.work / f"result_{self.counter + 1}.json"
         cmd = [PY, "-m", "bench.workers", "sync", "--asset", asset, "--partition", partition, "--out", str(out)]
         if profile:
             cmd += ["--profile", profile]
+            if profile_limit:
+                cmd += ["--profile-limit", str(profile_limit)]
         if serial:
             cmd += ["--serial-fetch"]
         return self.measure(run, cmd, self.sync_env(db, extra), route, out)
@@ -486,15 +501,21 @@ class Bench:
         orders = dict(path=f"/markets/{FORGE}/orders", params={"order_type": "all"})
         dlt_orders = dict(path=f"markets/{FORGE}/orders", params={"order_type": "all"}, primary_key="order_id", table="market_orders")
         asset, part = "esi/market_orders", str(FORGE)
-        dbs = {s: self.fresh_database(f"f{rep}_{s}") for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor")}
+        dbs = {s: self.fresh_database(f"f{rep}_{s}")
+               for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor", "sync_inproc_noheaders", "sync_inproc_storm")}
+        runs: dict[str, Run] = {}
         dlt_dbs = {s: f"f{rep}_{s}" for s in ("dlt_csv", "dlt_default")}
         for name in dlt_dbs.values():
             self.fresh_database(name)
 
         def full(system: str) -> Callable[[], Any]:
-            r = Run("F", system, "full", rep)
+            workload = VARIANTS.get(system, "F")  # the variants are workloads of their own, run in this rotation
+            r = runs[system] = Run(workload, system if workload == "F" else "sync_inproc", "full", rep)
             return {
                 "sync_cli": lambda: self.sync_cli(r, dbs["sync_cli"], asset, part, "orders"),
+                # the same in-process walk with the sandbox sending no X-Ratelimit-* headers, and under a 5xx storm
+                "sync_inproc_noheaders": lambda: self.sync_no_headers(r, dbs[system], asset, part),
+                "sync_inproc_storm": lambda: self.sync_storm(r, dbs[system], asset, part, seed=rep),
                 "sync_inproc": lambda: self.sync_inproc(r, dbs["sync_inproc"], asset, part, "orders"),
                 # diagnostic A/B: the same without the Postgres-shared API budget (one transaction per request)
                 "sync_inproc_nobudget": lambda: self.sync_inproc(r, dbs["sync_inproc_nobudget"], asset, part, "orders",
@@ -507,7 +528,7 @@ class Bench:
                 "dagster_sqlite": lambda: self.dagster_fixed(r, "sqlite", "in_process"),
             }[system]
 
-        systems = ["sync_cli", "sync_inproc", "dlt_csv", "floor", "dagster"]
+        systems = ["sync_cli", "sync_inproc", "dlt_csv", "floor", "dagster", "sync_inproc_noheaders", "sync_inproc_storm"]
         if self.budget_field:
             systems.append("sync_inproc_nobudget")
         if rep < self.args.dlt_default_runs:  # only to show which dlt configuration is the faster
@@ -516,6 +537,13 @@ class Bench:
             systems += ["dagster_multiprocess", "dagster_sqlite"]
         for system in rotate(systems, rep):
             full(system)()
+        # exact data: every table of the snapshot (generation 0) against the sandbox's row count and
+        # against the with-headers, error-free walk (before the re-syncs change anything)
+        snapshot_rows = self.snapshot_rows(FORGE)
+        for system in ("sync_inproc", "sync_inproc_noheaders", "sync_inproc_storm"):
+            r = runs[system]
+            r.inner["snapshot_rows"] = snapshot_rows
+            r.inner.update(self.table_fingerprint(dbs[system], FORGE))
 
         def resync(phase: str, system: str) -> None:
             r = Run("F", system, phase, rep)
@@ -564,9 +592,72 @@ class Bench:
         r = self.sync_inproc(Run("RL", "sync_inproc", "full", rep), db, asset, part, "orders")
         r.inner["rate"] = rate
         sandbox.configure(rate_limit_window=900, rate_limit_tokens={"market-order": 10**9})
-        for name in [*(f"f{rep}_{s}" for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor", "dlt_csv", "dlt_default")),
+        for name in [*(f"f{rep}_{s}" for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor", "dlt_csv", "dlt_default",
+                                                "sync_inproc_noheaders", "sync_inproc_storm")),
                      *(f"f100_{rep}_{s}" for s in ("sync_cli", "sync_inproc")), f"rl_{rep}"]:
             self.drop_database(name)
+
+    def sync_no_headers(self, run: Run, db: str, asset: str, partition: str) -> Run:
+        """The in-process sync with the sandbox's rate limiting off for every route (knob
+        rate_limit_enabled=False: no X-Ratelimit-* headers, no bucket, no 429; the error-limit
+        headers stay). The product still knows the route's group from its declaration."""
+        assert self.sandbox
+        self.sandbox.configure(rate_limit_enabled=False)
+        try:
+            headers = self.probe_headers()
+            self.sync_inproc(run, db, asset, partition, "orders")
+        finally:
+            self.sandbox.configure(rate_limit_enabled=True)
+        run.inner["ratelimit_headers_sent"] = headers  # what page 1 carried (checked before the run): must be []
+        return run
+
+    def sync_storm(self, run: Run, db: str, asset: str, partition: str, seed: int, error_rate: float = 0.3) -> Run:
+        """The in-process sync while the sandbox answers `error_rate` of the route's requests with an
+        injected 502/503/504 (3 in 10 of them HTML pages), ESI's error limit on at the sandbox's default."""
+        assert self.sandbox
+        knobs = self.sandbox.client.get("/_sandbox/config").raise_for_status().json()
+        self.sandbox.configure(error_rate=error_rate, error_seed=seed, error_routes=["orders"])
+        try:
+            self.sync_inproc(run, db, asset, partition, "orders")
+        finally:
+            self.sandbox.configure(error_rate=0.0, error_routes=None)
+        run.inner.update(error_rate=error_rate, error_seed=seed, error_limit=knobs["error_limit"] if knobs["error_limit_enabled"] else None,
+                         error_limit_window=knobs["error_limit_window"])
+        with contextlib.suppress(Exception):  # 420s are served on every route once the error limit is spent
+            run.inner["status_420_all_routes"] = self.sandbox.counters("total").get("status_420")
+        return run
+
+    def probe_headers(self) -> list[str]:
+        """The X-Ratelimit-* header names of one page-1 answer (limits reset first, so a previous
+        storm's spent error window cannot answer it with a 420)."""
+        assert self.sandbox
+        self.sandbox.post("limits/reset")
+        response = self.sandbox.client.get(f"/markets/{FORGE}/orders", params={"order_type": "all", "page": 1})
+        response.raise_for_status()
+        return sorted(h for h in response.headers if h.lower().startswith("x-ratelimit"))
+
+    def snapshot_rows(self, region_id: int) -> int | None:
+        """Rows of the sandbox's current orders snapshot of the region (its own count)."""
+        assert self.sandbox
+        state = self.sandbox.client.get("/_sandbox/state").raise_for_status().json()
+        snaps = [s for s in state["snapshots"] if s["route"] == "orders" and s.get("region_id") == region_id]
+        return max(snaps, key=lambda s: s["generation"])["rows"] if snaps else None
+
+    def table_fingerprint(self, db: str, region_id: int) -> dict:
+        """Rows of the region in the orders table and an md5 over every row (primary-key order), to
+        compare tables written by different runs of the same snapshot."""
+        from sync_assets.apis.esi.datasets import ESI_DATASETS  # noqa: F401 (registers them)
+        from sync_assets.core.catalog import DATASETS_BY_KEY
+        from sync_assets.warehouse.tables import qi, table_name
+
+        dataset = DATASETS_BY_KEY["esi.market_orders"]
+        order = ", ".join(qi(k) for k in dataset.primary_key)
+        try:
+            [(rows, digest)] = self.sql(db, f"SELECT count(*), md5(string_agg(t::text, E'\\n' ORDER BY {order})) "
+                                            f"FROM {table_name(dataset)} t WHERE region_id = {int(region_id)}")
+        except Exception as exc:  # noqa: BLE001 - a failed run may not have created the table
+            return {"rows_in_table": None, "fingerprint": None, "fingerprint_error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        return {"rows_in_table": rows, "fingerprint": digest}
 
     def m_sandbox(self) -> Sandbox:
         sandbox = self.start_sandbox(
@@ -626,12 +717,23 @@ class Bench:
         db = self.fresh_database("prof_f_serial")
         self.sync_inproc(Run("profile", "sync_inproc", "F_full_serial", 0), db, asset, part, "orders",
                          profile=str(out / "F_full_serial"), serial=True)
+        # the walk without X-Ratelimit-* headers, inline: where its time goes (budget waits included);
+        # cut after half the run's timeout so that a crawling walk still leaves its tree
+        db = self.fresh_database("prof_f_noheaders")
+        r = Run("profile", "sync_inproc", "F_noheaders_serial", 0)
+        assert self.sandbox
+        self.sandbox.configure(rate_limit_enabled=False)
+        try:
+            self.sync_inproc(r, db, asset, part, "orders", profile=str(out / "F_noheaders_serial"), serial=True,
+                             profile_limit=round(self.timeout_for(r) / 2))
+        finally:
+            self.sandbox.configure(rate_limit_enabled=True)
         self.m_sandbox()
         db = self.fresh_database("prof_m")
         self.connect_director(db, CORP_M)
         self.sync_inproc(Run("profile", "sync_inproc", "M_full", 0), db, "esi/corporation_assets", str(CORP_M), "assets",
                          self.sso_env(), profile=str(out / "M_full"))
-        for name in ("prof_f", "prof_f_serial", "prof_m"):
+        for name in ("prof_f", "prof_f_serial", "prof_f_noheaders", "prof_m"):
             self.drop_database(name)
 
 

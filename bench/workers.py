@@ -12,7 +12,9 @@ trivial asset, so Dagster's first-call costs (lazy imports, instance setup) are 
 the sync. `--profile PREFIX` wraps the timed call in pyinstrument and writes PREFIX.txt (and the HTML tree into
 $BENCH_PROFILE_HTML_DIR when set);
 `--serial-fetch` runs the page walk's thread pool inline, so that a (main-thread) profiler sees
-where the fetch CPU goes.
+where the fetch CPU goes. `--profile-limit S` cuts a profiled run after S seconds (SIGALRM in the
+profiled main thread): the tree of what it did so far is written and the process exits, so that a
+crawling walk still leaves its profile.
 
 `floor` measures the physical floor on this machine, with no sync_assets code on the hot path:
   fetch       every page fetched by `--concurrency` threads over keep-alive http.client
@@ -29,6 +31,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -168,17 +171,27 @@ def sync(args: argparse.Namespace) -> None:
         profiler = Profiler(interval=0.001)
         profiler.start()
     started = time.perf_counter()
+    if profiler is not None and args.profile_limit:
+
+        def cut(signum: int, frame: Any) -> None:  # runs in the main (profiled) thread, between bytecodes
+            profiler.stop()
+            _write_profile(args.profile, profiler, note=f"Cut after {args.profile_limit:.0f} s (--profile-limit): "
+                                                        "the materialization had not finished; the tree is its first part.")
+            _write(args.out, {"ok": True, "profile_cut_after_s": args.profile_limit, "seconds": time.perf_counter() - started})
+            os._exit(0)
+
+        signal.signal(signal.SIGALRM, cut)
+        signal.setitimer(signal.ITIMER_REAL, args.profile_limit)
     result = dg.materialize(
         [asset, *checks], partition_key=args.partition, resources=resources, instance=instance, raise_on_error=False
     )
     seconds = time.perf_counter() - started
+    if profiler is not None and args.profile_limit:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     sampler.stop()
     if profiler is not None:
         profiler.stop()
-        Path(args.profile + ".txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
-        html_dir = os.environ.get("BENCH_PROFILE_HTML_DIR")  # the interactive tree is large: not kept in the repository
-        if html_dir:
-            Path(html_dir, Path(args.profile).name + ".html").write_text(profiler.output_html())
+        _write_profile(args.profile, profiler)
     out: dict[str, Any] = {
         "ok": result.success,
         "seconds": seconds,
@@ -196,6 +209,14 @@ def sync(args: argparse.Namespace) -> None:
             e.step_failure_data.error.message.strip().splitlines()[0] for e in result.get_step_failure_events() if e.step_failure_data.error
         )
     _write(args.out, out)
+
+
+def _write_profile(prefix: str, profiler: Any, note: str = "") -> None:
+    text = profiler.output_text(unicode=False, color=False, show_all=False)
+    Path(prefix + ".txt").write_text((note + "\n" if note else "") + text)
+    html_dir = os.environ.get("BENCH_PROFILE_HTML_DIR")  # the interactive tree is large: not kept in the repository
+    if html_dir:
+        Path(html_dir, Path(prefix).name + ".html").write_text(profiler.output_html())
 
 
 def _plain(value: Any) -> Any:
@@ -308,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--asset", required=True, help="asset key, e.g. esi/market_orders")
     s.add_argument("--partition", required=True)
     s.add_argument("--profile", help="write the pyinstrument tree to PREFIX.txt")
+    s.add_argument("--profile-limit", type=float, help="with --profile: stop after this many seconds, keeping the tree so far")
     s.add_argument("--serial-fetch", action="store_true")
     s.add_argument("--out", required=True)
     f = jobs.add_parser("floor")
