@@ -162,3 +162,20 @@ def test_the_error_limit_policy_of_esi_is_kept_for_declared_routes(engine, heade
                             {"h": budget.holder}).scalar_one()
     assert held == 1
     http.close()
+
+
+def test_a_budget_table_of_the_previous_version_is_upgraded_and_its_learned_sizes_kept(engine) -> None:
+    """Rows written before limits were declared were learned from the server: a declaration does
+    not replace them."""
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text("CREATE SCHEMA sync_assets; CREATE TABLE sync_assets.api_limits (bucket text PRIMARY KEY, "
+                          "capacity integer NOT NULL, window_s double precision NOT NULL, "
+                          "updated_at timestamptz NOT NULL DEFAULT now())"))
+        conn.execute(text("INSERT INTO sync_assets.api_limits (bucket, capacity, window_s) VALUES ('esi/tiny/public', 100, 3600)"))
+    budget = PostgresBudget(engine, BudgetPolicy(), sleep=CountingSleep())
+    key = BudgetKey("esi", "tiny", "public", declared=SlidingWindow(40, 3600))
+    budget.before_request(key, Quiet())
+    assert budget.remaining(key) == 98
+    budget.close()

@@ -66,7 +66,12 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.api_limits (
     window_s   double precision NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE {SCHEMA}.api_limits ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'server';
+DO $$ BEGIN  -- 'declared' or 'server'; rows of older versions were all learned from headers
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{SCHEMA}'
+                   AND table_name = 'api_limits' AND column_name = 'source') THEN
+        ALTER TABLE {SCHEMA}.api_limits ADD COLUMN source text NOT NULL DEFAULT 'server';
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS {SCHEMA}.api_spend (
     bucket text NOT NULL,
     at     timestamptz NOT NULL,
@@ -392,6 +397,7 @@ class PostgresBudget:
         self._slots: dict[str, _Slots] = {}
         self._views: dict[str, _ApiView] = {}
         self._reconciled_at: dict[str, float] = {}
+        self._refused_until: dict[str, float] = {}  # monotonic: a bucket the database just refused
         self.waited_s = 0.0
         self.round_trips = 0  # database transactions, for benchmarks and tests
         self.advance_hits = 0  # requests admitted from a local advance, without a transaction
@@ -526,6 +532,10 @@ class PostgresBudget:
             self.advance_hits += 1
             return 0.0, reserve
         started = self._clock()  # before the database's clock is read: advances expire early, never late
+        if started < self._refused_until.get(key.bucket, 0.0):
+            # another page worker of this process was just told to wait: asking again before then
+            # would only be refused again (a herd of workers must not cost a transaction each)
+            return self._refused_until[key.bucket] - started, 0
         with self._begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:b))"), {"b": key.bucket})
             self._refund(conn, key.bucket, stash)
@@ -534,6 +544,7 @@ class PostgresBudget:
         if grant is None:  # size unknown and nothing declared: a probe (its cost is charged when known)
             return 0.0, 0
         if grant.wait_s > 0:
+            self._refused_until[key.bucket] = started + grant.wait_s
             return grant.wait_s, 0
         stash.tokens += grant.charged - reserve
         stash.charged_at, stash.refund_by = grant.at, grant.refund_by
