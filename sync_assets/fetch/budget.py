@@ -237,6 +237,9 @@ class _SlidingWindows:
         )
         used = conn.execute(text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b"), {"b": bucket}).scalar_one()
         allowed = limit.capacity * (1 - policy.safety_margin)
+        # a debt larger than the bucket (4xx charged 5 against a tiny window) could never be paid:
+        # pay what a whole bucket can (the server's Remaining corrects the rest)
+        need = min(need, max(policy.cost.ok, math.floor(allowed)))
         if used + need <= allowed:
             advance = int(min(allowed * policy.stash_share, policy.cost.ok * policy.stash_requests, allowed - used))
             charge = max(need, advance)
@@ -546,7 +549,7 @@ class PostgresBudget:
         if grant.wait_s > 0:
             self._refused_until[key.bucket] = started + grant.wait_s
             return grant.wait_s, 0
-        stash.tokens += grant.charged - reserve
+        stash.tokens = max(stash.tokens + grant.charged - reserve, 0)  # below 0 only if a debt was capped: forgiven
         stash.charged_at, stash.refund_by = grant.at, grant.refund_by
         stash.token_bucket = isinstance(key.declared, TokenBucket)
         stash.valid_until = started + grant.usable_s
