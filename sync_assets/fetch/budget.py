@@ -29,6 +29,9 @@ updated at once by what this process learns itself). Errors and 429s, being rare
 through immediately. A token bucket's advance is used only while the bucket, without it, would
 not be full again (give or take the safety margin): so requests admitted from a stash keep GCRA's
 bound (burst + rate x t) at the moment they are sent, not only when their tokens were charged.
+A token bucket that is spent hands out turns instead of refusals (GCRA knows the next free
+moment): the request is charged at once and sent at its turn, so waiting workers of all processes
+queue in order at one transaction each rather than waking together to be refused again.
 
 Own SQL rather than pyrate-limiter (v4.4, its `PostgresBucket`): that bucket needs psycopg 3 and
 psycopg_pool beside the psycopg2 that dagster-postgres requires; it is a sliding-window log only
@@ -204,6 +207,7 @@ class _Grant:
 
     wait_s: float = 0.0
     charged: int = 0
+    send_in_s: float = 0.0  # the request's turn, already charged: send it no earlier than this
     usable_s: float = 0.0
     at: datetime | None = None
     refund_by: datetime | None = None
@@ -327,7 +331,7 @@ class _TokenBuckets:
         owed = max(ahead, 0.0)
         usable_burst = max(limit.burst * (1 - policy.safety_margin), need)  # a debt larger than the burst: a full bucket pays it
         if owed + need * interval > usable_burst * interval + _EPS:
-            return _Grant(wait_s=max(owed + need * interval - usable_burst * interval, 0.01))
+            return self._turn(conn, bucket, owed + need * interval - usable_burst * interval, need)
         room = math.floor((usable_burst * interval - owed) / interval + _EPS)
         share = max(need, math.floor(limit.burst * policy.stash_share))
         charge = max(need, min(room, share, policy.cost.ok * policy.stash_requests))
@@ -341,6 +345,20 @@ class _TokenBuckets:
             {"b": bucket, "c": charge},
         ).one()
         return _Grant(charged=charge, usable_s=usable_s, at=row.at, refund_by=row.tat)
+
+    def _turn(self, conn: Connection, bucket: str, wait_s: float, need: int) -> _Grant:
+        """GCRA can hand out the next free moment instead of a refusal: charge the request now and
+        send it then. Waiting workers of every process queue in order, one transaction each,
+        instead of all waking together to be refused again. Turns beyond a run's patience are
+        refused (the caller gives up without holding tokens)."""
+        if wait_s > self.policy.max_wait_s:
+            return _Grant(wait_s=wait_s)
+        row = conn.execute(
+            text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = GREATEST(tat, clock_timestamp()) + "
+                 "make_interval(secs => :c / rate) WHERE bucket = :b RETURNING tat, clock_timestamp() AS at"),
+            {"b": bucket, "c": need},
+        ).one()
+        return _Grant(charged=need, send_in_s=wait_s, at=row.at, refund_by=row.tat)
 
     def refund(self, conn: Connection, bucket: str, stash: _Stash) -> None:
         """Give back unused advance tokens, but only while the bucket still owes them: once `tat`
@@ -411,32 +429,56 @@ class PostgresBudget:
         """Wait until every shared budget allows one more request, then charge it. `sleep`: how
         to wait (the caller's, when it must be able to give up while waiting)."""
         self._ensure()
+        sleep = sleep or self._sleep
         while True:
             with self._lock:
-                wait, reason, cost = self._try_admit(key)
+                wait, reason, cost, send_in = self._try_admit(key)
             if wait <= 0:
-                return Reservation(key, cost, slot=self.policy.error_limit)
+                reservation = Reservation(key, cost, slot=self.policy.error_limit)
+                if send_in <= 0 or self._await_turn(reservation, send_in, log, sleep):
+                    return reservation
+                continue
             if wait > self.policy.max_wait_s:
                 raise BudgetExhausted(f"{key.api}: {reason}; the next request would be {wait:.0f}s away, "
                                       f"longer than a run waits ({self.policy.max_wait_s:.0f}s)")
             if wait >= 0.25:  # the pacing of a tight bucket is a stream of tiny waits: not worth a line each
                 log.warning(f"{key.api}: waiting {wait:.1f}s: {reason}")
             self.waited_s += wait
-            (sleep or self._sleep)(wait)
+            sleep(wait)
 
-    def _try_admit(self, key: BudgetKey) -> tuple[float, str, int]:
-        """(0, "", tokens charged) once admitted; (seconds to wait, why, 0) otherwise. Holds self._lock."""
+    def _await_turn(self, reservation: Reservation, seconds: float, log: Log, sleep: Callable[[float], None]) -> bool:
+        """Sleep until a charged request's turn. False (its tokens are given up) when a latch set
+        meanwhile holds the bucket now: the caller waits for that like any other request."""
+        key = reservation.key
+        if seconds >= 0.25:
+            log.warning(f"{key.api}: waiting {seconds:.1f}s for this request's turn in rate-limit bucket {key.group or key.api}")
+        self.waited_s += seconds
+        try:
+            sleep(seconds)
+            with self._lock:
+                latched, _ = self._latched(key)
+        except BaseException:  # the walk gave up (or the circuit opened) while waiting
+            self.release(reservation)
+            raise
+        if latched > 0:
+            self.release(reservation)
+            return False
+        return True
+
+    def _try_admit(self, key: BudgetKey) -> tuple[float, str, int, float]:
+        """(0, "", tokens charged, seconds until its turn) once admitted; (seconds to wait, why, 0,
+        0) otherwise. Holds self._lock."""
         wait, reason = self._latched(key)
         if wait <= 0 and self.policy.error_limit:
             wait, reason = self._take_slot(key.api)
         if wait > 0 or not key.bucket:
-            return wait, reason, 0
-        wait, cost = self._take_tokens(key)
+            return wait, reason, 0, 0.0
+        wait, cost, send_in = self._take_tokens(key)
         if wait > 0:
             if self.policy.error_limit:
                 self._slots[key.api].in_flight -= 1
-            return wait, f"rate-limit bucket {key.group or key.api} is spent", 0
-        return 0.0, "", cost
+            return wait, f"rate-limit bucket {key.group or key.api} is spent", 0, 0.0
+        return 0.0, "", cost, send_in
 
     def _latched(self, key: BudgetKey) -> tuple[float, str]:
         view = self._views.setdefault(key.api, _ApiView())
@@ -526,34 +568,35 @@ class PostgresBudget:
 
     # -- rate-limit tokens -----------------------------------------------------------------------
 
-    def _take_tokens(self, key: BudgetKey) -> tuple[float, int]:
-        """(0, cost) once the request's tokens are taken, or (seconds to wait, 0)."""
+    def _take_tokens(self, key: BudgetKey) -> tuple[float, int, float]:
+        """(0, cost, seconds until its turn) once the request's tokens are taken, or (seconds to
+        wait, 0, 0)."""
         reserve = self.policy.cost.ok
         stash = self._stashes.setdefault(key.bucket, _Stash())
         if stash.tokens >= reserve and self._clock() < stash.valid_until:
             stash.tokens -= reserve
             self.advance_hits += 1
-            return 0.0, reserve
+            return 0.0, reserve, 0.0
         started = self._clock()  # before the database's clock is read: advances expire early, never late
         if started < self._refused_until.get(key.bucket, 0.0):
             # another page worker of this process was just told to wait: asking again before then
             # would only be refused again (a herd of workers must not cost a transaction each)
-            return self._refused_until[key.bucket] - started, 0
+            return self._refused_until[key.bucket] - started, 0, 0.0
         with self._begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:b))"), {"b": key.bucket})
             self._refund(conn, key.bucket, stash)
             need = reserve - stash.tokens  # more than one request's worth when the stash is in debt
             grant = self._charge(conn, key, need)
         if grant is None:  # size unknown and nothing declared: a probe (its cost is charged when known)
-            return 0.0, 0
+            return 0.0, 0, 0.0
         if grant.wait_s > 0:
             self._refused_until[key.bucket] = started + grant.wait_s
-            return grant.wait_s, 0
+            return grant.wait_s, 0, 0.0
         stash.tokens = max(stash.tokens + grant.charged - reserve, 0)  # below 0 only if a debt was capped: forgiven
         stash.charged_at, stash.refund_by = grant.at, grant.refund_by
         stash.token_bucket = isinstance(key.declared, TokenBucket)
         stash.valid_until = started + grant.usable_s
-        return 0.0, reserve
+        return 0.0, reserve, grant.send_in_s
 
     def _charge(self, conn: Connection, key: BudgetKey, need: int) -> _Grant | None:
         bucket = key.bucket
