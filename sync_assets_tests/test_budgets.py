@@ -14,6 +14,7 @@ from sync_assets.core.requests import SliceRequest, plan_requests
 from sync_assets.fetch.budget import BudgetKey, BudgetPolicy, CircuitOpen, PostgresBudget
 from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.apis.esi.spec import ESI
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
@@ -27,7 +28,7 @@ def _sync_region(url: str, database_url: str, region: str) -> bool:
     warehouse = PostgresWarehouse(database_url=database_url)
     esi = EsiResource(base_url=url, budget_database_url=database_url, expiry_guard_s=0, max_concurrency=8)
     result = dg.materialize(
-        [build_sync_asset(MARKET_ORDERS, "esi")], partition_key=region,
+        [build_sync_asset(MARKET_ORDERS, ESI)], partition_key=region,
         resources={"esi": esi, "warehouse": warehouse, IO_MANAGER_KEY: SnapshotIOManager(warehouse=warehouse)},
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
     )
