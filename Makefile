@@ -43,8 +43,9 @@ test: install ui-test-deps
 faults: install
 	$(BIN)/python -m sync_assets_tests.faults.report
 
+## Load every definition as Dagster does (`dg check defs`; needs no database and starts none).
 validate: install
-	$(BIN)/dagster definitions validate
+	$(BIN)/dg check defs
 
 ## Benchmarks (not part of `make test`); results go to bench/RESULTS.md.
 bench: install

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from .runtime import PROJECT_DIR, prepare_environment
+from .runtime import PROJECT_DIR, URL_SETTINGS, Runtime, prepare_environment
+
+STOP_TIMEOUT_S = 10.0  # after Ctrl-C, what is still running this long after SIGTERM is killed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,9 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     token_commands.add_parser("add-token", help="store a refresh token read from stdin or ESI_REFRESH_TOKEN (headless)")
     token_commands.add_parser("tokens", help="list stored tokens (no secrets)")
 
+    commands.add_parser("env", help="start the embedded PostgreSQL if needed and print the exports `dg dev` needs: "
+                        'eval "$(sync-assets env)" && dg dev')
+    postgres = commands.add_parser("postgres", help="the embedded PostgreSQL in $DAGSTER_HOME/pgdata")
+    postgres.add_subparsers(dest="action", required=True).add_parser("stop", help="stop it (dev/demo stop the one they start)")
+
     args = parser.parse_args(argv)
     if args.command == "esi":
         return _esi_tokens(args)
+    if args.command == "env":
+        env = dict(os.environ)
+        runtime = prepare_environment(env)  # the server keeps running: you asked for it (`sync-assets postgres stop`)
+        for name in ("DAGSTER_HOME", *URL_SETTINGS):  # only what was not set already: nothing of yours is echoed
+            if not os.environ.get(name):
+                print(f"export {name}={shlex.quote(env[name])}")
+        if runtime.started_postgres:
+            print(f"sync-assets: embedded PostgreSQL started in {runtime.dagster_home / 'pgdata'}", file=sys.stderr)
+        return 0
+    if args.command == "postgres":
+        from .db.embedded import stop_embedded_postgres
+
+        home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_DIR / ".dagster_home").resolve()
+        stop_embedded_postgres(home / "pgdata")
+        print(f"sync-assets: embedded PostgreSQL in {home / 'pgdata'} stopped (or was not running)")
+        return 0
     if args.command == "sandbox":
         from .apis.esi.sandbox.server import run
 
@@ -57,9 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sync-assets: DAGSTER_HOME={runtime.dagster_home}", flush=True)
     if runtime.embedded_postgres:
         print(f"sync-assets: embedded PostgreSQL in {runtime.dagster_home / 'pgdata'}", flush=True)
-    if args.command == "dev":
-        return _run_dagster_dev(env, args.host, args.port)
-    return _run_demo(env, args.host, args.port, args.sandbox_port)
+    try:
+        if args.command == "dev":
+            return _run_dagster_dev(env, args.host, args.port)
+        return _run_demo(env, args.host, args.port, args.sandbox_port)
+    finally:
+        _stop_postgres(runtime)
+
+
+def _stop_postgres(runtime: Runtime) -> None:
+    """The embedded server lives as long as the command that started it; one that was already
+    running (another sync-assets, or started by hand) is left alone."""
+    if runtime.started_postgres:
+        runtime.stop()
+        print("sync-assets: embedded PostgreSQL stopped", flush=True)
+    elif runtime.embedded_postgres:
+        print("sync-assets: embedded PostgreSQL left running (it was running before); "
+              "`sync-assets postgres stop` stops it", flush=True)
 
 
 def _esi_tokens(args: argparse.Namespace) -> int:
@@ -71,8 +110,9 @@ def _esi_tokens(args: argparse.Namespace) -> int:
     from .apis.esi.sso.errors import AuthError
 
     env = dict(os.environ)
-    if not env.get("SYNC_ASSETS_DATABASE_URL"):
-        prepare_environment(env)  # the embedded database, as `sync-assets dev` uses it
+    runtime = None
+    if not env.get("SYNC_ASSETS_DATABASE_URL"):  # the embedded database, as `sync-assets dev` uses it; stopped after
+        runtime = prepare_environment(env, dagster=False)
     lookup = partial(lookup_identity, EsiResource(base_url=env.get("SYNC_ASSETS_ESI_URL") or DEFAULT_ESI_URL))
     try:
         if args.action == "login":
@@ -84,6 +124,9 @@ def _esi_tokens(args: argparse.Namespace) -> int:
     except AuthError as exc:
         print(f"sync-assets: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if runtime is not None and runtime.started_postgres:
+            runtime.stop()
     return 0
 
 
@@ -91,7 +134,7 @@ def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int) -> i
     sandbox_port = sandbox_port or _free_port()
     url = f"http://127.0.0.1:{sandbox_port}"
     command = [sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port), "--auto-refresh"]
-    sandbox = subprocess.Popen(command, env=env)
+    sandbox = subprocess.Popen(command, env=env, start_new_session=True)  # stopped by us, after dagster dev
     try:
         _wait_for(f"{url}/status", sandbox)
         env["SYNC_ASSETS_ESI_URL"] = url
@@ -142,14 +185,50 @@ def _run_dagster_dev(env: dict[str, str], host: str, port: int) -> int:
         str(Path(sys.executable).with_name("dagster")), "dev",
         "-w", str(PROJECT_DIR / "workspace.yaml"), "-h", host, "-p", str(port),
     ]
-    process = subprocess.Popen(command, env=env, cwd=PROJECT_DIR)
-    forward = lambda signum, frame: process.send_signal(signal.SIGTERM)  # noqa: E731
-    signal.signal(signal.SIGTERM, forward)
+    # its own process group: a terminal's Ctrl-C reaches only us, and we stop the whole group
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_DIR, start_new_session=True)
+    return _supervise(process)
+
+
+def _supervise(process: subprocess.Popen) -> int:
+    """Wait for `process`, the leader of its own process group. Ctrl-C (SIGINT) or SIGTERM stops the
+    group: SIGTERM to the leader (dagster dev shuts its webserver, daemon and code servers down),
+    then SIGKILL to whatever of the group is left after STOP_TIMEOUT_S."""
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return process.wait()
-    except KeyboardInterrupt:
+        while process.poll() is None and not stopping.wait(0.25):
+            pass
+        if not stopping.is_set():
+            _stop_group(process.pid, time.monotonic())  # dagster dev exited by itself: its group goes with it
+            return process.returncode
+        print("sync-assets: stopping (Ctrl-C)", flush=True)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         process.send_signal(signal.SIGTERM)
-        return process.wait()
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _stop_group(process.pid, deadline)
+        process.wait()
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_group(pgid: int, deadline: float) -> None:
+    """Wait until process group `pgid` is empty, until `deadline`; then SIGKILL what is left."""
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _free_port() -> int:
@@ -173,12 +252,15 @@ def _wait_for(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> N
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """Stop a helper started in its own process group (the sandbox): SIGTERM, SIGKILL after 10 s."""
     if process.poll() is None:
         process.terminate()
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+    _stop_group(process.pid, time.monotonic())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from sqlalchemy import create_engine, text
 from sync_assets.apis import DOWNTIMES
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
+from sync_assets.runtime import write_instance_yaml
 
 from .conftest import create_database, drop_database
 
@@ -132,7 +132,7 @@ def deployment(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
         pytest.skip("ESI's daily downtime window: the automation launches nothing until it ends")
     home = tmp_path_factory.mktemp("daemon") / "dagster_home"
     home.mkdir()
-    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    write_instance_yaml(home)  # the project's dagster.yaml with Postgres storage, as `sync-assets dev` writes it
     data_url, dagster_url = create_database(pg_server_url, "data"), create_database(pg_server_url, "dagster")
     sandbox = EsiSandbox(regions=REGIONS, n_price_types=500, orders_per_page=200)
     sandbox.configure(latency=3.0)  # runs long enough (each a few requests) that runs of different slots overlap

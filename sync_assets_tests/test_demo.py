@@ -1,6 +1,7 @@
 """`sync-assets demo` (what `make demo` runs), as a user starts it: embedded PostgreSQL, the ESI
 sandbox, `dagster dev` with dagster-postgres storage. The UI's GraphQL API must list both assets,
-and a run launched through it (multiprocess executor, run queue, pool) must sync real rows."""
+and a run launched through it (run queue, slot limit, pool) must sync real rows; new corporations
+are synced without a click."""
 
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
   __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }
 """
 RUN = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+RUNS = "{ runsOrError(limit: 200) { ... on Runs { results { runId status tags { key value } } } } }"
 
 
 def test_demo_serves_both_assets_in_the_ui(demo: Demo) -> None:
@@ -132,7 +134,9 @@ def _wait_for_run(demo: Demo, run_id: str) -> str | None:
     return status
 
 
-def test_demo_connects_sandbox_corporations_and_the_sensor_adds_their_partitions(demo: Demo) -> None:
+def test_demo_connects_sandbox_corporations_and_syncs_their_partitions_at_once(demo: Demo) -> None:
+    """The corporation sensor adds a partition per connected corporation; the expiry sensor syncs a
+    partition never synced at once (nobody clicks, no schedule tick needed)."""
     deadline, keys = time.monotonic() + 180, []
     while time.monotonic() < deadline:
         node = demo.graphql(PARTITIONS, {"key": {"path": ["esi", "corporation_members"]}})["assetNodeOrError"]
@@ -141,16 +145,19 @@ def test_demo_connects_sandbox_corporations_and_the_sensor_adds_their_partitions
             break
         time.sleep(3)
     assert sorted(keys) == ["98000001", "98000002"]
-    params = {
-        "selector": {"repositoryLocationName": "sync_assets", "repositoryName": "__repository__", "jobName": "sync_esi_corporation_members"},
-        "mode": "default",
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "98000001"}]},
-    }
-    launched = demo.graphql(LAUNCH, {"params": params})["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    assert _wait_for_run(demo, launched["run"]["runId"]) == "SUCCESS"
     engine = create_engine(_data_url(demo.home / "pgdata"))
-    with engine.connect() as conn:
-        members = conn.execute(text("SELECT count(*) FROM esi.corporation_members WHERE corporation_id = 98000001")).scalar_one()
-    engine.dispose()
+    members, deadline = 0, time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(text("SELECT to_regclass('esi.corporation_members') IS NOT NULL")).scalar_one():
+                    members = conn.execute(text("SELECT count(*) FROM esi.corporation_members WHERE corporation_id = 98000001")).scalar_one()
+            if members > 10:
+                break
+            time.sleep(3)
+    finally:
+        engine.dispose()
     assert members > 10
+    runs = demo.graphql(RUNS)["runsOrError"]["results"]
+    launched = [r for r in runs if {"key": "sync_assets/slot", "value": "esi.corporation_members[98000001]"} in r["tags"]]
+    assert launched and all({"key": "dagster/sensor_name", "value": "expiry_sensor"} in r["tags"] for r in launched)
