@@ -181,7 +181,9 @@ class ApiResource(dg.ConfigurableResource):
 
     def budget_key(self, dataset: Dataset, credential: Credential | None = None) -> BudgetKey:
         """The shared bucket a dataset's requests spend: per rate-limit group and principal."""
-        return BudgetKey(self.spec.name, self.spec.limit_group(dataset.rate_limit_group), self.principal(credential))
+        spec = self.spec
+        return BudgetKey(spec.name, spec.limit_group(dataset.rate_limit_group), self.principal(credential),
+                         declared=spec.declared_limit(dataset.rate_limit_group))
 
     def principal(self, credential: Credential | None) -> str:
         if credential is not None:
@@ -230,7 +232,10 @@ class ApiResource(dg.ConfigurableResource):
             return None
         # the process's pool for that database: a run's budget takes one connection at a time
         engine = engine_for(psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL"))
-        return PostgresBudget(engine, BudgetPolicy(error_limit_floor=self.error_limit_floor), want_slots=self.max_concurrency)
+        spec = self.spec
+        policy = BudgetPolicy(error_limit=spec.error_limit, headers=spec.rate_limit_headers, cost=spec.costs,
+                              error_limit_floor=self.error_limit_floor)
+        return PostgresBudget(engine, policy, want_slots=self.max_concurrency)
 
 
 def _page_parser(dataset: Dataset, request: SliceRequest, label: str):

@@ -14,6 +14,7 @@ import httpx
 from ..core.datasets import Downtime
 from ..core.limits import PER_REQUEST, CostModel, RateLimit
 from .errors import ErrorClassifier
+from .limits import HeaderDialect, IrisHeaders
 
 # (client) -> a reason to hold scheduled work (down, starting up, unreachable), or None
 StatusProbe = Callable[[httpx.Client], "str | None"]
@@ -40,6 +41,8 @@ class ApiSpec:
     limits: Mapping[str, RateLimit] = field(default_factory=dict)
     default_limit: RateLimit | None = None
     costs: CostModel = PER_REQUEST
+    # how responses state limits; the de-facto X-RateLimit-Limit/-Remaining/Retry-After by default
+    rate_limit_headers: HeaderDialect = field(default_factory=IrisHeaders)
     error_limit: bool = False  # an API-wide error budget (ESI's X-ESI-Error-Limit-*, 420)
     api_key: ApiKeyAuth | None = None  # static credential of every request
     credentials_resource: str | None = None  # Dagster resource giving per-partition credentials (ESI SSO)

@@ -8,6 +8,7 @@ import httpx
 from ...core.errors import ErrorLimited, HttpStatusError, PageOutOfRange
 from ...core.limits import ESI_COSTS, SlidingWindow
 from ...fetch.errors import ErrorClassifier
+from ...fetch.limits import EsiHeaders
 from ...fetch.spec import ApiSpec
 from .datasets import ESI_DOWNTIME
 
@@ -77,6 +78,7 @@ ESI = ApiSpec(
     errors=EsiErrors(),
     limits={group: SlidingWindow(tokens, WINDOW_15M) for group, tokens in RATE_LIMIT_GROUPS.items()},
     costs=ESI_COSTS,
+    rate_limit_headers=EsiHeaders(),
     error_limit=True,
     credentials_resource="esi_auth",
     status=esi_status,
