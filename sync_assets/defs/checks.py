@@ -1,10 +1,14 @@
 """Asset checks derived from the declarations (the `last_sync` check lives on the asset itself)."""
 
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Mapping
 
 import dagster as dg
 
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
+from .guards import last_success, partition_keys
 
 
 def build_schema_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
@@ -48,3 +52,94 @@ def build_row_change_check(dataset: Dataset, asset: dg.AssetsDefinition, max_del
         )
 
     return row_change_within_bounds
+
+
+PARTITIONS_FRESH_CHECK = "partitions_fresh"
+
+
+@dataclass(frozen=True)
+class PartitionHealth:
+    """Where each partition of a dataset stands against its freshness windows, from Dagster's own
+    per-partition materialization records (FreshnessPolicy in 1.13 reads only the latest
+    materialization of any partition: a region failing for hours stays green while others sync)."""
+
+    partitions: int
+    never_synced: tuple[str, ...]
+    late: tuple[tuple[str, float], ...]  # (partition, seconds since its last success) past the warn window, stalest first
+    failing: int  # of `late`, past the fail window
+
+    @property
+    def passed(self) -> bool:
+        return not self.never_synced and not self.late
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when a partition changes category (never synced / late / failing / fresh), not with its age."""
+        return ";".join([*(f"{k}=never" for k in self.never_synced), *(f"{k}=late" for k, _ in self.late), f"failing={self.failing}"])
+
+    def metadata(self) -> dict[str, object]:
+        stale = [f"{key}: never synced" for key in self.never_synced]
+        stale += [f"{key}: last success {_age(age)} ago" for key, age in self.late]
+        return {
+            "partitions": self.partitions,
+            "fresh": self.partitions - len(self.never_synced) - len(self.late),
+            "never_synced": len(self.never_synced),
+            "late": len(self.late),
+            "failing": self.failing,
+            "stalest_age_seconds": round(self.late[0][1]) if self.late else 0,
+            "stale_partitions": dg.MetadataValue.md("\n".join(f"- {line}" for line in stale) or "none"),
+        }
+
+    def description(self, dataset: Dataset) -> str:
+        if self.passed:
+            return f"all {self.partitions} partitions synced within {_age(dataset.freshness_windows[0].total_seconds())}"
+        worst = [*self.never_synced, *(key for key, _ in self.late)][:5]
+        return (f"{len(self.never_synced) + len(self.late)} of {self.partitions} partitions stale "
+                f"({self.failing} past the fail window), stalest: {', '.join(worst)}")
+
+
+def partition_health(dataset: Dataset, asset_key: dg.AssetKey, instance: dg.DagsterInstance, now: datetime,
+                     synced: Mapping[str | None, datetime] | None = None) -> PartitionHealth:
+    warn, fail = (w.total_seconds() for w in dataset.freshness_windows)
+    synced = last_success(instance, asset_key, dataset.partitioning is not None) if synced is None else synced
+    keys = partition_keys(dataset, instance)
+    ages = {key: (now - synced[key]).total_seconds() for key in keys if key in synced}
+    late = sorted(((key or dataset.key, age) for key, age in ages.items() if age > warn), key=lambda item: -item[1])
+    return PartitionHealth(
+        partitions=len(keys),
+        never_synced=tuple(key or dataset.key for key in keys if key not in synced),
+        late=tuple(late),
+        failing=sum(age > fail for _, age in late),
+    )
+
+
+def partition_health_evaluation(dataset: Dataset, asset_key: dg.AssetKey, health: PartitionHealth) -> dg.AssetCheckEvaluation:
+    """The check's result as a runless evaluation (what the expiry sensor reports when it changes)."""
+    return dg.AssetCheckEvaluation(
+        asset_key=asset_key, check_name=PARTITIONS_FRESH_CHECK, passed=health.passed, severity=dg.AssetCheckSeverity.WARN,
+        description=health.description(dataset), metadata=health.metadata(),
+    )
+
+
+def build_partition_freshness_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    warn, fail = dataset.freshness_windows
+
+    @dg.asset_check(
+        asset=asset,
+        name=PARTITIONS_FRESH_CHECK,
+        description=f"Every partition synced within the freshness windows ({_age(warn.total_seconds())} warn, "
+        f"{_age(fail.total_seconds())} fail); lists the stale ones, stalest first. Runs with each sync and is "
+        "re-evaluated by the expiry sensor whenever a partition changes state.",
+        blocking=False,
+    )
+    def partitions_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        health = partition_health(dataset, asset.key, context.instance, datetime.now(timezone.utc))
+        return dg.AssetCheckResult(passed=health.passed, severity=dg.AssetCheckSeverity.WARN,
+                                   description=health.description(dataset), metadata=health.metadata())
+
+    return partitions_fresh
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {int(seconds % 60):02d}s"

@@ -2,6 +2,7 @@
 partitions are launched. (The run-failure sensor is in failures.py.)"""
 
 
+import json
 import os
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
 from .automation import SyncJob, run_tags, slot
 from .failures import build_failure_sensor  # noqa: F401  (moved to failures.py; still importable from here)
+from .checks import partition_health, partition_health_evaluation
 from .guards import api_blocker, in_progress, last_success, partition_keys
 
 
@@ -66,7 +68,8 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         default_status=dg.DefaultSensorStatus.RUNNING,
         required_resource_keys={"warehouse", "esi"},
         description=f"Refreshes a dataset partition {margin_s:.0f}s after its stored Expires and syncs new partitions at "
-        "once; skips downtime, open circuits and partitions with a run still queued or running.",
+        "once; skips downtime, open circuits and partitions with a run still queued or running. Reports each "
+        "dataset's partitions_fresh check when a partition turns stale or fresh.",
     )
     def expiry_sensor(context: dg.SensorEvaluationContext):
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
@@ -77,9 +80,16 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         for dataset_key, partition, expires_at in warehouse.expired_partitions(margin_s):
             if (partition or None) in known.get(dataset_key, ()):  # a removed region or corporation is not launched
                 candidates.append((dataset_key, partition or None, f"expires {expires_at.isoformat()}"))
+        reported: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        health_events = []
         for dataset_key, (dataset, asset, _) in entries.items():
             synced = last_success(instance, asset.key, dataset.partitioning is not None)
             candidates += [(dataset_key, key, "first sync") for key in sorted(known[dataset_key], key=str) if key not in synced]
+            # per-partition health (the partitions_fresh check), reported when a partition changes state
+            health = partition_health(dataset, asset.key, instance, now, synced)
+            if reported.get(dataset_key) != health.fingerprint:
+                reported[dataset_key] = health.fingerprint
+                health_events.append(partition_health_evaluation(dataset, asset.key, health))
         requests, notes, blockers, seen = [], [], {}, set()
         for dataset_key, key, why in candidates:
             if (dataset_key, key) in seen:  # expired and never materialized (Dagster's storage was reset): once
@@ -101,8 +111,8 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
                                           tags=run_tags(dataset, key, trigger)))
         if notes:
             context.log.info("not launched: " + "; ".join(notes))
-        if requests:
-            return requests
-        return dg.SkipReason("nothing expired, no new partition" if not notes else "; ".join(notes))
+        skip = None if requests else ("; ".join(notes) if notes else "nothing expired, no new partition")
+        return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=json.dumps(reported, sort_keys=True),
+                               asset_events=health_events)
 
     return expiry_sensor
