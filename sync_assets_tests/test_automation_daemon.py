@@ -118,7 +118,7 @@ RUN_FIELDS = "runId jobName status startTime endTime assetSelection { path } tag
 RUNS = "{ runsOrError(limit: 500) { ... on Runs { results { " + RUN_FIELDS + " } } } }"
 RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { """ + RUN_FIELDS + """
   eventConnection(afterCursor: null) { events { __typename ... on MessageEvent { message }
-    ... on MaterializationEvent { assetKey { path } } } } } } }"""
+    ... on MaterializationEvent { assetKey { path } metadataEntries { label ... on TextMetadataEntry { text } } } } } } } }"""
 
 
 def _tags(run: dict) -> dict[str, str]:
@@ -140,7 +140,8 @@ def deployment(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     with serve_in_thread(sandbox) as esi_url, open(log, "w") as out:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_ASSETS_", "DAGSTER_", "ESI_"))}
         env.update(DAGSTER_HOME=str(home), DAGSTER_PG_URL=dagster_url, SYNC_ASSETS_DATABASE_URL=data_url,
-                   SYNC_ASSETS_ESI_URL=esi_url, SYNC_ASSETS_EXPIRY_MARGIN_S="1")
+                   SYNC_ASSETS_ESI_URL=esi_url, SYNC_ASSETS_EXPIRY_MARGIN_S="1",
+                   SYNC_ASSETS_CRON__ESI__MARKET_ORDERS="* * * * *")  # a tick every minute: the floor is exercised
         port = _free_port()
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(ROOT / "workspace.yaml"), "-p", str(port)],
@@ -272,3 +273,30 @@ def test_a_killed_run_writes_nothing_afterwards_and_the_next_launch_converges(de
     stored = [row[0] for row in deployment.sql("SELECT order_id FROM esi.market_orders WHERE region_id = :r ORDER BY 1", r=int(FORGE))]
     assert stored == sorted(deployment.sandbox.orders_snapshot(int(FORGE))["order_id"].tolist())
     assert deployment.sql(table, r=int(FORGE)) != before_table
+
+
+def test_each_expiry_is_refreshed_once_by_the_sensor_and_never_doubled_by_the_schedule(deployment: Deployment) -> None:
+    forge_slot = f"esi.market_orders[{FORGE}]"
+    deployment.sandbox.configure(cache_seconds={"orders": 20}, latency=0.0)  # an Expires every 20 s
+    first = deployment.launch(FORGE, {"ops": {"esi__market_orders": {"config": {"full_refresh": True}}}})
+    done = deployment.wait(lambda: (r := deployment.run(first))["status"] in FINISHED and r, "the first run")
+    assert done["status"] == "SUCCESS"
+
+    def refreshed() -> list[dict] | None:
+        runs = [r for r in deployment.runs() if _tags(r).get("sync_assets/slot") == forge_slot and r["runId"] != first
+                and (r["startTime"] or 0) > done["endTime"]]
+        expiry = [r for r in runs if _tags(r).get("sync_assets/trigger") == "expiry" and r["status"] in FINISHED]
+        return runs if len(expiry) >= 3 and all(r["status"] in FINISHED for r in runs) else None
+
+    runs = deployment.wait(refreshed, "three refreshes by the expiry sensor", 300)
+    outcomes = []
+    for run in runs:
+        assert run["status"] == "SUCCESS", run
+        events = deployment.run(run["runId"])["eventConnection"]["events"]
+        [outcome] = [m["text"] for e in events if e["__typename"] == "MaterializationEvent"
+                     for m in e["metadataEntries"] if m["label"] == "outcome"]
+        outcomes.append((_tags(run).get("sync_assets/trigger"), outcome))
+    # every launch asked the API after its Expires: none found the cache still valid (a second launch
+    # for the same Expires would), and the schedule ticks (every minute here) launched nothing extra
+    assert all(outcome != "cache_valid" for _, outcome in outcomes), outcomes
+    assert all(trigger == "expiry" for trigger, _ in outcomes), outcomes

@@ -88,10 +88,14 @@ def build_sync_job(dataset: Dataset, asset: dg.AssetsDefinition) -> SyncJob:
     )
 
 
+EXPIRY_SENSOR_INTERVAL_S = 30  # the expiry sensor's minimum_interval_seconds
+
+
 def overdue_after(dataset: Dataset) -> timedelta:
     """How long past its stored Expires a partition may stay before a schedule tick relaunches it:
-    one cache period, in which the expiry sensor's launch should have refreshed it."""
-    return timedelta(seconds=dataset.cache_seconds)
+    one cache period plus two of the expiry sensor's intervals, in which the sensor's launch should
+    have refreshed it (a launch still queued or running is never doubled: see `in_progress`)."""
+    return timedelta(seconds=dataset.cache_seconds + 2 * EXPIRY_SENSOR_INTERVAL_S)
 
 
 def due_partitions(

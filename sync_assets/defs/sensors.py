@@ -13,7 +13,7 @@ import dagster as dg
 from ..apis.esi.sso import tokens
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
-from .automation import SyncJob, run_tags, slot
+from .automation import EXPIRY_SENSOR_INTERVAL_S, SyncJob, run_tags, slot
 from .failures import build_failure_sensor  # noqa: F401  (moved to failures.py; still importable from here)
 from .checks import partition_health, partition_health_evaluation
 from .guards import api_blocker, in_progress, last_success, partition_keys
@@ -64,7 +64,7 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
     @dg.sensor(
         name="expiry_sensor",
         jobs=[job for _, _, job in entries.values()],
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=EXPIRY_SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         required_resource_keys={"warehouse", "esi"},
         description=f"Refreshes a dataset partition {margin_s:.0f}s after its stored Expires and syncs new partitions at "
