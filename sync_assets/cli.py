@@ -182,7 +182,7 @@ def _run_dagster_dev(env: dict[str, str], host: str, port: int) -> int:
     env.setdefault("SYNC_ASSETS_ESI_URL", "https://esi.evetech.net")
     print(f"sync-assets: ESI at {env['SYNC_ASSETS_ESI_URL']}; UI at http://{host}:{port}", flush=True)
     command = [
-        str(Path(sys.executable).with_name("dagster")), "dev",
+        str(Path(sys.executable).with_name("dg")), "dev",  # dg dev: `dagster dev` is superseded in 1.13
         "-w", str(PROJECT_DIR / "workspace.yaml"), "-h", host, "-p", str(port),
     ]
     # its own process group: a terminal's Ctrl-C reaches only us, and we stop the whole group
@@ -202,7 +202,7 @@ def _supervise(process: subprocess.Popen) -> int:
         if not stopping.is_set():
             _stop_group(process.pid, time.monotonic())  # dagster dev exited by itself: its group goes with it
             return process.returncode
-        print("sync-assets: stopping (Ctrl-C)", flush=True)
+        print("sync-assets: stopping dagster dev and the sandbox", flush=True)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         process.send_signal(signal.SIGTERM)
         try:

@@ -76,6 +76,7 @@ def test_ctrl_c_stops_every_process_of_the_demo(tmp_path: Path) -> None:
     with open(log, "w") as out:
         process = subprocess.Popen([str(Path(sys.executable).with_name("sync-assets")), "demo", "--port", str(port)],
                                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    sessions: set[int] = set()
     try:
         deadline = time.monotonic() + 240
         while True:  # up: the UI answers and the daemon has started its threads
@@ -88,7 +89,6 @@ def test_ctrl_c_stops_every_process_of_the_demo(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, log.read_text()[-4000:]
             time.sleep(1)
         assert _postmaster_alive(home / "pgdata")
-        sessions: set[int] = set()
         before = _demo_processes(process.pid, sessions)
         assert len(before) >= 5, before  # the CLI, the sandbox, dagster dev, its webserver, daemon, code server
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does (to the foreground group)
@@ -99,9 +99,10 @@ def test_ctrl_c_stops_every_process_of_the_demo(tmp_path: Path) -> None:
         assert not left, f"still running after SIGINT: {left}\n{log.read_text()[-3000:]}"
         assert process.wait(5) in (0, 130, -signal.SIGINT), log.read_text()[-2000:]
         assert not _postmaster_alive(home / "pgdata"), "the demo's embedded PostgreSQL outlived it"
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    finally:  # whatever a failure left behind, in every session of the demo
+        for pid in _demo_processes(process.pid, sessions):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         stop_embedded_postgres(home / "pgdata")
