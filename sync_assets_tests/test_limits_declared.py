@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sync_assets.core.errors import FailureClass
 from sync_assets.core.limits import SlidingWindow
 from sync_assets.db.engines import engine_for
 from sync_assets.fetch.budget import BudgetExhausted, BudgetKey, BudgetPolicy, PostgresBudget
@@ -120,11 +121,12 @@ def test_the_declared_limit_is_never_exceeded_when_the_server_says_nothing(engin
     http = _client(url, budget)
     key = BudgetKey("esi", "tiny", "public", declared=SlidingWindow(40, 3600))
     served = 0
-    with pytest.raises(BudgetExhausted, match="rate-limit bucket tiny"):
+    with pytest.raises(BudgetExhausted, match="rate-limit bucket tiny") as refused:
         for page in range(1, 100):
             http.get_page("/items", {}, page, None, log=Quiet(), budget_key=key)
             served += 1
     assert served == api.requests == 19
+    assert refused.value.failure_class is FailureClass.BUDGET  # one error tree: the failure sensor reads the class
     http.close()
 
 
@@ -178,4 +180,19 @@ def test_a_budget_table_of_the_previous_version_is_upgraded_and_its_learned_size
     key = BudgetKey("esi", "tiny", "public", declared=SlidingWindow(40, 3600))
     budget.before_request(key, Quiet())
     assert budget.remaining(key) == 98
+    budget.close()
+
+
+def test_an_advance_sized_for_the_declared_limit_goes_back_when_the_server_states_a_smaller_one(engine) -> None:
+    """Declared 12000 per 15 minutes: the first request takes 32 requests' worth in advance. The
+    server says 16 per minute: the advance goes back at once, and the next request is charged
+    against the server's window (otherwise every process would fire its stale advance: 429s)."""
+    budget = PostgresBudget(engine, BudgetPolicy(), sleep=CountingSleep())
+    key = BudgetKey("esi", "market-order", declared=SlidingWindow(12_000, 900))
+    first = budget.before_request(key, Quiet())
+    assert budget.remaining(key) == 12_000 - 2  # 64 charged, 62 of them held by this process
+    budget.after_response(first, 200, {"X-Ratelimit-Limit": "16/1m", "X-Ratelimit-Used": "2", "X-Ratelimit-Remaining": "14"})
+    assert budget.remaining(key) == 14
+    budget.before_request(key, Quiet())
+    assert budget.advance_hits == 0
     budget.close()

@@ -55,7 +55,7 @@ from typing import Callable, Mapping
 
 from sqlalchemy import Connection, Engine, text
 
-from ..core.errors import ApiError
+from ..core.errors import BudgetExhausted, CircuitOpen
 from ..core.limits import ESI_COSTS, CostModel, RateLimit, SlidingWindow, TokenBucket
 from .http import Log
 from .limits import EsiHeaders, HeaderDialect, Learned
@@ -112,13 +112,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.api_error_slots (
 _DDL_LOCK = 7_349_002
 _EPS = 1e-9
 
-
-class CircuitOpen(ApiError):
-    """The API failed repeatedly; requests are refused until the cooldown ends."""
-
-
-class BudgetExhausted(ApiError):
-    """A budget would only allow the next request after longer than a run is willing to wait."""
+__all__ = ["BudgetExhausted", "BudgetKey", "BudgetPolicy", "CircuitOpen", "PostgresBudget", "Reservation"]
 
 
 @dataclass(frozen=True)
@@ -730,6 +724,7 @@ class PostgresBudget:
         stash = self._stashes.setdefault(bucket, _Stash())
         known = self._known_limits.get(bucket)
         if isinstance(learned.limit, TokenBucket) and learned.limit != known:
+            self._drop_advance(conn, bucket, stash)  # (refunded at the rate it was charged at)
             self._tokens.learn_rate(conn, bucket, learned.limit.rate)
             self._known_limits[bucket] = learned.limit
         if status == 429:
@@ -744,6 +739,7 @@ class PostgresBudget:
         bucket = reservation.key.bucket
         limit = learned.limit if isinstance(learned.limit, SlidingWindow) else None
         if limit is not None and limit != self._known_limits.get(bucket):
+            self._drop_advance(conn, bucket, self._stashes.setdefault(bucket, _Stash()))
             self._windows.learn_limit(conn, bucket, limit)
             self._known_limits[bucket] = limit
         known = self._known_limits.get(bucket)
@@ -756,6 +752,12 @@ class PostgresBudget:
             local_left = self._windows.left(conn, bucket, known) + (stash.tokens if stash else 0)
             if learned.remaining < local_left:  # others (another app, a restarted worker) spent more: believe the server
                 self._windows.spend(conn, bucket, local_left - learned.remaining, learned.window_reset_s)
+
+    def _drop_advance(self, conn: Connection, bucket: str, stash: _Stash) -> None:
+        """An advance sized for a limit the server has just contradicted goes back: the declared
+        12000 per 15 minutes must not leave 32 requests in a stash when the server allows 16 a second."""
+        self._refund(conn, bucket, stash)
+        stash.valid_until = 0.0
 
     def _latch_429(self, conn: Connection, key: BudgetKey, retry_after_s: float | None) -> None:
         bucket, group = key.bucket, key.group or key.api
