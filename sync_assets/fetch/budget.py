@@ -57,7 +57,7 @@ from sqlalchemy import Connection, Engine, text
 
 from ..core.errors import BudgetExhausted, CircuitOpen
 from ..core.limits import ESI_COSTS, CostModel, RateLimit, SlidingWindow, TokenBucket
-from .http import Log
+from .log import Log
 from .limits import EsiHeaders, HeaderDialect, Learned
 
 SCHEMA = "sync_assets"
@@ -108,6 +108,11 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.api_error_slots (
     expires_at timestamptz NOT NULL,
     PRIMARY KEY (api, holder)
 );
+CREATE TABLE IF NOT EXISTS {SCHEMA}.api_error_events (
+    api text NOT NULL,
+    at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_error_events_api_at ON {SCHEMA}.api_error_events (api, at);
 """
 _DDL_LOCK = 7_349_002
 _EPS = 1e-9
@@ -144,6 +149,13 @@ class BudgetPolicy:
     headers: HeaderDialect = EsiHeaders()  # how its responses state limits (fetch/limits.py)
     cost: CostModel = ESI_COSTS  # tokens a request costs by status
     error_limit_floor: int = 10  # never plan to spend ESI's last errors of a window
+    # ESI's documented error limit (100 errors per 60 s window): the starting point when no response
+    # has stated the errors left in this window. Bucket-limited routes never state it (their headers
+    # are X-Ratelimit-*), so without this a walk of one would run one request at a time. Our own
+    # errors are then counted in a sliding window of that length, which no fixed window of the
+    # server's (wherever it starts) can see more of.
+    error_window_max: int = 100
+    error_window_s: float = 60.0
     safety_margin: float = 0.05  # never plan to spend the last 5% of a bucket
     clock_slack_s: float = 0.25  # our clock and the server's differ a little: keep tokens a bit longer...
     clock_slack_share: float = 0.02  # ...but never more than 2% of the window (1 s windows exist)
@@ -537,11 +549,12 @@ class PostgresBudget:
             {"a": api, "h": self.holder},
         ).scalar_one()
         if budget is None or budget.reset_in <= 0:
-            # nobody has heard from the API in this error window yet (or ever): one request at a
-            # time until a response tells the errors left (it is news: remain_seen is forgotten)
-            # (a probe per process: a few requests in flight while unknown stay far above the floor)
-            granted, reset_in, left = 1, 0.0, None
-            slots.remain_seen = None
+            # no response has stated the errors left in this window: the declared limit minus the
+            # errors every process counted in the last window's length (a stated figure overrides it)
+            remain, reset_in = self._counted_error_budget(conn, api)
+            left = int(others)
+            slots.remain_seen = None  # the next stated figure is news
+            granted = max(0, min(self.want_slots, remain - self.policy.error_limit_floor - int(others)))
         else:
             reset_in = float(budget.reset_in)
             slots.remain_seen = budget.remain
@@ -551,6 +564,17 @@ class PostgresBudget:
         slots.renew_at = self._clock() + self.policy.slot_lease_s * 2 / 3
         self._write_slots(conn, api, max(granted, slots.in_flight))
         return reset_in, left
+
+    def _counted_error_budget(self, conn: Connection, api: str) -> tuple[int, float]:
+        """(errors left by our own count, seconds until the oldest counted error leaves the window)."""
+        window = self.policy.error_window_s
+        conn.execute(text(f"DELETE FROM {SCHEMA}.api_error_events WHERE api = :a AND at <= clock_timestamp() - make_interval(secs => :w)"),
+                     {"a": api, "w": window})
+        counted, oldest_in = conn.execute(
+            text(f"SELECT count(*), EXTRACT(EPOCH FROM min(at) + make_interval(secs => :w) - clock_timestamp()) "
+                 f"FROM {SCHEMA}.api_error_events WHERE api = :a"), {"a": api, "w": window},
+        ).one()
+        return self.policy.error_window_max - int(counted), max(float(oldest_in or 0.0), 0.0)
 
     def _write_slots(self, conn: Connection, api: str, count: int) -> None:
         conn.execute(
@@ -637,6 +661,8 @@ class PostgresBudget:
         failed = status is None or status >= 500
         errors = self.policy.error_limit
         remain = learned.error_remain if errors else None
+        # an error the response did not account for (no error-limit headers): count it ourselves
+        uncounted = errors and remain is None and (status is None or status >= 400)
         error_budget_low = errors and (status == 420 or (remain is not None and remain <= self.policy.error_limit_floor))
         with self._lock:
             slots = self._slots.setdefault(key.api, _Slots()) if errors else _Slots()
@@ -644,7 +670,7 @@ class PostgresBudget:
                 slots.in_flight -= 1
             budget_news = errors and ((remain is not None and remain != slots.remain_seen) or status == 420)
             news = bucket is not None and self._bucket_news(reservation, status, learned)
-            if not (failed or error_budget_low or budget_news or self._circuit_dirty or news):
+            if not (failed or error_budget_low or budget_news or self._circuit_dirty or news or uncounted):
                 return
             with self._begin() as conn:
                 if failed:
@@ -655,6 +681,12 @@ class PostgresBudget:
                     self._circuit_dirty = False
                 if budget_news:
                     self._learn_error_budget(conn, key.api, 0 if status == 420 else remain, learned.error_reset_s, slots)
+                elif uncounted:  # counted against the stated figure, if any, and in our own window
+                    conn.execute(text(f"UPDATE {SCHEMA}.api_error_budget SET remain = GREATEST(remain - 1, 0) "
+                                      "WHERE api = :a AND reset_at > clock_timestamp()"), {"a": key.api})
+                    conn.execute(text(f"INSERT INTO {SCHEMA}.api_error_events (api, at) VALUES (:a, clock_timestamp())"),
+                                 {"a": key.api})
+                    self._claim_slots(conn, key.api, slots)  # the lease shrinks with the errors left
                 if error_budget_low:
                     left = remain if remain is not None and status != 420 else 0
                     reset = learned.error_reset_s

@@ -25,7 +25,7 @@ from ..core.errors import (
 class ErrorClassifier:
     """Status + body -> error. Retryable: 408, 425, 429, 500, 502, 503, 504 and any other 5xx."""
 
-    default_retry_after_s: float = 10.0  # a 429 without Retry-After: wait this long before the retry
+    default_retry_after_s: float = 10.0  # a 429 without Retry-After and no shared budget: wait this long
 
     def error(self, response: httpx.Response, where: str, page: int | None) -> HttpStatusError:
         status, detail = response.status_code, self.detail(response)
@@ -35,7 +35,7 @@ class ErrorClassifier:
         if status == 403:
             return Forbidden("GET", where, status, detail)
         if status == 429:
-            return RateLimited("GET", where, status, detail, retry_after=self.default_retry_after_s if retry_after is None else retry_after)
+            return RateLimited("GET", where, status, detail, retry_after=retry_after)  # None: the API did not say
         if status >= 500 or status in (408, 425):
             return TransientHttpError("GET", where, status, detail, retry_after=retry_after)
         return PermanentHttpError("GET", where, status, detail)

@@ -4,31 +4,23 @@ error-limit gate."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import httpx
 import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from ..core.errors import ApiUnreachable, ErrorLimited, HttpStatusError, MalformedPayload, TransientHttpError
+from ..core.errors import ApiUnreachable, ErrorLimited, HttpStatusError, MalformedPayload, RateLimited, TransientHttpError
 from .errors import ErrorClassifier
+from .log import DEFAULT_LOG, Log
 
 if TYPE_CHECKING:
     from .budget import BudgetKey, PostgresBudget
-
-class Log(Protocol):
-    def info(self, msg: str) -> Any: ...
-    def warning(self, msg: str) -> Any: ...
-
-
-DEFAULT_LOG: Log = logging.getLogger("sync_assets.api")
-
 
 @dataclass
 class PageResponse:
@@ -216,6 +208,9 @@ class ApiHttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, HttpStatusError) and exc.retry_after is not None:
             return min(max(exc.retry_after, 0.0), self.retry.max_retry_after_s)
+        if isinstance(exc, RateLimited) and self.budget is None:  # a bare 429 and nobody else pacing: wait a while
+            return self.classifier.default_retry_after_s
+        # (with a shared budget, a bare 429 latched its bucket with backoff: the next attempt waits there)
         return wait_exponential_jitter(multiplier=self.retry.initial_wait_s, max=self.retry.max_wait_s)(state)
 
     def _get_once(
