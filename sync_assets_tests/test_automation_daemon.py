@@ -54,10 +54,11 @@ class Deployment:
         assert "errors" not in body, body
         return body["data"]
 
-    def launch(self, partition: str, run_config: dict | None = None) -> str:
+    def launch(self, partition: str, run_config: dict | None = None, extra_tags: dict[str, str] | None = None) -> str:
         """As the launchpad does: the partition's tags come from the job (its partitioned config)."""
         tags = self.graphql(PARTITION_TAGS, {"partition": partition})
         tags = tags["partitionSetOrError"]["partition"]["tagsOrError"]["results"]
+        tags += [{"key": k, "value": v} for k, v in (extra_tags or {}).items()]
         params = {
             "selector": {"repositoryLocationName": "sync_assets", "repositoryName": "__repository__", "jobName": ORDERS_JOB},
             "mode": "default",
@@ -300,3 +301,20 @@ def test_each_expiry_is_refreshed_once_by_the_sensor_and_never_doubled_by_the_sc
     # for the same Expires would), and the schedule ticks (every minute here) launched nothing extra
     assert all(outcome != "cache_valid" for _, outcome in outcomes), outcomes
     assert all(trigger == "expiry" for trigger, _ in outcomes), outcomes
+
+
+def test_a_hung_run_ends_failed_at_its_max_runtime(deployment: Deployment) -> None:
+    """Run monitoring (dagster.yaml) ends a run older than its `dagster/max_runtime` tag: the walk that
+    hangs on an API that never answers is stopped, the run fails, and the partition is free again."""
+    deployment.sandbox.configure(cache_seconds={"orders": 300}, latency=3600.0)  # every request hangs
+    before = deployment.sql("SELECT count(*) FROM esi.market_orders WHERE region_id = :r", r=int(DOMAIN))
+    run_id = deployment.launch(DOMAIN, {"ops": {"esi__market_orders": {"config": {"full_refresh": True}}}},
+                               {"dagster/max_runtime": "60"})  # the UI lets a user set it; sync jobs derive it
+    ended = deployment.wait(lambda: (r := deployment.run(run_id))["status"] in FINISHED and r, "the run to be ended", 300)
+    assert ended["status"] == "FAILURE"
+    messages = " ".join(e.get("message") or "" for e in ended["eventConnection"]["events"])
+    assert "maximum runtime of 60 seconds" in messages
+    assert deployment.sql("SELECT count(*) FROM esi.market_orders WHERE region_id = :r", r=int(DOMAIN)) == before
+    deployment.sandbox.configure(latency=0.0)
+    again = deployment.launch(DOMAIN)  # the slot is free: the next run is not held behind the ended one
+    assert deployment.wait(lambda: (r := deployment.run(again))["status"] in FINISHED and r, "the next run")["status"] == "SUCCESS"
