@@ -227,7 +227,9 @@ class Bench:
         self.pg_url = start_embedded_postgres(self.pgdata)
         self.dagster_home = workdir / "dagster_home"
         self.dagster_home.mkdir()
-        shutil.copyfile(ROOT / "dagster.yaml", self.dagster_home / "dagster.yaml")  # the project's instance config
+        from sync_assets.runtime import write_instance_yaml
+
+        write_instance_yaml(self.dagster_home)  # the project's instance config with Postgres storage (DAGSTER_PG_URL)
         self.sqlite_home = workdir / "dagster_home_sqlite"  # no dagster.yaml: Dagster's default (SQLite) storage
         self.sqlite_home.mkdir()
         self.dagster_pg = self.database("dagster")

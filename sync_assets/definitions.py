@@ -18,7 +18,7 @@ from .core.datasets import WriteMode
 from .defs.apis import ApiDefinition
 from .defs.assets import IO_MANAGER_KEY, build_sync_asset
 from .defs.automation import build_schedule, build_sync_job
-from .defs.checks import build_row_change_check, build_schema_check
+from .defs.checks import build_partition_freshness_check, build_row_change_check, build_schema_check
 from .defs.failures import build_failure_sensor
 from .defs.maintenance import maintenance_job, maintenance_schedule
 from .defs.sensors import build_corporation_sensor, build_expiry_sensor
@@ -65,6 +65,7 @@ def build_definitions(
             job = build_sync_job(dataset, asset)
             assets.append(asset)
             checks.append(build_schema_check(dataset, asset))
+            checks.append(build_partition_freshness_check(dataset, asset))
             if dataset.write_mode is WriteMode.MIRROR:
                 checks.append(build_row_change_check(dataset, asset))
             jobs.append(job)
@@ -77,6 +78,8 @@ def build_definitions(
         schedules=[*schedules, maintenance_schedule],
         sensors=[*sensors, build_expiry_sensor(entries), build_failure_sensor()],
         resources=resources,
+        # runs of the asset page and backfills too: one process, so a killed run cannot leave a step writing
+        executor=dg.in_process_executor,
     )
 
 

@@ -66,7 +66,7 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         jobs=[job for _, _, job in entries.values()],
         minimum_interval_seconds=EXPIRY_SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={"warehouse", "esi"},
+        required_resource_keys={"warehouse", *{dataset.api for dataset, _, _ in entries.values()}},
         description=f"Refreshes a dataset partition {margin_s:.0f}s after its stored Expires and syncs new partitions at "
         "once; skips downtime, open circuits and partitions with a run still queued or running. Reports each "
         "dataset's partitions_fresh check when a partition turns stale or fresh.",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import threading
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
+from sync_assets.runtime import write_instance_yaml
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.apis.esi.sandbox.sso import SsoSandbox
@@ -122,7 +122,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory, fault_databases: Callable[[str
     hold = Hold(sandbox.app)
     home = tmp_path_factory.mktemp("cancel") / "dagster_home"
     home.mkdir()
-    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    write_instance_yaml(home)  # the project's instance config with Postgres storage
     haystacks.paths.append(home.parent)
     data_db, dagster_db = fault_databases("cancel"), fault_databases("dagster")
     with serve_in_thread(hold) as esi_url:

@@ -336,7 +336,7 @@ class EveSso:
         retrying = Retrying(
             retry=retry_if_exception_type(_Transient),
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=self._retry_wait[0], max=self._retry_wait[1]),
+            wait=wait_exponential_jitter(multiplier=self._retry_wait[0], max=self._retry_wait[1]),
             before_sleep=before_sleep,
             sleep=self._sleep,
             reraise=True,
