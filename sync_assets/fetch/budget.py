@@ -431,9 +431,11 @@ class PostgresBudget:
 
     # -- before ---------------------------------------------------------------------------------
 
-    def before_request(self, key: BudgetKey, log: Log, sleep: Callable[[float], None] | None = None) -> Reservation:
+    def before_request(self, key: BudgetKey, log: Log, sleep: Callable[[float], None] | None = None,
+                       max_wait_s: float | None = None) -> Reservation:
         """Wait until every shared budget allows one more request, then charge it. `sleep`: how
-        to wait (the caller's, when it must be able to give up while waiting)."""
+        to wait (the caller's, when it must be able to give up while waiting); `max_wait_s`: a
+        shorter limit than the policy's (a walk retrying pages gives up rather than wait long)."""
         self._ensure()
         sleep = sleep or self._sleep
         while True:
@@ -444,9 +446,11 @@ class PostgresBudget:
                 if send_in <= 0 or self._await_turn(reservation, send_in, log, sleep):
                     return reservation
                 continue
-            if wait > self.policy.max_wait_s:
+            limit = self.policy.max_wait_s if max_wait_s is None else min(max_wait_s, self.policy.max_wait_s)
+            if wait > limit:
+                who = "a run waits" if max_wait_s is None else "a walk retrying failed pages waits"
                 raise BudgetExhausted(f"{key.api}: {reason}; the next request would be {wait:.0f}s away, "
-                                      f"longer than a run waits ({self.policy.max_wait_s:.0f}s)")
+                                      f"longer than {who} ({limit:.0f}s)")
             if wait >= 0.25:  # the pacing of a tight bucket is a stream of tiny waits: not worth a line each
                 log.warning(f"{key.api}: waiting {wait:.1f}s: {reason}")
             self.waited_s += wait

@@ -150,6 +150,7 @@ class ApiHttpClient:
         alive: Callable[[], None] | None = None,
         auth: httpx.Auth | None = None,
         page_params: Mapping[str, Any] | None = None,
+        max_budget_wait_s: float | None = None,
     ) -> PageResponse:
         """GET one page; retries transient failures, raises a precise error otherwise.
         `page`: the page number (sent as `page_params`, by default `?page=N`); `auth`: a per-request
@@ -181,7 +182,7 @@ class ApiHttpClient:
                     if self.budget is None and self.gate is not None:
                         self.gate.wait_turn(log)
                     query = {**params, **(page_params if page_params is not None else {"page": page} if page else {})}
-                    return self._get_once(path, query, page, etag, headers, budget_key, log, sleep, auth)
+                    return self._get_once(path, query, page, etag, headers, budget_key, log, sleep, auth, max_budget_wait_s)
         except httpx.TransportError as exc:  # the last attempt: say where we were trying to go
             raise ApiUnreachable(
                 f"GET {self.base_url}{path}{f' page {page}' if page else ''}: {describe(exc)} after "
@@ -216,12 +217,13 @@ class ApiHttpClient:
     def _get_once(
         self, path: str, query: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None,
         budget_key: "BudgetKey | None" = None, log: Log = DEFAULT_LOG, sleep: Callable[[float], None] | None = None,
-        auth: httpx.Auth | None = None,
+        auth: httpx.Auth | None = None, max_budget_wait_s: float | None = None,
     ) -> PageResponse:
         headers = dict(extra or {})
         if etag:
             headers["If-None-Match"] = etag
-        reservation = self.budget.before_request(budget_key, log, sleep) if self.budget and budget_key else None
+        reservation = (self.budget.before_request(budget_key, log, sleep, max_wait_s=max_budget_wait_s)
+                       if self.budget and budget_key else None)
         try:
             response = self._client.get(path, params=query, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT)
         except httpx.TransportError:

@@ -53,6 +53,8 @@ class WalkLimits:
     deadline_s: float = 1800.0  # the walk gives up retrying failed pages after this long
     pause_s: float = 2.0  # between rounds of retried pages (each request has its own backoff too)
     max_idle_rounds: int = 3  # consecutive rounds in which no page succeeded: the API is down, give up
+    round_budget_wait_s: float = 90.0  # a retried page waits this long at most for the shared budgets (the
+    # error budget spent by the storm itself; ESI's window is 60 s): beyond it the walk fails saying which
 
 
 @dataclass
@@ -100,12 +102,13 @@ class _Walk:
             raise WalkCancelled(f"{self.label}: walk stopped; no further request")
 
     def _get(self, params: Mapping[str, Any], page: int | None, etag: str | None, stop: threading.Event | None = None,
-             page_params: Mapping[str, Any] | None = None) -> PageResponse:
+             page_params: Mapping[str, Any] | None = None, retrying: bool = False) -> PageResponse:
         self._check_running(stop)
         response = self.http.get_page(
             self.path, params, page, etag, self.log, on_retry=lambda: self._count_retry(stop),
             alive=lambda: self._check_running(stop), headers=self.headers, budget_key=self.budget_key,
             auth=self.auth, page_params=page_params,
+            max_budget_wait_s=self.limits.round_budget_wait_s if retrying else None,
         )
         with self._stats_lock:
             self.stats.count(response.status, response.body_bytes)
@@ -218,7 +221,7 @@ class PageWalker(_Walk):
         round_ = 0
         while True:
             try:
-                return self._fetch(1, etag)
+                return self._fetch(1, etag, retrying=round_ > 0)
             except RETRY_LATER as exc:
                 self._retry_later({1: exc}, round_, idle_rounds=round_ + 1)
                 round_ += 1
@@ -234,7 +237,8 @@ class PageWalker(_Walk):
         try:
             while pending:
                 futures: dict[Future, int] = {
-                    pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop): page
+                    pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop,
+                                round_ > 0): page
                     for page in pending
                 }
                 failed: dict[int, BaseException] = {}
@@ -260,19 +264,19 @@ class PageWalker(_Walk):
             raise
         pool.shutdown(wait=True)  # every page is done: the workers are idle
 
-    def _fetch_and_accept(self, first, page, pages, etag, parsed, stop: threading.Event) -> PageResponse:
+    def _fetch_and_accept(self, first, page, pages, etag, parsed, stop: threading.Event, retrying: bool = False) -> PageResponse:
         self._check_running(stop)
-        response = self._fetch(page, etag, stop)
+        response = self._fetch(page, etag, stop, retrying)
         self._check_running(stop)  # a failed walk parses nothing more
         self._accept(first, response, pages, parsed, stop)
         return response
 
-    def _fetch(self, page: int, etag: str | None, stop: threading.Event | None = None) -> PageResponse:
+    def _fetch(self, page: int, etag: str | None, stop: threading.Event | None = None, retrying: bool = False) -> PageResponse:
         paginator = self.paginator
         if isinstance(paginator, PageNumbers):
-            response = self._get(self.params, page, etag, stop, page_params=paginator.params(page))
+            response = self._get(self.params, page, etag, stop, page_params=paginator.params(page), retrying=retrying)
         else:
-            response = self._get(self.params, None, etag, stop)
+            response = self._get(self.params, None, etag, stop, retrying=retrying)
         response.page_count = self._declared_count(response)
         return response
 
@@ -408,7 +412,7 @@ class FromIdWalker(_Walk):
         round_ = 0
         while True:
             try:
-                return self._get(params, None, etag)
+                return self._get(params, None, etag, retrying=round_ > 0)
             except RETRY_LATER as exc:
                 self._retry_later({call: exc}, round_, idle_rounds=round_ + 1)
                 round_ += 1
@@ -480,7 +484,7 @@ class NextTokenWalker(_Walk):
         round_ = 0
         while True:
             try:
-                return self._get(params, None, None)
+                return self._get(params, None, None, retrying=round_ > 0)
             except PermanentHttpError as exc:
                 if token is not None and decl.lifetime_s is not None and exc.status in (400, 404):
                     raise _RestartUnconditionally(f"the API refused the next token of page {page} ({exc.detail})") from exc
