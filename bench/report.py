@@ -457,11 +457,11 @@ def _method(args: Any) -> str:
   `/usr/bin/time -v`: *wall* and *peak RSS* are the whole process (imports, Dagster, everything), *CPU* is user+system
   seconds. Every sync starts from an empty database; the sandbox is restarted for every repetition, so every system sees
   the same bytes (generation 0, then the same refreshed generation 1).
-- **sync_cli**: `dagster asset materialize -m sync_assets.definitions --select <asset> --partition <key> --config-json
-  '{{"execution": {{"config": {{"in_process": {{}}}}}}}}'` with `SYNC_ASSETS_ESI_URL`, `SYNC_ASSETS_DATABASE_URL` and a
+- **sync_cli**: `dagster asset materialize -m sync_assets.definitions --select <asset> --partition <key>` with
+  `SYNC_ASSETS_ESI_URL`, `SYNC_ASSETS_DATABASE_URL` and a
   `DAGSTER_HOME` holding the project's own `dagster.yaml` (Postgres run/event storage in a separate `dagster` database via
-  `DAGSTER_PG_URL`, pools on). The in_process executor is chosen by run config (a `dagster.yaml` cannot choose an
-  executor); what the default multiprocess executor and SQLite storage would cost is in the Dagster fixed-cost table.
+  `DAGSTER_PG_URL`, pools on). The code location's executor is the in_process one (`Definitions(executor=…)`); what
+  Dagster's default multiprocess executor and SQLite storage would cost is in the Dagster fixed-cost table.
 - **sync_inproc**: `python -m bench.workers sync`: the same code location (`sync_assets.definitions`: asset, its checks,
   resources from the same environment), `dagster.materialize` on an ephemeral instance, after one warm-up materialization
   of a trivial asset. *in-process s* is the `dagster.materialize` call alone.

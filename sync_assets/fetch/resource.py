@@ -44,7 +44,7 @@ class ApiResource(dg.ConfigurableResource):
 
     spec: ClassVar[ApiSpec]
 
-    base_url: str = Field(default="", description="The API's base URL; empty: the real API (see the spec's variable)")
+    base_url: str = Field(default="", description="The API's base URL; empty: the real API (the spec's default)")
     api_key: str | None = Field(default=None, description="The API's key, for APIs whose requests all carry one")
     user_agent: str = Field(default=DEFAULT_USER_AGENT, description="Sent as User-Agent (APIs ask for an app name and contact)")
     max_concurrency: int = Field(default=8, ge=1, le=64, description="Pages fetched at once per walk")
@@ -70,9 +70,9 @@ class ApiResource(dg.ConfigurableResource):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        if not value:
-            return value
         spec = cls.spec
+        if not value:  # unset (an empty variable): the real API
+            return spec.base_url
         try:
             url = httpx.URL(value)
         except (httpx.InvalidURL, UnicodeError, TypeError) as exc:

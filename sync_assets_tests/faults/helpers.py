@@ -153,15 +153,12 @@ def close_all_processes(keep: set["Proc"] = frozenset()) -> None:  # type: ignor
         proc.close()
 
 
-def dagster_materialize(env: dict[str, str], log_path: Path, partition: str = FORGE, select: str = "esi/market_orders",
-                        in_process: bool = False) -> Proc:
-    """`dagster asset materialize` as a user types it: the job's default (multiprocess) executor, or
-    with `in_process` its in-process one (one process instead of two: half the start-up cost)."""
+def dagster_materialize(env: dict[str, str], log_path: Path, partition: str = FORGE, select: str = "esi/market_orders") -> Proc:
+    """`dagster asset materialize` as a user types it (the code location's executor: in-process, one
+    process per run)."""
     argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "sync_assets.definitions", "--select", select]
     if partition:
         argv += ["--partition", partition]
-    if in_process:
-        argv += ["--config-json", '{"execution": {"config": {"in_process": {}}}}']
     return Proc(argv, env, log_path)
 
 

@@ -71,14 +71,14 @@ class World:
     runner: Runner
     secrets: SessionSecrets
 
-    def start(self, lane: int | str, in_process: bool) -> Proc:
+    def start(self, lane: int | str) -> Proc:
         name = f"faults-kill-{lane}"
         env = clean_env(
             SYNC_ASSETS_DATABASE_URL=with_app_name(self.db_url, name), SYNC_ASSETS_ESI_URL=f"{self.esi_url}/lane{lane}",
             DAGSTER_HOME=str(self.home), ESI_CLIENT_ID=self.sandbox.sso.client_id, ESI_CLIENT_SECRET=self.secrets.client_secret,
             SYNC_ASSETS_TOKEN_KEY=self.secrets.token_key, ESI_SSO_URL=self.esi_url, ESI_SSO_ISSUER="login.eveonline.com",
         )
-        return dagster_materialize(env, self.logs / f"{name}.log", in_process=in_process)
+        return dagster_materialize(env, self.logs / f"{name}.log")
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,8 @@ class Kill:
     index: int
     planned: str
     observed: str = ""
-    whole_group: bool = True
-    in_process: bool = False
+    whole_group: bool = True  # the code location runs in-process: the CLI process is the run (no step worker)
+    in_process: bool = True
     table: str = ""  # "old" | "new"
     pages_asked: int = 0
     cli_message: str = ""
@@ -148,19 +148,18 @@ def test_sigkill_at_every_phase_leaves_old_or_new_never_a_mix(world: World, faul
     plan = [phase for phase, n in PLAN.items() for _ in range(scaled(n))]
     rng.shuffle(plan)
     kills: list[Kill] = []
-    queue: deque[tuple[int, Proc, bool]] = deque()
+    queue: deque[tuple[int, Proc]] = deque()
 
     def top_up(next_index: int) -> int:
         while len(queue) < AHEAD and next_index < len(plan):
-            in_process = next_index % 4 != 3
-            queue.append((next_index, world.start(next_index, in_process), in_process))
+            queue.append((next_index, world.start(next_index)))
             next_index += 1
         return next_index
 
     ddl_gate = Brake(world.db_url, "faults-ddl-gate")
     started_upto = top_up(0)
     for i, phase in enumerate(plan):
-        index, proc, in_process = queue.popleft()
+        index, proc = queue.popleft()
         assert index == i
         name = f"faults-kill-{i}"
         # a new snapshot to sync
@@ -169,7 +168,7 @@ def test_sigkill_at_every_phase_leaves_old_or_new_never_a_mix(world: World, faul
         new_frame = expected_orders(world.sandbox)
         new_snap = world.sandbox.snapshot("orders", int(FORGE))
         old_digest, old_state = table_digest(obs), state_row(obs)
-        kill = Kill(i, phase, whole_group=in_process, in_process=in_process)
+        kill = Kill(i, phase)
         brake = Brake(world.db_url)
         world.gate.open(i)
         _debug(f"kill {i} {phase}: open")
@@ -229,7 +228,7 @@ def test_sigkill_at_every_phase_leaves_old_or_new_never_a_mix(world: World, faul
     # and a last complete CLI run converges too
     world.sandbox.refresh("orders", int(FORGE))
     world.gate.open("final")
-    last = world.start("final", in_process=False)
+    last = world.start("final")
     assert last.wait(240) == 0, last.output()[-3000:]
     last.close()
     assert frame_diff(world.runner.table(), expected_orders(world.sandbox), KEY) is None

@@ -89,7 +89,7 @@ def cli_outputs(tmp_path_factory: pytest.TempPathFactory, fault_databases: Any, 
             home.mkdir()
             full = clean_env(SYNC_ASSETS_DATABASE_URL=db_url, SYNC_ASSETS_ESI_URL="http://127.0.0.1:9", DAGSTER_HOME=str(home))
             full.update(env)
-            procs[name] = dagster_materialize(full, base / f"case{i}.log", partition=partition, select=select, in_process=True)
+            procs[name] = dagster_materialize(full, base / f"case{i}.log", partition=partition, select=select)
         outputs = {}
         for name, proc in procs.items():
             code = proc.wait(240)
@@ -353,12 +353,14 @@ def test_rows_to_frame_refuses_what_it_cannot_keep_exactly(case: str, fault_repo
 
 @pytest.mark.parametrize("dataset", [d for d in DATASETS_BY_KEY.values() if d.transform is not None], ids=lambda d: d.key)
 def test_dataset_transforms_refuse_any_wrong_shape_naming_where(dataset: Dataset, fault_report: FaultReport) -> None:
-    from sync_assets.apis.esi.resource import _page_parser  # the resource's own page parser: transform + rows_to_frame
+    from sync_assets.core.requests import SliceRequest
+    from sync_assets.fetch.resource import _page_parser  # the resource's own page parser: transform + rows_to_frame
 
     entry = _entry(fault_report, f"test_dataset_transforms_refuse_any_wrong_shape_naming_where[{dataset.key}]",
                    f"hypothesis: {EXAMPLES} arbitrary JSON payloads per dataset with a `transform`;")
     tally = entry.tally(f"transform payloads ({dataset.key})")
-    parse = _page_parser(dataset, f"{dataset.key}[98000001]")
+    request = SliceRequest(path=dataset.route, state_key="98000001", context={"corporation_id": 98000001})
+    parse = _page_parser(dataset, request, f"{dataset.key}[98000001]")
 
     @PROPERTY
     @given(payload=json_values | st.lists(json_values, max_size=3) | st.lists(st.integers(INT64_MIN, INT64_MAX), max_size=4))
