@@ -4,15 +4,14 @@ blocking runner for the CLI (``sync-assets sandbox esi --port N``)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import uvicorn
 
 from . import market_data as md
+from ...sandbox_serving import serve_in_thread, uvicorn_config
 from .esi import EsiSandbox
 
 __all__ = ["build_default_sandbox", "serve_in_thread", "run", "main", "SCALES"]
@@ -42,69 +41,6 @@ def build_default_sandbox(scale: str | float = "full", **overrides: Any) -> EsiS
     return EsiSandbox(**overrides)
 
 
-def _uvicorn_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
-    opts: dict[str, Any] = dict(
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        http="auto",  # httptools when installed (faster for large bodies), else h11
-        date_header=False,  # the sandbox sends its own Date (consistent with Expires)
-        server_header=False,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=3,
-    )
-    opts.update(kwargs)
-    return uvicorn.Config(app, host=host, port=port, **opts)
-
-
-@contextlib.contextmanager
-def serve_in_thread(
-    sandbox: EsiSandbox | Any,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    startup_timeout: float = 15.0,
-    **uvicorn_kwargs: Any,
-) -> Iterator[str]:
-    """Serve ``sandbox`` (or any ASGI app) with uvicorn in a daemon thread.
-
-    Yields the base URL (``http://127.0.0.1:PORT``; ``port=0`` picks a free port) once the
-    server accepts connections, and shuts it down on exit.
-    """
-    app = sandbox.app if isinstance(sandbox, EsiSandbox) else sandbox
-    server = uvicorn.Server(_uvicorn_config(app, host, port, **uvicorn_kwargs))
-    errors: list[BaseException] = []
-
-    def _run() -> None:
-        try:
-            server.run()
-        except BaseException as exc:  # surfaced to the caller below
-            errors.append(exc)
-
-    thread = threading.Thread(target=_run, name=f"esi-sandbox-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if errors or not thread.is_alive():
-            raise RuntimeError(f"ESI sandbox server failed to start: {errors[0] if errors else 'thread exited'}")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise TimeoutError("ESI sandbox server did not start in time")
-        time.sleep(0.005)
-    bound_port = port
-    for srv in getattr(server, "servers", []) or []:
-        for sock in srv.sockets:
-            bound_port = sock.getsockname()[1]
-            break
-        break
-    url_host = f"[{host}]" if ":" in host else host
-    try:
-        yield f"http://{url_host}:{bound_port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def run(
     host: str = "127.0.0.1",
     port: int = 8765,
@@ -125,7 +61,7 @@ def run(
         file=sys.stderr,
         flush=True,
     )
-    config = _uvicorn_config(sandbox.app, host, port, **(uvicorn_kwargs or {}))
+    config = uvicorn_config(sandbox.app, host, port, **(uvicorn_kwargs or {}))
     uvicorn.Server(config).run()
 
 

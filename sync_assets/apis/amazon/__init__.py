@@ -1,0 +1,1 @@
+"""Amazon Selling Partner API: spec, LWA auth, datasets and sandbox."""

@@ -1,0 +1,1 @@
+"""IRIS CRM (Ireland Pay, and any tenant of IRIS CRM): spec, datasets and sandbox."""
