@@ -57,7 +57,7 @@ def run_once(url: str, database_url: str) -> dict[str, dict[str, float]]:
         meta = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
         out[name] = {
             "seconds": seconds,
-            "rows": float(meta["dagster/row_count"]),
+            "rows": float(meta.get("dagster/partition_row_count", meta["dagster/row_count"])),
             "rows_written": float(meta["rows_written"]),
             "fetch_seconds": float(meta["fetch_seconds"]),
             "bytes": float(meta["bytes_received"]),

@@ -28,9 +28,18 @@ from .warehouse import PostgresWarehouse, SnapshotIOManager
 DATABASE_URL_ENV = "SYNC_ASSETS_DATABASE_URL"
 
 
+MAX_BUDGET_WAIT_ENV = "SYNC_ASSETS_MAX_BUDGET_WAIT_S"
+
+
+def budget_settings() -> dict[str, float]:
+    """Settings every API resource takes from the environment."""
+    raw = os.environ.get(MAX_BUDGET_WAIT_ENV, "").strip()
+    return {"max_budget_wait_s": float(raw)} if raw else {}
+
+
 def esi_api(esi: EsiResource | None = None, esi_auth: EsiAuthResource | None = None) -> ApiDefinition:
     esi = esi or EsiResource(base_url=os.environ.get(ESI.base_url_env) or DEFAULT_ESI_URL,
-                             budget_database_url=dg.EnvVar(DATABASE_URL_ENV))
+                             budget_database_url=dg.EnvVar(DATABASE_URL_ENV), **budget_settings())
     esi_auth = esi_auth or EsiAuthResource(
         esi=esi,
         database_url=dg.EnvVar(DATABASE_URL_ENV),

@@ -113,7 +113,7 @@ def test_first_sync_of_the_forge_loads_every_order(database_url: str) -> None:
         expected = h.expected_orders()
         assert len(expected) > 290_000
         assert_same_rows(h.table(), expected, ["region_id", "order_id"])
-        assert meta["rows_inserted"] == len(expected) == meta["dagster/row_count"]
+        assert meta["rows_inserted"] == len(expected) == meta["dagster/partition_row_count"] == meta["dagster/row_count"]  # one region synced: table = partition
         assert meta["pages"] == meta["status_200"] == sandbox.page_count(int(FORGE)) == 300
         assert meta["status_304"] == 0 and meta["bytes_received"] > 50_000_000
         messages = log_messages(h, result)
@@ -144,7 +144,7 @@ def test_resync_after_expires_is_all_304_and_writes_nothing(harness: Harness) ->
     pages = harness.sandbox.page_count(int(FORGE))
     assert counters["status_304"] == pages and counters["status_200"] == 0 and counters["body_bytes"] == 0
     assert meta["outcome"] == "not_modified" and meta["status_304"] == pages and meta["bytes_received"] == 0
-    assert meta["rows_written"] == 0 and meta["dagster/row_count"] == len(harness.expected_orders())
+    assert meta["rows_written"] == 0 and meta["dagster/partition_row_count"] == len(harness.expected_orders())
     assert data_version(second) == data_version(first)
     later = harness.warehouse.read_validators(MARKET_ORDERS, FORGE).expires_at
     assert later > datetime.now(timezone.utc)  # the new Expires was stored
@@ -301,7 +301,7 @@ def test_a_row_repeated_on_a_later_page_is_stored_once_with_its_later_values(dat
             expected = h.expected_orders()
             expected.loc[expected.order_id == moved["order_id"], "price"] = moved["price"] + 1
             assert_same_rows(h.table(), expected, ["region_id", "order_id"])
-            assert metadata(result)["dagster/row_count"] == len(expected)
+            assert metadata(result)["dagster/partition_row_count"] == len(expected)
             # the pages loaded during the walk held the row twice: they were rolled back, the
             # de-duplicated frame written instead
             assert not any("loaded into the database while fetching" in m for m in log_messages(h, result))

@@ -135,7 +135,13 @@ class CircuitOpen(BudgetError):
 
 
 class BudgetExhausted(BudgetError):
-    """A budget would only allow the next request after longer than a run is willing to wait."""
+    """A budget would only allow the next request after longer than a run is willing to wait.
+    `retry_at` (epoch seconds): when the budget pays for it again; the sync defers the rest of its
+    work until then instead of sleeping on it (a sleeping run holds its pool slot)."""
+
+    def __init__(self, message: str, retry_at: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
 class AuthFailed(SyncError):

@@ -10,6 +10,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 import pandas as pd
 
+from .errors import BudgetExhausted
+
 
 @dataclass(frozen=True)
 class Validators:
@@ -80,6 +82,8 @@ class SnapshotSet:
     dataset: str
     snapshots: list["Snapshot"]
     failures: list[SliceFailure] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # state keys a spent budget left for a later run
+    deferral: BudgetExhausted | None = None  # the budget's refusal: when it pays again, and why
 
     @property
     def data_version(self) -> str:

@@ -2,7 +2,10 @@
 
 
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
@@ -10,7 +13,7 @@ from pydantic import Field
 
 from ..core.catalog import DATASETS_BY_KEY
 from ..core.datasets import Column, Dataset
-from ..core.errors import ApiError, Forbidden
+from ..core.errors import ApiError, BudgetExhausted, Forbidden
 from ..core.paging import NextToken, PageNumbers
 from ..core.requests import SliceRequest, plan_requests
 from ..core.windows import Granularity
@@ -19,7 +22,8 @@ from ..fetch.auth import Credential
 from ..fetch.resource import ApiResource
 from ..fetch.spec import ApiSpec
 from ..warehouse import PostgresWarehouse
-from .failures import LAST_SYNC_CHECK
+from .automation import DEFERRED_TAG, slot
+from .failures import LAST_SYNC_CHECK, last_sync_result, run_created_at
 
 IO_MANAGER_KEY = "warehouse_io_manager"
 
@@ -87,6 +91,7 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
             **({"sso_scope": dataset.auth.scope, "roles_any_of": ", ".join(dataset.auth.roles) or "member"} if dataset.auth else {}),
         },
         required_resource_keys=resource_keys,
+        output_required=False,  # a walk the budget deferred records no materialization: it synced nothing
         check_specs=[
             dg.AssetCheckSpec(
                 LAST_SYNC_CHECK,
@@ -95,7 +100,7 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
             )
         ],
     )
-    def sync(context: dg.AssetExecutionContext, config: SyncConfig):  # -> MaterializeResult carrying a Snapshot(Set)
+    def sync(context: dg.AssetExecutionContext, config: SyncConfig):  # yields MaterializeResult carrying a Snapshot(Set)
         partition_key = context.partition_key if (dataset.partitioning or dataset.windows) else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: ApiResource = getattr(context.resources, spec.name)
@@ -103,18 +108,36 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         credentials = getattr(context.resources, credentials_key) if credentials_key else None
         credential = credentials.credential_for(dataset, partition_key, context.log) if credentials else None
         requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
+        deferral: BudgetExhausted | None = None
         if dataset.slices is None and len(requests) == 1:
             # a paged walk loads its pages as they land (slices stay small: each is written after its fetch)
-            result: Snapshot | SnapshotSet = _fetch(context, api, warehouse, dataset, requests[0], credentials, credential,
-                                                    config, load_while_fetching=isinstance(dataset.paginator, (PageNumbers, NextToken)))
+            try:
+                result: Snapshot | SnapshotSet = _fetch(
+                    context, api, warehouse, dataset, requests[0], credentials, credential, config,
+                    load_while_fetching=isinstance(dataset.paginator, (PageNumbers, NextToken)))
+            except BudgetExhausted as exc:
+                if exc.retry_at is None:
+                    raise
+                # nothing of a snapshot walk can be kept: no materialization, the sensor relaunches it
+                yield _defer(context, warehouse, dataset, partition_key, exc, done=0, deferred=1)
+                return
             metadata = fetch_metadata(result)
         else:
             result = _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config)
             metadata = batch_metadata(result)
+            deferral = result.deferral
         for snapshot in result.snapshots if isinstance(result, SnapshotSet) else [result]:
             snapshot.max_delete_share = config.max_delete_share
-        check = dg.AssetCheckResult(check_name=LAST_SYNC_CHECK, passed=True, metadata={"partition": partition_key or ""})
-        return dg.MaterializeResult(
+        if isinstance(result, SnapshotSet) and result.failures:  # the write commits the others, then fails the run
+            check = dg.AssetCheckResult(check_name=LAST_SYNC_CHECK, passed=False, description=(
+                f"{len(result.failures)} of {len(result.failures) + len(result.snapshots)} requests failed: "
+                f"{result.failures[0].message[:300]}"), metadata={"partition": partition_key or ""})
+        elif deferral is not None and isinstance(result, SnapshotSet):
+            check = _defer(context, warehouse, dataset, partition_key, deferral, len(result.snapshots), len(result.deferred))
+        else:
+            warehouse.clear_deferral(dataset.key, partition_key)
+            check = _last_sync(context, warehouse, dataset, partition_key)
+        yield dg.MaterializeResult(
             value=result, metadata=metadata, data_version=dg.DataVersion(result.data_version), check_results=[check]
         )
 
@@ -154,18 +177,70 @@ def _fetch(context, api: ApiResource, warehouse, dataset: Dataset, request: Slic
 
 
 def _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config) -> SnapshotSet:
-    """Slices are fetched concurrently (bounded) and kept apart: one failure does not stop the others."""
+    """Slices are fetched concurrently (bounded) and kept apart: one failure does not stop the others.
+    A spent budget does: the slices not fetched yet are deferred (the fetched ones are committed)."""
     batch = SnapshotSet(dataset.key, [])
     context.log.info(f"{dataset.key}: {len(requests)} requests to make")
+    stop = threading.Event()
+
+    def fetch(request: SliceRequest) -> Snapshot | None:
+        if stop.is_set():
+            return None
+        try:
+            return _fetch(context, api, warehouse, dataset, request, credentials, credential, config)
+        except BudgetExhausted as exc:
+            if exc.retry_at is not None:
+                stop.set()  # every later slice would be refused by the same budget
+            raise
+
     with ThreadPoolExecutor(max_workers=max(1, min(api.max_concurrency, len(requests)))) as pool:
-        futures = {pool.submit(_fetch, context, api, warehouse, dataset, r, credentials, credential, config): r for r in requests}
+        futures = {pool.submit(fetch, r): r for r in requests}
         for future, request in futures.items():
             try:
-                batch.snapshots.append(future.result())
+                snapshot = future.result()
+            except BudgetExhausted as exc:
+                if exc.retry_at is None:
+                    context.log.error(f"{request.label}: {exc}")
+                    batch.failures.append(SliceFailure(request.state_key, exc))
+                    continue
+                batch.deferred.append(request.state_key)
+                if batch.deferral is None or (exc.retry_at or 0) > (batch.deferral.retry_at or 0):
+                    batch.deferral = exc
+                continue
             except ApiError as exc:
                 context.log.error(f"{request.label}: {exc}")
                 batch.failures.append(SliceFailure(request.state_key, exc))
+                continue
+            if snapshot is None:
+                batch.deferred.append(request.state_key)
+            else:
+                batch.snapshots.append(snapshot)
     return batch
+
+
+def _last_sync(context, warehouse: PostgresWarehouse, dataset: Dataset, partition_key: str | None) -> dg.AssetCheckResult:
+    """This partition synced; the check still fails while another partition's newest run failed."""
+    warehouse.record_outcome(dataset.key, partition_key, run_created_at(context.instance, context.run.run_id), context.run.run_id)
+    passed, description, metadata = last_sync_result(warehouse, dataset.key, partition_key)
+    return dg.AssetCheckResult(check_name=LAST_SYNC_CHECK, passed=passed, description=description, metadata=metadata)
+
+
+def _defer(context, warehouse: PostgresWarehouse, dataset: Dataset, partition_key: str | None, exc: BudgetExhausted,
+           done: int, deferred: int) -> dg.AssetCheckResult:
+    """Record work the API's budget cannot pay for now: the expiry sensor relaunches the partition at
+    `retry_at`; the run ends instead of sleeping on the budget with its pool slot."""
+    retry_at = datetime.fromtimestamp(exc.retry_at or time.time(), timezone.utc)
+    label = slot(dataset, partition_key)
+    warehouse.record_deferral(dataset.key, partition_key, retry_at, context.run.run_id, str(exc))
+    context.instance.add_run_tags(context.run.run_id, {DEFERRED_TAG: retry_at.isoformat(timespec="seconds")})
+    what = f"{deferred} of {done + deferred} requests" if done else "the sync"
+    description = f"{what} deferred until {retry_at:%Y-%m-%d %H:%M:%S} UTC: {exc}"
+    context.log.warning(f"{label}: {description}; the expiry sensor relaunches it then")
+    return dg.AssetCheckResult(
+        check_name=LAST_SYNC_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN, description=description,
+        metadata={"partition": partition_key or "", "requests_done": done, "requests_deferred": deferred,
+                  "retry_at": dg.MetadataValue.timestamp(retry_at)},
+    )
 
 
 def _stateless(dataset: Dataset) -> bool:
@@ -189,6 +264,7 @@ def batch_metadata(batch: SnapshotSet) -> dict[str, Any]:
     return {
         "requests_planned": len(snapshots) + len(batch.failures),
         "requests_failed": len(batch.failures),
+        "requests_deferred": len(batch.deferred),
         "slices_changed": sum(s.changed for s in snapshots),
         "requests": sum(s.stats.requests for s in snapshots),
         "status_200": sum(s.stats.status_200 for s in snapshots),

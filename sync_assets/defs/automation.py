@@ -27,6 +27,7 @@ from .settings import SettingError, variable
 
 DATASET_TAG = "sync_assets/dataset"
 TRIGGER_TAG = "sync_assets/trigger"
+DEFERRED_TAG = "sync_assets/deferred_until"  # set by a run whose remaining work waits for an API budget
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # read by Dagster's run monitoring (dagster.yaml run_monitoring)
 MAX_RUNTIME_ENV = "SYNC_ASSETS_MAX_RUNTIME_S"
 
@@ -104,16 +105,19 @@ def due_partitions(
     """(partitions a schedule tick launches, notes on the others). Due: never materialized, no stored
     Expires (datasets without validators: the schedule is their cadence), or Expires passed more
     than `overdue_after` ago (the sensor's refresh failed or never came). Not due: a run of it is
-    still queued or running."""
+    still queued or running, or its work waits for an API budget (the sensor resumes it)."""
     keys = partition_keys(dataset, instance)
     synced = last_success(instance, asset_key, dataset.partitioning is not None)
     expiry = stored_expiry(warehouse, dataset)
+    deferred = {(p or None): t for d, p, t in warehouse.deferrals() if d == dataset.key}
     due, notes = [], []
     for key in keys:
         label = key or dataset.key
         run_id = in_progress(instance, asset_key, key)
         if run_id:
             notes.append(f"{label}: run {run_id[:8]} still queued or running")
+        elif key in deferred and deferred[key] > at:
+            notes.append(f"{label}: deferred until {deferred[key]:%H:%M:%S} UTC (API budget); the expiry sensor resumes it")
         elif key in synced and key in expiry and expiry[key] + overdue_after(dataset) > at:
             notes.append(f"{label}: refreshed by the expiry sensor (Expires {expiry[key]:%H:%M:%S} UTC)")
         else:

@@ -42,7 +42,8 @@ def build_row_change_check(dataset: Dataset, asset: dg.AssetsDefinition, max_del
         event = context.instance.get_latest_materialization_event(asset.key)
         metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
         deleted = int(getattr(metadata.get("rows_deleted"), "value", 0) or 0)
-        remaining = int(getattr(metadata.get("dagster/row_count"), "value", 0) or 0)
+        # the written scope's rows: the partition's when partitioned, else the table's
+        remaining = int(getattr(metadata.get("dagster/partition_row_count") or metadata.get("dagster/row_count"), "value", 0) or 0)
         before = remaining + deleted - int(getattr(metadata.get("rows_inserted"), "value", 0) or 0)
         share = deleted / before if before else 0.0
         return dg.AssetCheckResult(

@@ -1,9 +1,11 @@
 """Why a sync failed: its failure class (declared by the error's type), reason and partition,
-recorded and shown on the asset's `last_sync` check. No secrets reach either."""
+recorded and shown on the asset's `last_sync` check, which covers every partition: it stays failed
+while any partition's newest run failed, whichever partition ran last. No secrets reach either."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator
 
 import dagster as dg
@@ -46,6 +48,31 @@ def classify_failure(errors: list[SerializableErrorInfo]) -> FailureClass:
     return failure_class_of(names)
 
 
+def run_created_at(instance: dg.DagsterInstance, run_id: str) -> datetime:
+    record = instance.get_run_record_by_id(run_id)
+    return record.create_timestamp if record is not None else datetime.now(timezone.utc)
+
+
+def last_sync_result(warehouse: PostgresWarehouse, dataset_key: str, partition: str | None,
+                     failure: tuple[str, str] | None = None) -> tuple[bool, str, dict[str, object]]:
+    """(passed, description, metadata) of `last_sync` over every partition: it fails while the newest
+    run of any partition failed, whichever partition ran last, and names them, oldest failure first."""
+    failing = warehouse.failing_partitions(dataset_key)
+    lines = [f"{key or dataset_key}: {cls}: {message[:300]}" for key, cls, message, _ in failing]
+    if failure is not None:
+        description = f"{failure[0]}: {failure[1][:500]}"
+    elif failing:
+        description = f"{partition or dataset_key} synced; still failing: " + ", ".join(k or dataset_key for k, *_ in failing)
+    else:
+        description = "the newest sync of every partition succeeded"
+    metadata: dict[str, object] = {
+        "partition": partition or "",
+        "failing_partitions": len(failing),
+        "failures": dg.MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none"),
+    }
+    return not failing and failure is None, description, metadata
+
+
 def build_failure_sensor() -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name="sync_failure_sensor",
@@ -64,15 +91,17 @@ def build_failure_sensor() -> dg.SensorDefinition:
             if dataset_key not in DATASETS_BY_KEY:
                 continue
             warehouse.record_failure(dataset_key, partition, run.run_id, failure_class, message)
+            warehouse.record_outcome(dataset_key, partition, run_created_at(context.instance, run.run_id), run.run_id,
+                                     failure_class, message)
+            _, description, metadata = last_sync_result(warehouse, dataset_key, partition, (failure_class, message))
             context.instance.report_runless_asset_event(
                 dg.AssetCheckEvaluation(
                     asset_key=key,
                     check_name=LAST_SYNC_CHECK,
                     passed=False,
                     severity=dg.AssetCheckSeverity.ERROR,
-                    description=f"{failure_class}: {message[:500]}",
-                    metadata={"failure_class": failure_class, "partition": partition or "", "run_id": run.run_id,
-                              "reason": message[:2000]},
+                    description=description,
+                    metadata={**metadata, "failure_class": failure_class, "run_id": run.run_id, "reason": message[:2000]},
                 )
             )
         context.log.info(f"run {run.run_id[:8]} failed ({failure_class})")

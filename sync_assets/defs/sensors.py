@@ -58,7 +58,8 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
     """Launch a dataset partition once the API's cache for it has expired (plus a margin): as fresh
     as the API allows, never a request before the API would answer differently, one launch per
     Expires (the run key). Partitions never synced (a corporation just connected, a new region, a
-    fresh deployment) are launched at once, once; a schedule tick retries what failed."""
+    fresh deployment) are launched at once, once; work a spent API budget deferred is relaunched
+    when the budget has refilled, once per deferral; a schedule tick retries what failed."""
     margin_s = float(os.environ.get(EXPIRY_MARGIN_ENV) or 15)
 
     @dg.sensor(
@@ -76,27 +77,38 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         instance = context.instance
         now = datetime.now(timezone.utc)
         known = {key: set(partition_keys(dataset, instance)) for key, (dataset, _, _) in entries.items()}
-        candidates: list[tuple[str, str | None, str]] = []  # (dataset, partition, why: the run key's tail)
+        candidates: list[tuple[str, str | None, str, str]] = []  # (dataset, partition, trigger, why: the run key's tail)
+        waiting: dict[tuple[str, str | None], datetime] = {}  # deferred until a budget refills
+        for dataset_key, partition, retry_at in warehouse.deferrals():
+            if (partition or None) not in known.get(dataset_key, ()):
+                continue
+            if retry_at > now:
+                waiting[(dataset_key, partition or None)] = retry_at
+            else:
+                candidates.append((dataset_key, partition or None, "deferred", f"deferred {retry_at.isoformat()}"))
         for dataset_key, partition, expires_at in warehouse.expired_partitions(margin_s):
             if (partition or None) in known.get(dataset_key, ()):  # a removed region or corporation is not launched
-                candidates.append((dataset_key, partition or None, f"expires {expires_at.isoformat()}"))
+                candidates.append((dataset_key, partition or None, "expiry", f"expires {expires_at.isoformat()}"))
         reported: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         health_events = []
         for dataset_key, (dataset, asset, _) in entries.items():
             synced = last_success(instance, asset.key, dataset.partitioning is not None)
-            candidates += [(dataset_key, key, "first sync") for key in sorted(known[dataset_key], key=str) if key not in synced]
+            candidates += [(dataset_key, key, "new_partition", "first sync") for key in sorted(known[dataset_key], key=str) if key not in synced]
             # per-partition health (the partitions_fresh check), reported when a partition changes state
             health = partition_health(dataset, asset.key, instance, now, synced)
             if reported.get(dataset_key) != health.fingerprint:
                 reported[dataset_key] = health.fingerprint
                 health_events.append(partition_health_evaluation(dataset, asset.key, health))
         requests, notes, blockers, seen = [], [], {}, set()
-        for dataset_key, key, why in candidates:
+        for dataset_key, key, trigger, why in candidates:
             if (dataset_key, key) in seen:  # expired and never materialized (Dagster's storage was reset): once
                 continue
             seen.add((dataset_key, key))
             dataset, asset, job = entries[dataset_key]
             label = slot(dataset, key)
+            if (dataset_key, key) in waiting:
+                notes.append(f"{label}: deferred until {waiting[dataset_key, key]:%H:%M:%S} UTC (API budget)")
+                continue
             if dataset.api not in blockers:
                 blockers[dataset.api] = api_blocker(dataset.api, now, warehouse, getattr(context.resources, dataset.api).server_status)
             if blockers[dataset.api]:
@@ -106,7 +118,6 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
             if run_id:
                 notes.append(f"{label}: run {run_id[:8]} still queued or running")
                 continue
-            trigger = "new_partition" if why == "first sync" else "expiry"
             requests.append(dg.RunRequest(job_name=job.name, partition_key=key, run_key=f"{label}:{why}",
                                           tags=run_tags(dataset, key, trigger)))
         if notes:

@@ -164,7 +164,9 @@ class BudgetPolicy:
     backoff_initial_s: float = 10.0  # a 429 without Retry-After blocks its bucket this long...
     backoff_factor: float = 2.0  # ...times this for each further bare 429 in a row...
     backoff_max_s: float = 300.0  # ...up to this
-    max_wait_s: float = 960.0  # longer waits fail the run instead (ESI windows are 15 minutes)
+    # Longer waits are not slept on: the run defers its remaining work to when the budget refills
+    # (BudgetExhausted.retry_at) and frees its slots. 75 s covers ESI's 60 s error window.
+    max_wait_s: float = 75.0
     latch_refresh_s: float = 0.5  # how stale this process's copy of other processes' latches may be
     slot_lease_s: float = 30.0  # error slots of a process that died come back after this
     stash_share: float = 0.05  # a process takes at most this share of a bucket in advance...
@@ -450,7 +452,7 @@ class PostgresBudget:
             if wait > limit:
                 who = "a run waits" if max_wait_s is None else "a walk retrying failed pages waits"
                 raise BudgetExhausted(f"{key.api}: {reason}; the next request would be {wait:.0f}s away, "
-                                      f"longer than {who} ({limit:.0f}s)")
+                                      f"longer than {who} ({limit:.0f}s)", retry_at=time.time() + wait)
             if wait >= 0.25:  # the pacing of a tight bucket is a stream of tiny waits: not worth a line each
                 log.warning(f"{key.api}: waiting {wait:.1f}s: {reason}")
             self.waited_s += wait

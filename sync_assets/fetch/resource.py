@@ -58,6 +58,12 @@ class ApiResource(dg.ConfigurableResource):
     retry_round_pause_s: float = Field(default=2.0, ge=0, description="Pause between rounds of retried pages")
     error_limit_floor: int = Field(default=10, ge=0, description="APIs with an error budget: wait for its reset at this many errors left")
     expiry_guard_s: float = Field(default=3.0, ge=0, description="Wait for the next snapshot if page 1 expires this soon")
+    max_budget_wait_s: float = Field(
+        default=75.0, ge=1.0, le=3600.0,
+        description="Longest a request waits for a shared budget (rate limit, error limit, 429 latch). Work the budget "
+        "cannot pay for sooner is deferred: the run commits what it has, ends, and the expiry sensor relaunches it "
+        "when the budget has refilled, so a spent bucket never holds a pool slot (env SYNC_ASSETS_MAX_BUDGET_WAIT_S).",
+    )
     budget_database_url: str | None = Field(
         default=None,
         description="Postgres holding the budgets shared by every process (rate-limit buckets, latches, circuit "
@@ -234,7 +240,7 @@ class ApiResource(dg.ConfigurableResource):
         engine = engine_for(psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL"))
         spec = self.spec
         policy = BudgetPolicy(error_limit=spec.error_limit, headers=spec.rate_limit_headers, cost=spec.costs,
-                              error_limit_floor=self.error_limit_floor)
+                              error_limit_floor=self.error_limit_floor, max_wait_s=self.max_budget_wait_s)
         return PostgresBudget(engine, policy, want_slots=self.max_concurrency)
 
 

@@ -1,4 +1,5 @@
-"""Sync failures (written by the run-failure sensor) and retention of the bookkeeping tables."""
+"""Sync failures (written by the run-failure sensor), deferrals (work a spent API budget could not
+pay for, resumed by the expiry sensor) and retention of the bookkeeping tables."""
 
 from __future__ import annotations
 
@@ -24,12 +25,98 @@ CREATE INDEX IF NOT EXISTS sync_failures_dataset ON {FAILURES} (dataset, partiti
 """
 
 
+OUTCOMES = f"{META_SCHEMA}.partition_outcomes"
+OUTCOMES_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {META_SCHEMA};
+CREATE TABLE IF NOT EXISTS {OUTCOMES} (
+    dataset         text NOT NULL,
+    partition_key   text NOT NULL DEFAULT '',
+    last_success_at timestamptz,          -- creation time of the newest run that synced it
+    last_failure_at timestamptz,          -- creation time of the newest run that failed on it
+    failure_class   text,
+    message         text,
+    failed_run_id   text,
+    PRIMARY KEY (dataset, partition_key)
+);
+"""
+
+
+def record_outcome(conn: Connection, dataset: str, partition_key: str | None, run_created_at: datetime, run_id: str,
+                   failure_class: str | None = None, message: str | None = None) -> None:
+    """The latest outcome per partition, ordered by when the runs were created (not when their
+    news arrived: the failure sensor may report a failure after a later run succeeded)."""
+    conn.execute(text(OUTCOMES_DDL))
+    params = {"d": dataset, "p": partition_key or "", "t": run_created_at, "r": run_id, "c": failure_class,
+              "m": (message or "")[:4000]}
+    if failure_class is None:
+        conn.execute(text(
+            f"INSERT INTO {OUTCOMES} (dataset, partition_key, last_success_at) VALUES (:d, :p, :t) "
+            f"ON CONFLICT (dataset, partition_key) DO UPDATE SET last_success_at = "
+            f"GREATEST({OUTCOMES}.last_success_at, EXCLUDED.last_success_at)"), params)
+        return
+    conn.execute(text(
+        f"INSERT INTO {OUTCOMES} AS o (dataset, partition_key, last_failure_at, failure_class, message, failed_run_id) "
+        "VALUES (:d, :p, :t, :c, :m, :r) ON CONFLICT (dataset, partition_key) DO UPDATE SET "
+        "last_failure_at = EXCLUDED.last_failure_at, failure_class = EXCLUDED.failure_class, "
+        "message = EXCLUDED.message, failed_run_id = EXCLUDED.failed_run_id "
+        "WHERE o.last_failure_at IS NULL OR o.last_failure_at <= EXCLUDED.last_failure_at"), params)
+
+
+def failing_partitions(conn: Connection, dataset: str) -> list[tuple[str, str, str, datetime]]:
+    """(partition, failure class, message, failed at) of the partitions whose newest run failed."""
+    conn.execute(text(OUTCOMES_DDL))
+    rows = conn.execute(text(
+        f"SELECT partition_key, failure_class, message, last_failure_at FROM {OUTCOMES} WHERE dataset = :d "
+        "AND last_failure_at IS NOT NULL AND last_failure_at > coalesce(last_success_at, '-infinity') "
+        "ORDER BY last_failure_at"), {"d": dataset}).all()
+    return [(r.partition_key, r.failure_class, r.message, r.last_failure_at) for r in rows]
+
+
 def record_failure(conn: Connection, dataset: str, partition_key: str | None, run_id: str, failure_class: str, message: str) -> None:
     conn.execute(text(FAILURES_DDL))
     conn.execute(
         text(f"INSERT INTO {FAILURES} (dataset, partition_key, run_id, failure_class, message) VALUES (:d, :p, :r, :c, :m)"),
         {"d": dataset, "p": partition_key or "", "r": run_id, "c": failure_class, "m": message[:4000]},
     )
+
+
+DEFERRALS = f"{META_SCHEMA}.sync_deferrals"
+DEFERRALS_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {META_SCHEMA};
+CREATE TABLE IF NOT EXISTS {DEFERRALS} (
+    dataset       text NOT NULL,
+    partition_key text NOT NULL DEFAULT '',
+    retry_at      timestamptz NOT NULL,
+    deferred_at   timestamptz NOT NULL DEFAULT now(),
+    run_id        text NOT NULL,
+    reason        text NOT NULL,
+    PRIMARY KEY (dataset, partition_key)
+);
+"""
+
+
+def record_deferral(conn: Connection, dataset: str, partition_key: str | None, retry_at: datetime, run_id: str,
+                    reason: str) -> None:
+    conn.execute(text(DEFERRALS_DDL))
+    conn.execute(
+        text(f"INSERT INTO {DEFERRALS} (dataset, partition_key, retry_at, run_id, reason) VALUES (:d, :p, :t, :r, :m) "
+             "ON CONFLICT (dataset, partition_key) DO UPDATE SET retry_at = EXCLUDED.retry_at, "
+             "deferred_at = now(), run_id = EXCLUDED.run_id, reason = EXCLUDED.reason"),
+        {"d": dataset, "p": partition_key or "", "t": retry_at, "r": run_id, "m": reason[:4000]},
+    )
+
+
+def clear_deferral(conn: Connection, dataset: str, partition_key: str | None) -> None:
+    conn.execute(text(DEFERRALS_DDL))
+    conn.execute(text(f"DELETE FROM {DEFERRALS} WHERE dataset = :d AND partition_key = :p"),
+                 {"d": dataset, "p": partition_key or ""})
+
+
+def deferrals(conn: Connection) -> list[tuple[str, str, datetime]]:
+    """(dataset, partition, retry_at) of every deferred partition, soonest first."""
+    conn.execute(text(DEFERRALS_DDL))
+    rows = conn.execute(text(f"SELECT dataset, partition_key, retry_at FROM {DEFERRALS} ORDER BY retry_at")).all()
+    return [(r.dataset, r.partition_key, r.retry_at) for r in rows]
 
 
 def expired(conn: Connection, margin_s: float) -> list[tuple[str, str, datetime]]:
@@ -56,10 +143,14 @@ def trim(conn: Connection, keep_days: int) -> dict[str, int]:
     states = conn.execute(
         text(f"DELETE FROM {SYNC_STATE} WHERE last_success_at < now() - make_interval(days => :d)"), {"d": keep_days}
     ).rowcount
+    conn.execute(text(DEFERRALS_DDL))
+    deferred = conn.execute(
+        text(f"DELETE FROM {DEFERRALS} WHERE retry_at < now() - make_interval(days => :d)"), {"d": keep_days}
+    ).rowcount
     spend = conn.execute(
         text("DELETE FROM sync_assets.api_spend WHERE at < now() - interval '1 day'")
     ).rowcount if _exists(conn, "sync_assets.api_spend") else 0
-    return {"failures_deleted": failures, "sync_states_deleted": states, "budget_events_deleted": spend}
+    return {"failures_deleted": failures, "sync_states_deleted": states, "deferrals_deleted": deferred, "budget_events_deleted": spend}
 
 
 def _exists(conn: Connection, table: str) -> bool:

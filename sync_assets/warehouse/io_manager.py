@@ -47,13 +47,16 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             counted += result.total
         seconds = time.perf_counter() - started
         partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
+        counts: dict[str, int] = {}
         try:
-            total = self.warehouse.count_rows(dataset, partitions)
+            counts["dagster/row_count"] = self.warehouse.count_rows(dataset)  # the whole table, as Dagster means it
+            if partitions:
+                counts["dagster/partition_row_count"] = self.warehouse.count_rows(dataset, partitions)
         except DatabaseUnavailable as exc:
             # Everything above is committed: a database lost now (a restart right after the COMMIT)
             # must not fail a run whose data and validators are in. The committing transactions'
-            # own counts stand in for the metadata.
-            total = counted
+            # own counts stand in for the partition's.
+            counts = {"dagster/partition_row_count" if partitions else "dagster/row_count": counted}
             context.log.warning(f"{dataset.key}: committed, but the row count after the commit failed ({exc}); "
                                 f"reporting the {counted:,} rows counted inside the write")
         context.add_output_metadata(
@@ -62,7 +65,7 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
                 "rows_updated": totals["updated"],
                 "rows_deleted": totals["deleted"],
                 "rows_written": sum(totals.values()),
-                "dagster/row_count": total,
+                **counts,
                 "dagster/table_name": f"{dataset.api}.{dataset.name}",
                 "write_seconds": round(seconds, 3),
             }

@@ -79,6 +79,28 @@ class PostgresWarehouse(dg.ConfigurableResource):
         with self._begin() as conn:
             history.record_failure(conn, dataset, partition_key, run_id, failure_class, message)
 
+    def record_outcome(self, dataset: str, partition_key: str | None, run_created_at: datetime, run_id: str,
+                       failure_class: str | None = None, message: str | None = None) -> None:
+        with self._begin() as conn:
+            history.record_outcome(conn, dataset, partition_key, run_created_at, run_id, failure_class, message)
+
+    def failing_partitions(self, dataset: str) -> list[tuple[str, str, str, datetime]]:
+        with self._begin() as conn:
+            return history.failing_partitions(conn, dataset)
+
+    def record_deferral(self, dataset: str, partition_key: str | None, retry_at: datetime, run_id: str, reason: str) -> None:
+        with self._begin() as conn:
+            history.record_deferral(conn, dataset, partition_key, retry_at, run_id, reason)
+
+    def clear_deferral(self, dataset: str, partition_key: str | None) -> None:
+        with self._begin() as conn:
+            history.clear_deferral(conn, dataset, partition_key)
+
+    def deferrals(self) -> list[tuple[str, str, datetime]]:
+        """(dataset, partition, retry_at) of the partitions whose work waits for an API budget."""
+        with self._begin() as conn:
+            return history.deferrals(conn)
+
     def trim_history(self, keep_days: int) -> dict[str, int]:
         with self._begin() as conn:
             ensure_sync_state(conn)
