@@ -42,7 +42,7 @@ def serve_in_thread(
     Yields the base URL (``http://127.0.0.1:PORT``; ``port=0`` picks a free port) once the
     server accepts connections, and shuts it down on exit.
     """
-    app = getattr(sandbox, "app", sandbox)
+    app = sandbox if callable(sandbox) else sandbox.app  # an ASGI app (a test's wrapper), else a sandbox's
     server = uvicorn.Server(uvicorn_config(app, host, port, **uvicorn_kwargs))
     errors: list[BaseException] = []
 

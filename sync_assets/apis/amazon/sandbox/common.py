@@ -74,9 +74,13 @@ def parse_time(name: str, raw: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+_CENT = Decimal("0.01")
+
+
 def money(value: float | Decimal) -> float:
     """A JSON-number amount with exactly two decimals (Finances' ``BigDecimal``)."""
-    return float(Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    exact = value if isinstance(value, Decimal) else Decimal(str(value))
+    return float(exact.quantize(_CENT, rounding=ROUND_HALF_UP))
 
 
 def from_epoch(ts: float) -> datetime:
