@@ -211,6 +211,7 @@ class IrisSandbox:
         self._error_bag: list[tuple[int, str, bytes]] = []
         self._windows: dict[str, _Window] = {}
         self._counters: dict[str, KeyCounters] = {}
+        self._actions = self._admin_actions()
         self.app: Callable[[dict, Callable, Callable], Awaitable[None]] = self._asgi
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -393,7 +394,7 @@ class IrisSandbox:
             payload = orjson.loads(raw) if raw.strip() else {}
             if not isinstance(payload, dict):
                 raise ValueError("the JSON body must be an object")
-            handler = self._admin_actions().get(f"{scope['method']} {action}")
+            handler = self._actions.get(f"{scope['method']} {action}")
             if handler is None:
                 body = {"error": f"unknown admin action {scope['method']} /_sandbox/{action}", "routes": ADMIN_ROUTES}
                 return 404, _JSON, orjson.dumps(body), {}

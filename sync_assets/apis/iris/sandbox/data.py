@@ -437,7 +437,7 @@ class IrisWorld:
             modified = self._later(rng, modified)
         processor = rng.choice(self.processors)
         lag, tail = rng.randint(1, 10), rng.randint(0, 4)
-        never_batches = rng.random() < 0.03
+        never_batches = rng.random() < 0.03 or index == 4  # even a tiny world has one that never batched
         discount = rng.uniform(0.015, 0.029)
         n_agents = rng.choices((0, 1, 2), (20, 60, 20))[0]
         return Merchant(
@@ -791,6 +791,7 @@ class IrisWorld:
         search: str | None = None,
     ) -> list[dict]:
         """Merchant rows of a report as served (mid order); [] when the month has no report.
+        ``mid`` is an integer there, as the spec types it, so a mid's leading zeros are lost.
 
         ``hide_null_merchants`` drops merchants without transactions in the month;
         ``template=False`` shows the figures without the key user's template (its buy rates)."""
