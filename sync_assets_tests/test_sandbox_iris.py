@@ -759,13 +759,15 @@ def test_default_world_builds_fast() -> None:
 def test_cli_builds_the_sandbox_and_prints_no_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import uvicorn
 
-    served_apps: list[Any] = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served_apps.append(self.config.app))
+    configs: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: configs.append(self.config))
     main(["--port", "0", "--api-key", "cli-secret-1", "--merchants", "12", "--today", "2025-07-16", "--rate-limit", "9",
           "--validation-status", "422", "--failing-merchant", "123"])
     err = capsys.readouterr().err
-    assert served_apps and "cli-secret-1" not in err and "12 merchants" in err and "1 API key(s)" in err
-    sandbox = served_apps[0].__self__
+    assert configs and "cli-secret-1" not in err and "12 merchants" in err and "1 API key(s)" in err
+    configs[0].load()
+    assert configs[0].interface == "asgi3"  # the CLI's uvicorn must not mistake the app for ASGI 2
+    sandbox = configs[0].app
     assert sandbox.config.rate_limit == 9 and sandbox.config.validation_status == 422 and sandbox.key_labels == ["key1"]
     monkeypatch.setenv(KEYS_ENV, "a,b")
     assert sandbox_kwargs(build_parser().parse_args([]))["api_keys"] == ["a", "b"]

@@ -21,7 +21,16 @@ from .data import (
     us_date,
 )
 from .routes import PER_PAGE, ROUTE_NAMES, ROUTES
-from .server import main, run, serve_in_thread
+from ...sandbox_serving import serve_in_thread
+
+
+def __getattr__(name: str) -> object:
+    """``run``/``main`` load :mod:`.server` on first use, so ``python -m ...sandbox.server`` runs it once."""
+    if name in ("run", "main"):
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ADMIN_ROUTES",

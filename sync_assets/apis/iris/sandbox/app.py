@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date
 from email.utils import formatdate
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import parse_qsl
 
 import orjson
@@ -212,7 +212,12 @@ class IrisSandbox:
         self._windows: dict[str, _Window] = {}
         self._counters: dict[str, KeyCounters] = {}
         self._actions = self._admin_actions()
-        self.app: Callable[[dict, Callable, Callable], Awaitable[None]] = self._asgi
+
+    @property
+    def app(self) -> "IrisSandbox":
+        """The ASGI app: the sandbox itself (an instance with an async ``__call__``, which
+        uvicorn detects as ASGI 3; a bound method would be taken for ASGI 2)."""
+        return self
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         await self._asgi(scope, receive, send)
