@@ -364,9 +364,9 @@ class IrisSandbox:
 
     def _serve(self, scope: dict, headers: dict[str, str], route: Any, path_params: dict[str, str]) -> tuple[int, str, bytes]:
         cfg = self._config
-        if route.name == "transactions":
+        if route.name == "transactions" and cfg.failing_merchants:
             m = self.world.merchant(path_params["mid"])
-            if m is not None and m.mid in cfg.failing_merchants:
+            if m is not None and any(self.world.merchant(f) is m for f in cfg.failing_merchants):  # "0012" or "12"
                 return 500, _JSON, _MESSAGES[500]
         # PHP's query parsing: "+" decodes to a space, the last duplicate wins, "" is null (absent)
         query = tuple(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
@@ -423,7 +423,8 @@ class IrisSandbox:
             "POST config": lambda p: self.configure(**p),
             "POST failing_merchants": lambda p: done(lambda: self.set_failing_merchants(p["mids"])),
             "POST republish": lambda p: [_state_api(s) for s in self.republish(
-                int(p["year"]), int(p["month"]), p.get("processor_id"), int(p.get("drop_rows", 0)))],
+                int(p["year"]), int(p["month"]), None if p.get("processor_id") is None else int(p["processor_id"]),
+                int(p.get("drop_rows", 0)))],
             "POST merchants/add": lambda p: self.add_merchant(**{**p, "opened": day(p, "opened")}).api(),
             "POST merchants/close": lambda p: self.close_merchant(str(p["mid"]), day(p, "on")).api(),
             "POST merchants/modify": lambda p: self.modify_merchant(str(p.pop("mid")), **p).api(),

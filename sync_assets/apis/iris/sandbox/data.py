@@ -531,7 +531,7 @@ class IrisWorld:
             opened = opened or self.today
             if not self.today.replace(day=1) <= opened <= self.today:
                 raise ValueError("opened must lie in the current month, at most today")
-            mid = mid or next(x for x in _unique_mids(rng, 50) if x not in self.merchants and int(x) not in self._by_int)
+            mid = str(mid) if mid is not None else next(x for x in _unique_mids(rng, 50) if x not in self.merchants and int(x) not in self._by_int)
             if not mid.isdigit() or mid in self.merchants or int(mid) in self._by_int:
                 raise ValueError(f"mid {mid!r} must be digits and new")
             m = self._seed_merchant(rng, index, mid)
