@@ -36,11 +36,13 @@ class SellerSpec:
     name: str
     marketplaces: tuple[str, ...]
     seller_id: str | None = None  # default: derived from the seed
+    #: share of order payments held under the DD+7 policy (released 7 days after shipping)
+    deferred_share: float = 0.2
 
 
 DEFAULT_SELLERS: tuple[SellerSpec, ...] = (
     SellerSpec("Sandbox Outdoor Goods", ("ATVPDKIKX0DER",)),
-    SellerSpec("Sandbox Home & Kitchen", ("ATVPDKIKX0DER", "A2EUQ1WTGCTBG2")),
+    SellerSpec("Sandbox Home & Kitchen", ("ATVPDKIKX0DER", "A2EUQ1WTGCTBG2"), deferred_share=1.0),
 )
 
 
@@ -129,7 +131,7 @@ def _build_seller(seed: int, index: int, spec: SellerSpec, n_skus: int, anchor: 
     data.reimbursements = sorted(payouts.rows, key=lambda r: r["approval-date"])
     data.ledger = sorted(ledger.rows, key=lambda r: r["Date and Time"])
     data.inventory = _inventory(rng("inventory"), data.skus, data.marketplaces, ledger.last_event, start)
-    data.transactions = _transactions(rng("transactions"), ids, seller_id, data, shipped, payouts, anchor)
+    data.transactions = _transactions(rng("transactions"), ids, seller_id, data, shipped, payouts, anchor, spec.deferred_share)
     _settle_groups(data.event_groups, data.transactions)
     return data
 
@@ -617,8 +619,8 @@ def _sale_items(sale: Sale, sign: int, fees: dict[str, Decimal]) -> list[dict[st
     return items
 
 
-def _shipment(ids: Ids, rng: random.Random, seller_id: str, sale: Sale, groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """Order Payment: sales minus commission (15%) and the FBA fee; a fifth is deferred 7 days (DD7)."""
+def _shipment(ids: Ids, rng: random.Random, seller_id: str, sale: Sale, groups: list[dict[str, Any]], deferred_share: float) -> dict[str, Any]:
+    """Order Payment: sales minus commission (15%) and the FBA fee; ``deferred_share`` of them held 7 days (DD7)."""
     code, when = sale.currency, sale.shipped_at
     assert when is not None
     principal = sum((unit * qty for _, qty, unit in sale.lines), Decimal(0))
@@ -631,7 +633,7 @@ def _shipment(ids: Ids, rng: random.Random, seller_id: str, sale: Sale, groups: 
         _bd("Expenses", commission + fba, code, [_bd("Amazon Fees", commission + fba, code, fee_parts)]),
     ]
     contexts = None
-    if rng.random() < 0.2:
+    if rng.random() < deferred_share:
         contexts = [{"contextType": "DeferredContext", "deferralReason": "DD7", "maturityDate": fmt_s(when + timedelta(days=7))}]
     total = principal + commission + fba
     return _txn(
@@ -695,10 +697,11 @@ def reimbursement_transaction(
 
 
 def _transactions(
-    rng: random.Random, ids: Ids, seller_id: str, data: SellerData, sales: list[Sale], payouts: _Reimbursements, anchor: datetime
+    rng: random.Random, ids: Ids, seller_id: str, data: SellerData, sales: list[Sale], payouts: _Reimbursements,
+    anchor: datetime, deferred_share: float,
 ) -> list[dict[str, Any]]:
     groups = data.event_groups
-    out = [_shipment(ids, rng, seller_id, s, groups) for s in sales]
+    out = [_shipment(ids, rng, seller_id, s, groups, deferred_share) for s in sales]
     out += [_refund(ids, seller_id, s, groups) for s in sales if s.refunded_at is not None]
     out += _service_fees(ids, rng, seller_id, data, anchor)
     for row, mp in payouts.cash:
