@@ -30,7 +30,7 @@ import httpx
 
 from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS
-from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 from sync_assets.db.embedded import ensure_database, start_embedded_postgres, stop_embedded_postgres

@@ -13,13 +13,13 @@ from sqlalchemy import create_engine, text
 
 from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
-from sync_assets.defs.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
 from sync_assets.apis.esi.spec import ESI
-from sync_assets.defs.automation import build_sync_job
-from sync_assets.defs.checks import build_row_change_check, build_schema_check
-from sync_assets.defs.maintenance import maintenance_job
-from sync_assets.defs.failures import build_failure_sensor
-from sync_assets.defs.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor
+from sync_assets.orchestration.automation import build_sync_job
+from sync_assets.orchestration.checks import build_row_change_check, build_schema_check
+from sync_assets.orchestration.maintenance import maintenance_job
+from sync_assets.orchestration.failures import build_failure_sensor
+from sync_assets.orchestration.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
@@ -49,7 +49,7 @@ def test_expiry_sensor_launches_after_expires_and_never_before(env, monkeypatch:
     monkeypatch.setenv(EXPIRY_MARGIN_ENV, "1")
     # the sensor holds launches during ESI's daily downtime (11:00-11:15 UTC, tested with the
     # schedules): a test that happens to run then must not depend on the time of day
-    monkeypatch.setattr("sync_assets.defs.guards.DOWNTIMES", {})
+    monkeypatch.setattr("sync_assets.orchestration.guards.DOWNTIMES", {})
     sandbox.configure(cache_seconds={"orders": 3})
     job = build_sync_job(MARKET_ORDERS, ORDERS)
     sensor = build_expiry_sensor({MARKET_ORDERS.key: (MARKET_ORDERS, ORDERS, job)})

@@ -16,10 +16,10 @@ from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.apis.esi.spec import ESI
-from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
-from sync_assets.defs.automation import build_sync_job
-from sync_assets.defs.checks import PARTITIONS_FRESH_CHECK, build_partition_freshness_check, partition_health
-from sync_assets.defs.sensors import build_expiry_sensor
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.orchestration.automation import build_sync_job
+from sync_assets.orchestration.checks import PARTITIONS_FRESH_CHECK, build_partition_freshness_check, partition_health
+from sync_assets.orchestration.sensors import build_expiry_sensor
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 FORGE, DOMAIN, SINQ = "10000002", "10000043", "10000032"

@@ -7,9 +7,9 @@ import dagster as dg
 import pytest
 
 from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
-from sync_assets.defs.automation import MAX_RUNTIME_TAG, job_name, max_runtime_s, run_tags
-from sync_assets.defs.run_queue import SLOT_TAG, slot_for_run
-from sync_assets.defs.settings import SettingError
+from sync_assets.orchestration.automation import MAX_RUNTIME_TAG, job_name, max_runtime_s, run_tags
+from sync_assets.orchestration.run_queue import SLOT_TAG, slot_for_run
+from sync_assets.orchestration.settings import SettingError
 from sync_assets.definitions import defs
 
 

@@ -13,7 +13,7 @@ from sync_assets.apis.esi import EsiResource
 from sync_assets.core.requests import SliceRequest, plan_requests
 from sync_assets.fetch.budget import BudgetKey, BudgetPolicy, CircuitOpen, PostgresBudget
 from sync_assets.apis.esi.datasets import MARKET_ORDERS
-from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread

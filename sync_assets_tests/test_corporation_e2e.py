@@ -24,7 +24,7 @@ from sync_assets.apis.esi.sso.crypto import TokenCipher
 from sync_assets.apis.esi.datasets import ESI_CORPORATION_DATASETS
 from sync_assets.core.datasets import Dataset
 from sync_assets.apis.esi import datasets as declared
-from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
@@ -279,7 +279,7 @@ def test_no_secret_in_the_event_log_metadata_or_any_table(world: World) -> None:
 
 
 def test_the_sensor_adds_new_corporations_and_reports_dead_ones_without_deleting(world: World) -> None:
-    from sync_assets.defs.sensors import build_corporation_sensor
+    from sync_assets.orchestration.sensors import build_corporation_sensor
 
     sensor = build_corporation_sensor(PARTITIONS)
     with dg.instance_for_test() as instance:

@@ -28,10 +28,10 @@ from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.apis.esi.sso import tokens
 from sync_assets.apis.esi.sso.crypto import TokenCipher
-from sync_assets.defs.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
-from sync_assets.defs.automation import DEFERRED_TAG, build_sync_job, due_partitions
-from sync_assets.defs.failures import build_failure_sensor
-from sync_assets.defs.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
+from sync_assets.orchestration.automation import DEFERRED_TAG, build_sync_job, due_partitions
+from sync_assets.orchestration.failures import build_failure_sensor
+from sync_assets.orchestration.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 CORP = 98000001
@@ -69,7 +69,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
-    monkeypatch.setattr("sync_assets.defs.guards.DOWNTIMES", {})  # not ESI's daily downtime, whatever the hour
+    monkeypatch.setattr("sync_assets.orchestration.guards.DOWNTIMES", {})  # not ESI's daily downtime, whatever the hour
     monkeypatch.setenv(EXPIRY_MARGIN_ENV, "1")
     sandbox = EsiSandbox(regions={int(FORGE): 10, int(DOMAIN): 2}, orders_per_page=50, n_price_types=10,
                          corporations={CORP: "small"}, rate_limit_tokens={"killmail": 120}, rate_limit_window=WINDOW_S)

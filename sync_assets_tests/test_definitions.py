@@ -14,7 +14,7 @@ import pytest
 from dagster import DagsterRunStatus
 
 from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
-from sync_assets.defs.automation import job_name
+from sync_assets.orchestration.automation import job_name
 from sync_assets.definitions import defs
 
 ROOT = Path(__file__).resolve().parent.parent

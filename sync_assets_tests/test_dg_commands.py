@@ -31,4 +31,4 @@ def test_dg_list_defs_lists_assets_jobs_schedules_and_sensors() -> None:
     assert {"esi/market_orders", "esi/market_prices", "esi/corporation_killmails"} <= assets
     assert "sync_esi_market_orders" in {j["name"] for j in listed["jobs"]}
     assert "sync_esi_market_orders_schedule" in {s["name"] for s in listed["schedules"]}
-    assert {"expiry_sensor", "esi_corporations_sensor", "sync_failure_sensor"} <= {s["name"] for s in listed["sensors"]}
+    assert {"esi_expiry_sensor", "esi_corporations_sensor", "sync_failure_sensor"} <= {s["name"] for s in listed["sensors"]}

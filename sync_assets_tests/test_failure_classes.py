@@ -15,8 +15,8 @@ from sync_assets.core.errors import (
 )
 from sync_assets.db.transaction import DatabaseUnavailable
 from sync_assets.db.urls import DatabaseConfigError
-from sync_assets.defs.failures import build_failure_sensor, redact
-from sync_assets.defs.settings import SettingError
+from sync_assets.orchestration.failures import build_failure_sensor, redact
+from sync_assets.orchestration.settings import SettingError
 from sync_assets.warehouse import PostgresWarehouse, SchemaMismatch
 from sync_assets.warehouse.io_manager import SliceSyncError
 from sync_assets.warehouse.writer import MirrorGuardError

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.core.datasets import Dataset
-from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread

@@ -23,7 +23,7 @@ from sync_assets.core.limits import SlidingWindow
 from sync_assets.core.paging import PageNumbers
 from sync_assets.core.windows import Granularity, TimeWindows
 from sync_assets.definitions import build_definitions, esi_api
-from sync_assets.defs.apis import ApiDefinition
+from sync_assets.orchestration.apis import ApiDefinition
 from sync_assets.fetch.resource import ApiResource
 from sync_assets.fetch.spec import ApiKeyAuth, ApiSpec
 from sync_assets.warehouse import PostgresWarehouse

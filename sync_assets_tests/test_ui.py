@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from sync_assets.apis.esi.datasets import ESI_DATASETS
-from sync_assets.defs.settings import variable
+from sync_assets.orchestration.settings import variable
 from sync_assets.db.embedded import stop_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent

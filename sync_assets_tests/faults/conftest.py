@@ -205,7 +205,7 @@ class CorpWorld:
         from sync_assets.apis.esi.auth import EsiAuthResource, lookup_identity
         from sync_assets.apis.esi.sso.crypto import TokenCipher
         from sync_assets.apis.esi.datasets import ESI_CORPORATION_DATASETS
-        from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+        from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
         from sync_assets.apis.esi.spec import ESI
         from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 

@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from sync_assets.apis.esi import EsiResource
 from sync_assets.apis.esi.datasets import MARKET_ORDERS
 from sync_assets.core.datasets import Dataset
-from sync_assets.defs.assets import IO_MANAGER_KEY, build_sync_asset
+from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 

@@ -54,7 +54,8 @@ def build_corporation_sensor(partitions_name: str) -> dg.SensorDefinition:
 EXPIRY_MARGIN_ENV = "SYNC_ASSETS_EXPIRY_MARGIN_S"
 
 
-def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition, SyncJob]]) -> dg.SensorDefinition:
+def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition, SyncJob]],
+                        name: str = "expiry_sensor") -> dg.SensorDefinition:
     """Launch a dataset partition once the API's cache for it has expired (plus a margin): as fresh
     as the API allows, never a request before the API would answer differently, one launch per
     Expires (the run key). Partitions never synced (a corporation just connected, a new region, a
@@ -63,7 +64,7 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
     margin_s = float(os.environ.get(EXPIRY_MARGIN_ENV) or 15)
 
     @dg.sensor(
-        name="expiry_sensor",
+        name=name,
         jobs=[job for _, _, job in entries.values()],
         minimum_interval_seconds=EXPIRY_SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,

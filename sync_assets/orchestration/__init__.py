@@ -1,0 +1,1 @@
+"""Dagster wiring derived from dataset declarations."""

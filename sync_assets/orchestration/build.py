@@ -1,0 +1,72 @@
+"""Definitions built from declarations: one API's (`api_definitions`) and the platform every API
+shares (`platform_definitions`: the warehouse, its IO manager, the failure sensor, maintenance).
+`sync_assets/defs/` holds one module per API calling these; `dg` loads that folder."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import dagster as dg
+
+from ..core.catalog import register
+from ..core.datasets import WriteMode
+from ..warehouse import PostgresWarehouse, SnapshotIOManager
+from .apis import ApiDefinition
+from .assets import IO_MANAGER_KEY, build_sync_asset
+from .automation import build_schedule, build_sync_job
+from .checks import build_partition_freshness_check, build_row_change_check, build_schema_check
+from .failures import build_failure_sensor
+from .maintenance import maintenance_job, maintenance_schedule
+from .sensors import build_expiry_sensor
+from .settings import with_overrides
+
+DATABASE_URL_ENV = "SYNC_ASSETS_DATABASE_URL"
+MAX_BUDGET_WAIT_ENV = "SYNC_ASSETS_MAX_BUDGET_WAIT_S"
+
+
+def budget_settings() -> dict[str, float]:
+    """Settings every API resource takes from the environment."""
+    raw = os.environ.get(MAX_BUDGET_WAIT_ENV, "").strip()
+    return {"max_budget_wait_s": float(raw)} if raw else {}
+
+
+def api_definitions(api: ApiDefinition) -> dg.Definitions:
+    """One API: an asset, its checks, job and schedule per dataset; the API's sensors and its
+    expiry sensor; the API's resources."""
+    register(api.datasets)  # the warehouse finds a dataset by its asset key in the catalog
+    assets, checks, jobs, schedules, entries = [], [], [], [], {}
+    for dataset in map(with_overrides, api.datasets):
+        asset = build_sync_asset(dataset, api.spec)
+        job = build_sync_job(dataset, asset)
+        assets.append(asset)
+        checks += [build_schema_check(dataset, asset), build_partition_freshness_check(dataset, asset)]
+        if dataset.write_mode is WriteMode.MIRROR:
+            checks.append(build_row_change_check(dataset, asset))
+        jobs.append(job)
+        schedules.append(build_schedule(dataset, asset, job))
+        entries[dataset.key] = (dataset, asset, job)
+    return dg.Definitions(
+        assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules,
+        sensors=[*api.sensors, build_expiry_sensor(entries, name=f"{api.spec.name}_expiry_sensor")],
+        resources=api.resources(),
+    )
+
+
+def platform_definitions(warehouse: PostgresWarehouse | None = None) -> dg.Definitions:
+    """What every API shares: the data database, its IO manager, the failure sensor, maintenance,
+    and the executor of every run (asset page and backfills too): one process, so a killed run
+    cannot leave a step writing."""
+    warehouse = warehouse or PostgresWarehouse(database_url=dg.EnvVar(DATABASE_URL_ENV))
+    return dg.Definitions(
+        jobs=[maintenance_job],
+        schedules=[maintenance_schedule],
+        sensors=[build_failure_sensor()],
+        resources={"warehouse": warehouse, IO_MANAGER_KEY: SnapshotIOManager(warehouse=warehouse)},
+        executor=dg.in_process_executor,
+    )
+
+
+def build_definitions(apis: Sequence[ApiDefinition], warehouse: PostgresWarehouse | None = None) -> dg.Definitions:
+    """The platform and the given APIs in one Definitions (tests and scripts wire their own)."""
+    return dg.Definitions.merge(platform_definitions(warehouse), *map(api_definitions, apis))
