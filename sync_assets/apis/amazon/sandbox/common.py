@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
-
-import orjson
 
 __all__ = [
     "ApiError",
@@ -16,7 +14,8 @@ __all__ = [
     "error_body",
     "fmt_ms",
     "fmt_s",
-    "json_bytes",
+    "from_epoch",
+    "invalid",
     "money",
     "parse_time",
 ]
@@ -47,10 +46,6 @@ def error_body(code: str, message: str, details: str = "") -> dict[str, Any]:
 
 def invalid(message: str, details: str = "") -> ApiError:
     return ApiError(400, "InvalidInput", message, details)
-
-
-def json_bytes(obj: Any) -> bytes:
-    return orjson.dumps(obj)
 
 
 def fmt_s(dt: datetime) -> str:
@@ -85,7 +80,3 @@ def money(value: float | Decimal) -> float:
 
 def from_epoch(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
-
-
-def days(n: float) -> timedelta:
-    return timedelta(days=n)

@@ -39,6 +39,7 @@ RATE_TABLE: dict[str, Plan] = {
 #: Amazon's sandbox endpoints throttle every operation at 5 requests/s with a burst of 15.
 STATIC_PLAN = Plan(5.0, 15)
 PEAK_WINDOW = 1.0  # seconds: the peak rate is the most requests seen in any window this long
+KEPT_TIMES = 100_000  # request times kept per (seller, operation), the latest
 
 
 def format_rate(rate: float) -> str:
@@ -60,7 +61,7 @@ class OpCounters:
     peak: int = 0  # most requests in any PEAK_WINDOW
     statuses: dict[int, int] = field(default_factory=dict)
     recent: collections.deque = field(default_factory=collections.deque)  # times inside the peak window
-    times: list[float] = field(default_factory=list)  # every request time (tests compute their own rates)
+    times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=KEPT_TIMES))  # tests compute their own rates
 
     def as_dict(self) -> dict:
         return {
@@ -133,6 +134,10 @@ class RateLimiter:
         with self._lock:
             self.counters.clear()
 
-    def snapshot(self) -> dict[tuple[str, str], OpCounters]:
+    def snapshot(self, with_times: bool = False) -> dict[tuple[str, str], OpCounters]:
+        """A copy of the counters (request times only when asked: they can be many)."""
         with self._lock:
-            return {k: OpCounters(v.requests, v.throttled, v.peak, dict(v.statuses), collections.deque(), list(v.times)) for k, v in self.counters.items()}
+            return {
+                k: OpCounters(v.requests, v.throttled, v.peak, dict(v.statuses), times=collections.deque(v.times if with_times else ()))
+                for k, v in self.counters.items()
+            }

@@ -277,7 +277,7 @@ class AmazonSandbox:
         return c.as_dict()["peak_per_second"] if c else 0.0
 
     def request_times(self, seller_id: str, op: str) -> list[float]:
-        c = self.limiter.snapshot().get((seller_id, op))
+        c = self.limiter.snapshot(with_times=True).get((seller_id, op))
         return list(c.times) if c else []
 
     def wide_window_requests(self, seller_id: str | None = None, op: str | None = None) -> int:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Sequence
 
 from .common import MARKETPLACES, UTC, fmt_s, money
-from .world import CLAIM_KINDS, Claim, SellerData, Sku, World, reimbursement_time
+from .world import Claim, SellerData, Sku, World, reimbursement_time
 
 __all__ = ["DEFAULT_SELLERS", "SCALES", "SellerSpec", "build_world", "default_anchor"]
 
