@@ -153,3 +153,30 @@ def test_schedules_skip_while_esi_status_says_it_is_down(database_url: str, esi_
             assert result.run_requests == [] and "ESI /status answered 50" in result.skip_message
     finally:
         sandbox_ref[0].configure(error_rate=0.0)
+
+
+def test_assets_carry_filterable_tags_owners_storage_and_a_link_to_their_declaration() -> None:
+    from sync_assets.apis.esi.datasets import ESI_DATASETS
+
+    specs = {s.key: s for s in defs.resolve_all_asset_specs()}
+    for dataset in ESI_DATASETS:
+        spec = specs[dg.AssetKey([dataset.api, dataset.name])]
+        assert spec.tags["api"] == "esi" and spec.tags["write_mode"] == dataset.write_mode.value
+        assert spec.tags["auth"] == ("token" if dataset.auth else "public")
+        assert spec.owners == ["team:sync_assets"]
+        assert spec.metadata["dagster/storage_kind"] == "postgres"
+        assert spec.metadata["dagster/table_name"].endswith(f"esi.{dataset.name}")
+        [reference] = spec.metadata["dagster/code_references"].code_references
+        line = Path(reference.file_path).read_text().splitlines()[reference.line_number - 1]
+        # the module-level statement that declares it, even when a helper builds the Dataset
+        assert Path(reference.file_path).name == "datasets.py" and line.split("=")[0].strip().isupper(), line
+        assert f'"{dataset.name}"' in "\n".join(Path(reference.file_path).read_text().splitlines()[reference.line_number - 1:reference.line_number + 3])
+
+
+def test_owners_come_from_the_environment_and_bad_ones_name_the_setting() -> None:
+    from sync_assets.orchestration.settings import SettingError, owners
+
+    assert owners("esi", {"SYNC_ASSETS_OWNERS": "team:trading, ops@example.com"}) == ["team:trading", "ops@example.com"]
+    assert owners("esi", {"SYNC_ASSETS_OWNERS": "team:all", "SYNC_ASSETS_OWNERS__ESI": "team:eve"}) == ["team:eve"]
+    with pytest.raises(SettingError, match="SYNC_ASSETS_OWNERS__ESI='bob'"):
+        owners("esi", {"SYNC_ASSETS_OWNERS__ESI": "bob"})

@@ -6,6 +6,7 @@ so adding an endpoint is a declaration here, not a new module.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from datetime import time as time_of_day
@@ -161,6 +162,10 @@ class Dataset:
     cron: str | None = None  # schedule; derived from cache_seconds when None
     freshness: tuple[int, int] | None = None  # (warn, fail) seconds; derived from cache_seconds when None
     group: str | None = None  # Dagster asset group; the API name when None
+    # where the declaration is written (file, line): the asset's code reference in the UI. Found
+    # from the module-level statement that builds it, so helpers that build datasets still point
+    # at the declaration itself.
+    declared_at: tuple[str, int] | None = field(default=None, compare=False)
 
     @property
     def asset_group(self) -> str:
@@ -200,6 +205,8 @@ class Dataset:
         return timedelta(seconds=3 * period), timedelta(seconds=6 * period)
 
     def __post_init__(self) -> None:
+        if self.declared_at is None:
+            object.__setattr__(self, "declared_at", _module_statement())
         names = [c.name for c in self.table_columns]
         if len(names) != len(set(names)):
             raise ValueError(f"dataset {self.key}: duplicate column names in {names}")
@@ -218,6 +225,13 @@ class Dataset:
             raise ValueError(f"dataset {self.key}: a mirror by time window needs the window's column (its scope)")
         if self.slices and bool(self.slices.values) == bool(self.slices.source):
             raise ValueError(f"dataset {self.key}: slices take either static values or a source dataset")
+
+
+def _module_statement() -> tuple[str, int] | None:
+    frame = sys._getframe(2)  # skip __post_init__ and the dataclass __init__
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    return (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
 
 
 def cron_for_cache_time(cache_seconds: int) -> str:

@@ -4,12 +4,15 @@
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ..core.catalog import DATASETS_BY_KEY
 from ..core.datasets import Column, Dataset
@@ -23,6 +26,7 @@ from ..fetch.resource import ApiResource
 from ..fetch.spec import ApiSpec
 from ..warehouse import PostgresWarehouse
 from .automation import DEFERRED_TAG, slot
+from .settings import owners
 from .failures import LAST_SYNC_CHECK, last_sync_result, run_created_at
 
 IO_MANAGER_KEY = "warehouse_io_manager"
@@ -79,12 +83,16 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         partitions_def=partitions_def(dataset),
         io_manager_key=IO_MANAGER_KEY,
         kinds={"postgres", "python"},
+        tags=asset_tags(dataset, spec),
+        owners=owners(dataset.api),
         pool=spec.name,
         deps=[dg.AssetKey(source.split("."))] if source else None,
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn),
         metadata={
             "dagster/column_schema": table_schema(dataset),
-            "dagster/table_name": f"{dataset.api}.{dataset.name}",
+            "dagster/table_name": qualified_table_name(dataset),
+            "dagster/storage_kind": "postgres",
+            **code_references(dataset),
             "route": dataset.route,
             "write_mode": dataset.write_mode.value,
             "cache_seconds": dataset.cache_seconds,
@@ -298,6 +306,35 @@ def fetch_metadata(snapshot: Snapshot) -> dict[str, Any]:
     if v.last_modified:
         metadata["last_modified"] = dg.MetadataValue.timestamp(v.last_modified)
     return metadata
+
+
+def asset_tags(dataset: Dataset, spec: ApiSpec) -> dict[str, str]:
+    """Filterable in the UI's asset catalog (e.g. `write_mode=mirror`, `auth=token`)."""
+    auth = "token" if dataset.auth else "api_key" if spec.api_key else "public"
+    partitioned = "time_window" if dataset.windows else "key" if dataset.partitioning else "none"
+    return {"api": dataset.api, "write_mode": dataset.write_mode.value, "auth": auth, "partitioned_by": partitioned}
+
+
+def qualified_table_name(dataset: Dataset) -> str:
+    """database.schema.table when the data database is configured at load, else schema.table (the
+    IO manager reports the full name with every materialization)."""
+    url = os.environ.get("SYNC_ASSETS_DATABASE_URL", "")
+    try:
+        database = make_url(url).database if url else None
+    except ArgumentError:  # a bad URL fails the first run with a message naming the setting
+        database = None
+    return ".".join(filter(None, (database, dataset.api, dataset.name)))
+
+
+def code_references(dataset: Dataset) -> dict[str, dg.CodeReferencesMetadataValue]:
+    """The declaration's file and line, shown as the asset's source in the UI."""
+    if dataset.declared_at is None:
+        return {}
+    path, line = dataset.declared_at
+    with warnings.catch_warnings():  # beta in 1.13, and the UI's way to link an asset to its source
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return {"dagster/code_references": dg.CodeReferencesMetadataValue(
+            code_references=[dg.LocalFileCodeReference(file_path=path, line_number=line, label="declaration")])}
 
 
 def table_schema(dataset: Dataset) -> dg.TableSchema:

@@ -2,6 +2,7 @@
 
     SYNC_ASSETS_CRON__ESI__MARKET_PRICES="*/30 * * * *"     schedule (UTC) of esi.market_prices
     SYNC_ASSETS_FRESHNESS__ESI__MARKET_PRICES="1800,3600"   freshness warn,fail windows in seconds
+    SYNC_ASSETS_OWNERS="team:trading,ops@example.com"       asset owners (all APIs; SYNC_ASSETS_OWNERS__ESI for one)
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import os
 from typing import Mapping
 
-from dagster._utils.schedules import is_valid_cron_string
+from croniter import croniter
 
 from ..core.datasets import Dataset
 from ..core.errors import ConfigurationError
@@ -29,7 +30,7 @@ def with_overrides(dataset: Dataset, env: Mapping[str, str] | None = None) -> Da
     changes: dict[str, object] = {}
     cron_var, freshness_var = variable("CRON", dataset), variable("FRESHNESS", dataset)
     if cron := env.get(cron_var, "").strip():
-        if not is_valid_cron_string(cron):
+        if len(cron.split()) != 5 or not croniter.is_valid(cron):
             raise SettingError(f"{cron_var}={cron!r} is not a cron expression (five fields, e.g. '*/15 * * * *')")
         changes["cron"] = cron
     if raw := env.get(freshness_var, "").strip():
@@ -41,3 +42,19 @@ def with_overrides(dataset: Dataset, env: Mapping[str, str] | None = None) -> Da
             raise SettingError(f"{freshness_var}={raw!r}: need 60 <= warn < fail (Dagster's minimum window is a minute)")
         changes["freshness"] = (warn, fail)
     return dataclasses.replace(dataset, **changes) if changes else dataset
+
+
+DEFAULT_OWNERS = ("team:sync_assets",)
+
+
+def owners(api: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """Asset owners: e-mail addresses or `team:<name>`, per API or for all; the UI filters by them."""
+    env = os.environ if env is None else env
+    for name in (f"SYNC_ASSETS_OWNERS__{api.upper()}", "SYNC_ASSETS_OWNERS"):
+        if raw := env.get(name, "").strip():
+            found = [o.strip() for o in raw.split(",") if o.strip()]
+            bad = [o for o in found if not (o.startswith("team:") and len(o) > 5) and "@" not in o]
+            if bad:
+                raise SettingError(f"{name}={raw!r}: owners are e-mail addresses or team:<name>, not {bad}")
+            return found
+    return list(DEFAULT_OWNERS)

@@ -66,7 +66,7 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
                 "rows_deleted": totals["deleted"],
                 "rows_written": sum(totals.values()),
                 **counts,
-                "dagster/table_name": f"{dataset.api}.{dataset.name}",
+                "dagster/table_name": self.warehouse.qualified_name(dataset),
                 "write_seconds": round(seconds, 3),
             }
         )

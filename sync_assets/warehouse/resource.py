@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import dagster as dg
 import pandas as pd
 from pydantic import Field
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from ..core.snapshot import Snapshot, Validators
 from ..core.datasets import ColumnType, Dataset
@@ -39,6 +39,10 @@ class PostgresWarehouse(dg.ConfigurableResource):
     def url(self) -> str:
         # Validated here, not by a pydantic validator: the field may hold an EnvVar until launch.
         return psycopg2_url(self.database_url, "SYNC_ASSETS_DATABASE_URL")
+
+    def qualified_name(self, dataset: Dataset) -> str:
+        """database.schema.table, as Dagster's `dagster/table_name` wants it."""
+        return f"{make_url(self.url).database}.{dataset.api}.{dataset.name}"
 
     def engine(self) -> Engine:
         return engine_for(self.url)
