@@ -135,13 +135,26 @@ def _format_checker() -> jsonschema.FormatChecker:
     return checker
 
 
+def inline_refs(node: Any, definitions: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:
+    """Replace ``$ref``s by their definitions, except recursive ones (jsonschema resolves refs slowly)."""
+    if isinstance(node, list):
+        return [inline_refs(n, definitions, seen) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        name = node["$ref"].split("/")[-1]
+        return node if name in seen else inline_refs(definitions[name], definitions, (*seen, name))
+    return {k: v if k in ("required", "enum") else inline_refs(v, definitions, seen) for k, v in node.items()}
+
+
 @cache
 def validator(op: str, status: int) -> jsonschema.Draft4Validator | None:
     file, path, method = OPERATIONS[op]
     spec = model(file)["paths"][path][method]["responses"][str(status)]
     if "schema" not in spec:
         return None
-    schema = {**to_json_schema(spec["schema"]), "definitions": to_json_schema(copy.deepcopy(model(file)["definitions"]))}
+    definitions = to_json_schema(copy.deepcopy(model(file)["definitions"]))
+    schema = {**inline_refs(to_json_schema(spec["schema"]), definitions), "definitions": definitions}
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema, format_checker=_format_checker())
 
@@ -663,6 +676,13 @@ def test_reimbursing_a_claim(api: Api) -> None:
     rid = api.report(seller, {"reportType": REIMBURSEMENTS, "marketplaceIds": [US], "dataStartTime": fmt_s(sb.now_datetime() - timedelta(hours=1))})
     doc = api.document(seller, _wait_done(api, seller, rid)["reportDocumentId"])
     assert _tsv(httpx.get(doc["url"]).content)[1] == [row]
+    # the cash payout posts an FBA Inventory Reimbursement into the open event group
+    sb.advance(180)
+    recent = {"postedAfter": fmt_s(sb.now_datetime() - timedelta(hours=1))}
+    payout = [t for t in api.transactions(seller) if t["postedDate"] >= recent["postedAfter"]]
+    assert [(t["transactionType"], t["totalAmount"]["currencyAmount"]) for t in payout] == [("Adjustment", float(row["amount-total"]))]
+    open_group = next(g for g in api.groups(seller) if g["ProcessingStatus"] == "Open")
+    assert {"relatedIdentifierName": "FINANCIAL_EVENT_GROUP_ID", "relatedIdentifierValue": open_group["FinancialEventGroupId"]} in payout[0]["relatedIdentifiers"]
     with pytest.raises(ValueError):
         sb.world.reimburse(seller, claim.claim_id, sb.now_datetime())
 
@@ -809,6 +829,8 @@ def test_static_mode_matches_exact_parameters(fresh: Any) -> None:
     page = api.http.get("/orders/v0/orders", params={"CreatedAfter": "TEST_CASE_200_NEXT_TOKEN", "MarketplaceIds": US}, headers=headers).json()
     last = api.http.get("/orders/v0/orders", params={"CreatedAfter": "TEST_CASE_200_NEXT_TOKEN", "MarketplaceIds": US, "NextToken": page["payload"]["NextToken"]}, headers=headers)
     assert last.status_code == 200 and "NextToken" not in last.json()["payload"]
+    shipped = api.http.post("/orders/v0/orders/902-1845936-5435065/shipment", json={"marketplaceId": US, "shipmentStatus": "ReadyForPickup"}, headers=headers)
+    assert shipped.status_code == 204 and shipped.content == b""
     txns = api.http.get(TRANSACTIONS, params={"postedAfter": "2023-03-07", "nextToken": "jehgri34yo7jr9e8f984tr9i4o"}, headers=headers)
     assert txns.status_code == 200 and txns.json()["payload"]["nextToken"] == "Next token value"
     assert api.http.get(INVENTORY, params=exact).status_code == 403  # the same auth as production

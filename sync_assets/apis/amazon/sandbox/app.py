@@ -85,7 +85,7 @@ ADMIN_ROUTES: dict[str, str] = {
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    content = b"" if body is None else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str)
+    content = b"" if body is None or status == 204 else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str)
     return Response(content, status, headers=headers, media_type=_JSON)
 
 

@@ -156,7 +156,7 @@ class Operations:
         args = call.arguments("nextToken")
         start = self._resume(call, "nextToken", (NEXT_TOKEN_INVALID, NEXT_TOKEN_INVALID), args)
         rows = _select_inventory(data.inventory[marketplaces[0]], call)
-        if call.one("details") != "true":
+        if (call.one("details") or "").lower() != "true":
             rows = [{k: v for k, v in r.items() if k != "inventoryDetails"} for r in rows]
         paging = self._paging()
         page, token = self._page(call, rows, start, paging.inventory_page_size, args, paging.inventory_token_ttl)
