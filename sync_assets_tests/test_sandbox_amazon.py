@@ -46,6 +46,7 @@ US, CA = "ATVPDKIKX0DER", "A2EUQ1WTGCTBG2"
 UNAUTHORIZED = {"code": "Unauthorized", "message": "Access to requested resource is denied."}
 QUOTA = {"errors": [{"code": "QuotaExceeded", "message": "You exceeded your quota for the requested resource.", "details": ""}]}
 INVENTORY = "/fba/inventory/v1/summaries"
+MARKETPLACE_US = {"granularityType": "Marketplace", "granularityId": "ATVPDKIKX0DER", "marketplaceIds": "ATVPDKIKX0DER"}
 GROUPS = "/finances/v0/financialEventGroups"
 TRANSACTIONS = "/finances/2024-06-19/transactions"
 ORDERS = "/orders/2026-01-01/orders"
@@ -249,16 +250,20 @@ class Api:
             start = stop
 
     def groups(self, seller: str) -> list[dict[str, Any]]:
-        return [
-            g for a, b in self.windows()
-            for g in self.token_walk("listFinancialEventGroups", seller, GROUPS, {"FinancialEventGroupStartedAfter": a, "FinancialEventGroupStartedBefore": b, "MaxResultsPerPage": 7}, "FinancialEventGroupList", "NextToken", "NextToken")
-        ]
+        out = []
+        for a, b in self.windows():
+            params = {"FinancialEventGroupStartedAfter": a, "FinancialEventGroupStartedBefore": b, "MaxResultsPerPage": 7}
+            out += self.token_walk("listFinancialEventGroups", seller, GROUPS, params, "FinancialEventGroupList", "NextToken", "NextToken")
+        return out
 
     def transactions(self, seller: str, **extra: str) -> list[dict[str, Any]]:
-        return [
-            t for a, b in self.windows()
-            for t in self.token_walk("listTransactions", seller, TRANSACTIONS, {"postedAfter": a, "postedBefore": b, **extra}, "transactions", "nextToken", "nextToken")
-        ]
+        out = []
+        for a, b in self.windows():
+            out += self.transaction_walk(seller, {"postedAfter": a, "postedBefore": b, **extra})
+        return out
+
+    def transaction_walk(self, seller: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        return self.token_walk("listTransactions", seller, TRANSACTIONS, params, "transactions", "nextToken", "nextToken")
 
     def orders(self, seller: str, page_size: int = 40, **params: str) -> list[dict[str, Any]]:
         """Next pages send the token with the two arguments that may change, not the filters."""
@@ -344,11 +349,10 @@ def test_lwa_grant_and_its_errors(fresh: Any) -> None:
     good = dict(grant_type="refresh_token", refresh_token=sb.refresh_tokens[seller], client_id=sb.client_id)
     bad_client = api.lwa(**good, client_secret="wrong")
     assert bad_client.status_code == 401
-    assert {k: bad_client.json()[k] for k in ("error", "error_description")} == {"error": "invalid_client", "error_description": "Client authentication failed"}
+    assert (bad_client.json()["error"], bad_client.json()["error_description"]) == ("invalid_client", "Client authentication failed")
     unknown = api.lwa(**{**good, "refresh_token": "Atzr|IwEBInot-a-token"}, client_secret=sb.client_secret)
     assert unknown.status_code == 400
-    assert {k: unknown.json()[k] for k in ("error", "error_description")} == {
-        "error": "invalid_grant", "error_description": "The request has an invalid grant parameter : refresh_token"}
+    assert (unknown.json()["error"], unknown.json()["error_description"]) == ("invalid_grant", "The request has an invalid grant parameter : refresh_token")
 
     # a revoked seller's refresh token answers invalid_grant; the other seller is unaffected
     assert api.http.post("/_sandbox/lwa/revoke", json={"seller_id": seller}).json() == {"ok": True, "revoked": 1}
@@ -361,7 +365,7 @@ def test_lwa_grant_and_its_errors(fresh: Any) -> None:
 def test_access_token_errors_are_403_unauthorized(fresh: Any) -> None:
     api = fresh(access_token_ttl=600)
     sb, (seller, _) = api.sandbox, sellers(api.sandbox)
-    params = {"granularityType": "Marketplace", "granularityId": US, "marketplaceIds": US}
+    params = MARKETPLACE_US
 
     def call(headers: dict[str, str]) -> httpx.Response:
         return conform("getInventorySummaries", api.http.get(INVENTORY, params=params, headers=headers))
@@ -386,7 +390,7 @@ def test_access_token_errors_are_403_unauthorized(fresh: Any) -> None:
 def test_expired_client_secret_until_rotated(fresh: Any) -> None:
     api = fresh()
     sb, (seller, _) = api.sandbox, sellers(api.sandbox)
-    params = {"granularityType": "Marketplace", "granularityId": US, "marketplaceIds": US}
+    params = MARKETPLACE_US
     sb.expire_client_secret()
     token = api.grant(seller)["access_token"]  # LWA still issues tokens
     r = api.http.get(INVENTORY, params=params, headers={"x-amz-access-token": token})
@@ -430,7 +434,7 @@ def test_inventory_filters(api: Api) -> None:
     since = sorted(r["lastUpdatedTime"] for r in rows)[len(rows) // 2]
     assert api.inventory(seller, US, startDateTime=since) == [r for r in rows if r["lastUpdatedTime"] >= since]
     too_old = fmt_s(sb.now_datetime() - timedelta(days=600))
-    r = api.call("getInventorySummaries", seller, INVENTORY, params={"granularityType": "Marketplace", "granularityId": US, "marketplaceIds": US, "startDateTime": too_old})
+    r = api.call("getInventorySummaries", seller, INVENTORY, params={**MARKETPLACE_US, "startDateTime": too_old})
     assert r.status_code == 400 and r.json()["errors"][0]["message"].startswith("Query startDateTime cannot not be earlier than")
     assert r.headers["x-amzn-ratelimit-limit"] == "2.0"
 
@@ -443,7 +447,8 @@ def test_inventory_next_token_expires_and_must_come_back_intact(api: Api) -> Non
     assert "+" in token and "/" in token
     invalid = {"errors": [{"code": "InvalidInput", "message": "Next token is invalid or expired", "details": ""}]}
     # sent without URL-encoding: "+" arrives as a space
-    raw = api.http.get(f"{INVENTORY}?details=true&granularityType=Marketplace&granularityId={US}&marketplaceIds={US}&nextToken={token}", headers={"x-amz-access-token": api.token(seller)})
+    unencoded = f"{INVENTORY}?details=true&granularityType=Marketplace&granularityId={US}&marketplaceIds={US}&nextToken={token}"
+    raw = api.http.get(unencoded, headers={"x-amz-access-token": api.token(seller)})
     assert conform("getInventorySummaries", raw).status_code == 400 and raw.json() == invalid
     changed = api.call("getInventorySummaries", seller, INVENTORY, params={**params, "details": "false", "nextToken": token})
     assert changed.status_code == 400 and changed.json()["errors"][0]["message"] == invalid["errors"][0]["message"]
@@ -482,7 +487,7 @@ def test_transactions_walk_equals_the_world(api: Api) -> None:
     deferred = api.transactions(second, transactionStatus="DEFERRED")
     assert deferred and all(t["transactionStatus"] == "DEFERRED" for t in deferred)
     group = next(g for g in sb.world.event_groups(second) if g["ProcessingStatus"] == "Closed")
-    by_group = api.token_walk("listTransactions", second, TRANSACTIONS, {"relatedIdentifierName": "FINANCIAL_EVENT_GROUP_ID", "relatedIdentifierValue": group["FinancialEventGroupId"]}, "transactions", "nextToken", "nextToken")
+    by_group = api.transaction_walk(second, {"relatedIdentifierName": "FINANCIAL_EVENT_GROUP_ID", "relatedIdentifierValue": group["FinancialEventGroupId"]})
     assert by_group and sum(t["totalAmount"]["currencyAmount"] for t in by_group) == pytest.approx(group["OriginalTotal"]["CurrencyAmount"])
 
 
@@ -523,8 +528,8 @@ def test_finance_window_rules(api: Api) -> None:
     assert sb.wide_window_requests(seller, "listFinancialEventGroups") >= 1
     no_dates = api.call("listFinancialEventGroups", seller, GROUPS, params={"MaxResultsPerPage": 10})
     assert no_dates.status_code == 400 and no_dates.json()["errors"][0]["message"] == "Date range is invalid."
-    recent = api.call("listFinancialEventGroups", seller, GROUPS, params={"FinancialEventGroupStartedAfter": narrow["postedAfter"], "FinancialEventGroupStartedBefore": fmt_s(now)})
-    assert recent.status_code == 400
+    recent = {"FinancialEventGroupStartedAfter": narrow["postedAfter"], "FinancialEventGroupStartedBefore": fmt_s(now)}
+    assert api.call("listFinancialEventGroups", seller, GROUPS, params=recent).status_code == 400
 
 
 def test_deferred_transactions_are_released(fresh: Any) -> None:
@@ -595,7 +600,8 @@ def test_report_lifecycle_with_documents(api: Api) -> None:
     assert api.get_report(seller, rid)["processingStatus"] == "IN_PROGRESS"
     report = _wait_done(api, seller, rid)
     assert report["processingStatus"] == "DONE" and report["reportDocumentId"]
-    found = api.ok("getReports", seller, REPORTS, params={"reportTypes": REIMBURSEMENTS, "processingStatuses": "DONE,IN_PROGRESS", "createdSince": fmt_s(now - timedelta(hours=1))})
+    search = {"reportTypes": REIMBURSEMENTS, "processingStatuses": "DONE,IN_PROGRESS", "createdSince": fmt_s(now - timedelta(hours=1))}
+    found = api.ok("getReports", seller, REPORTS, params=search)
     assert rid in [r["reportId"] for r in found["reports"]]
     none = api.ok("getReports", seller, REPORTS, params={"reportTypes": REIMBURSEMENTS, "processingStatuses": "FATAL"})
     assert rid not in [r["reportId"] for r in none["reports"]]
@@ -655,9 +661,11 @@ def test_ledger_report_is_gzip_and_holds_the_claims(api: Api) -> None:
     assert set(claim_rows) == {c.claim_id for c in claims}
     paid = sb.world.reimbursement_rows(seller, start, end)
     for claim in claims:
-        matches = [p for p in paid if p["fnsku"] == claim.fnsku and p["reason"] == claim.reimbursement_reason and int(p["quantity-reimbursed-total"]) == claim.quantity]
+        key = (claim.fnsku, claim.reimbursement_reason, str(claim.quantity))
+        matches = [p for p in paid if (p["fnsku"], p["reason"], p["quantity-reimbursed-total"]) == key]
         assert len(matches) == (claim not in sb.world.unreimbursed_claims(seller)), claim
-    adjustments = api.report(seller, {"reportType": LEDGER, "marketplaceIds": [US], "dataStartTime": fmt_s(start), "dataEndTime": fmt_s(end), "reportOptions": {"eventType": "Adjustments"}})
+    window = {"reportType": LEDGER, "marketplaceIds": [US], "dataStartTime": fmt_s(start), "dataEndTime": fmt_s(end)}
+    adjustments = api.report(seller, {**window, "reportOptions": {"eventType": "Adjustments"}})
     doc = api.document(seller, _wait_done(api, seller, adjustments)["reportDocumentId"])
     assert {r["Event Type"] for r in _tsv(gzip.decompress(httpx.get(doc["url"]).content))[1]} == {"Adjustments"}
 
@@ -678,11 +686,12 @@ def test_reimbursing_a_claim(api: Api) -> None:
     assert _tsv(httpx.get(doc["url"]).content)[1] == [row]
     # the cash payout posts an FBA Inventory Reimbursement into the open event group
     sb.advance(180)
-    recent = {"postedAfter": fmt_s(sb.now_datetime() - timedelta(hours=1))}
-    payout = [t for t in api.transactions(seller) if t["postedDate"] >= recent["postedAfter"]]
+    hour_ago = fmt_s(sb.now_datetime() - timedelta(hours=1))
+    payout = [t for t in api.transactions(seller) if t["postedDate"] >= hour_ago]
     assert [(t["transactionType"], t["totalAmount"]["currencyAmount"]) for t in payout] == [("Adjustment", float(row["amount-total"]))]
     open_group = next(g for g in api.groups(seller) if g["ProcessingStatus"] == "Open")
-    assert {"relatedIdentifierName": "FINANCIAL_EVENT_GROUP_ID", "relatedIdentifierValue": open_group["FinancialEventGroupId"]} in payout[0]["relatedIdentifiers"]
+    group_id = {"relatedIdentifierName": "FINANCIAL_EVENT_GROUP_ID", "relatedIdentifierValue": open_group["FinancialEventGroupId"]}
+    assert group_id in payout[0]["relatedIdentifiers"]
     with pytest.raises(ValueError):
         sb.world.reimburse(seller, claim.claim_id, sb.now_datetime())
 
@@ -708,8 +717,12 @@ def test_report_request_errors(api: Api) -> None:
     sb = api.sandbox
     seller = sellers(sb)[0]
     future = fmt_s(sb.now_datetime() + timedelta(hours=1))
-    for spec in ({"reportType": "GET_NOTHING", "marketplaceIds": [US]}, {"reportType": REIMBURSEMENTS}, {"reportType": REIMBURSEMENTS, "marketplaceIds": [CA]},
-                 {"reportType": REIMBURSEMENTS, "marketplaceIds": [US], "dataEndTime": future}):
+    for spec in (
+        {"reportType": "GET_NOTHING", "marketplaceIds": [US]},
+        {"reportType": REIMBURSEMENTS},
+        {"reportType": REIMBURSEMENTS, "marketplaceIds": [CA]},  # not a marketplace of this seller
+        {"reportType": REIMBURSEMENTS, "marketplaceIds": [US], "dataEndTime": future},
+    ):
         assert api.call("createReport", seller, REPORTS, "POST", json=spec).status_code == 400, spec
     assert api.call("getReports", seller, REPORTS).status_code == 400  # reportTypes or nextToken
     assert api.call("getReport", seller, f"{REPORTS}/12345").status_code == 404
@@ -749,7 +762,7 @@ def test_report_cooldown_cancels_repeats(fresh: Any) -> None:
 def test_429_quota_exceeded_when_the_bucket_is_spent(fresh: Any) -> None:
     api = fresh(rate_limits_enabled=True, rate_overrides={"getInventorySummaries": (0.001, 2)})
     sb, (seller, other) = api.sandbox, sellers(api.sandbox)
-    params = {"granularityType": "Marketplace", "granularityId": US, "marketplaceIds": US}
+    params = MARKETPLACE_US
     answers = [api.call("getInventorySummaries", seller, INVENTORY, params=params) for _ in range(3)]
     assert [r.status_code for r in answers] == [200, 200, 429]
     assert answers[0].headers["x-amzn-ratelimit-limit"] == "0.001"
@@ -778,7 +791,7 @@ def test_default_plans_and_scale(fresh: Any) -> None:
 def test_injected_errors_and_latency(fresh: Any) -> None:
     api = fresh()
     sb, seller = api.sandbox, sellers(api.sandbox)[0]
-    params = {"granularityType": "Marketplace", "granularityId": US, "marketplaceIds": US}
+    params = MARKETPLACE_US
     assert api.http.post("/_sandbox/config", json={"error_rate": 1.0, "latency": 0.05}).json()["error_rate"] == 1.0
     t0 = time.perf_counter()
     answers = [api.call("getInventorySummaries", seller, INVENTORY, params=params) for _ in range(3)]
@@ -823,11 +836,14 @@ def test_static_mode_matches_exact_parameters(fresh: Any) -> None:
     assert failing.status_code == 500 and failing.json()["errors"][0]["code"] == "InternalFailure"
     miss = api.http.get(INVENTORY, params={**exact, "granularityId": "A2EUQ1WTGCTBG2"}, headers=headers)
     assert miss.status_code == 400 and miss.json() == {"errors": [{"code": "InvalidInput", "message": NO_MATCH, "details": ""}]}
-    created = api.http.post(REPORTS, headers=headers, json={"reportType": "GET_MERCHANT_LISTINGS_ALL_DATA", "dataStartTime": "2024-03-10T20:11:24.000Z", "marketplaceIds": ["A1PA6795UKMFR9", US]})
+    listing = {"reportType": "GET_MERCHANT_LISTINGS_ALL_DATA", "dataStartTime": "2024-03-10T20:11:24.000Z", "marketplaceIds": ["A1PA6795UKMFR9", US]}
+    created = api.http.post(REPORTS, headers=headers, json=listing)
     assert created.status_code == 202 and created.json() == {"reportId": "ID323"}
-    assert api.http.post(REPORTS, headers=headers, json={"reportType": "GET_MERCHANT_LISTINGS_ALL_DATA", "marketplaceIds": [US]}).json()["errors"][0]["message"] == NO_MATCH
-    page = api.http.get("/orders/v0/orders", params={"CreatedAfter": "TEST_CASE_200_NEXT_TOKEN", "MarketplaceIds": US}, headers=headers).json()
-    last = api.http.get("/orders/v0/orders", params={"CreatedAfter": "TEST_CASE_200_NEXT_TOKEN", "MarketplaceIds": US, "NextToken": page["payload"]["NextToken"]}, headers=headers)
+    other_body = api.http.post(REPORTS, headers=headers, json={**listing, "marketplaceIds": [US]})
+    assert other_body.json()["errors"][0]["message"] == NO_MATCH
+    case = {"CreatedAfter": "TEST_CASE_200_NEXT_TOKEN", "MarketplaceIds": US}
+    page = api.http.get("/orders/v0/orders", params=case, headers=headers).json()
+    last = api.http.get("/orders/v0/orders", params={**case, "NextToken": page["payload"]["NextToken"]}, headers=headers)
     assert last.status_code == 200 and "NextToken" not in last.json()["payload"]
     shipped = api.http.post("/orders/v0/orders/902-1845936-5435065/shipment", json={"marketplaceId": US, "shipmentStatus": "ReadyForPickup"}, headers=headers)
     assert shipped.status_code == 204 and shipped.content == b""
@@ -863,7 +879,8 @@ def test_every_operation_and_error_answer_conforms(fresh: Any) -> None:
         seen.add((op, r.status_code // 100))
         return r
 
-    rid = hit("createReport", REPORTS, "POST", json={"reportType": REIMBURSEMENTS, "marketplaceIds": [US], "dataStartTime": fmt_s(ANCHOR - timedelta(days=200))}).json()["reportId"]
+    spec = {"reportType": REIMBURSEMENTS, "marketplaceIds": [US], "dataStartTime": fmt_s(ANCHOR - timedelta(days=200))}
+    rid = hit("createReport", REPORTS, "POST", json=spec).json()["reportId"]
     doc_id = hit("getReport", f"{REPORTS}/{rid}").json()["reportDocumentId"]
     hit("getReportDocument", f"{DOCUMENTS}/{doc_id}")
     hit("getReports", REPORTS, params={"reportTypes": REIMBURSEMENTS})

@@ -232,7 +232,10 @@ class Reports:
             now = from_epoch(self._clock())
             if now > deadline:
                 self.counters.expired_downloads += 1
-                extra = f"<X-Amz-Expires>{expires}</X-Amz-Expires><Expires>{deadline:%Y-%m-%dT%H:%M:%SZ}</Expires><ServerTime>{now:%Y-%m-%dT%H:%M:%SZ}</ServerTime>"
+                extra = (
+                    f"<X-Amz-Expires>{expires}</X-Amz-Expires><Expires>{deadline:%Y-%m-%dT%H:%M:%SZ}</Expires>"
+                    f"<ServerTime>{now:%Y-%m-%dT%H:%M:%SZ}</ServerTime>"
+                )
                 return _s3_error(403, "AccessDenied", "Request has expired", extra)
             if doc is None:
                 return _s3_error(404, "NoSuchKey", "The specified key does not exist.")

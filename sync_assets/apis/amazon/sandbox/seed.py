@@ -25,6 +25,11 @@ HISTORY_DAYS = 365
 GROUP_DAYS = 14  # settlement period of a financial event group
 ORDERS_PER_SKU = 2.0  # per year
 CAD_PER_USD = Decimal("1.35")
+COMMISSION = Decimal("0.15")  # referral fee share of the item price
+REFUNDED_COMMISSION = Decimal("0.8")  # share of the commission a refund gives back
+FBA_FEE = Decimal("3.22")  # per unit
+REIMBURSED_SHARE = Decimal("0.6")  # Amazon pays this share of the list price per lost unit
+CENT = Decimal("0.01")
 FULFILLMENT_CENTERS = {"US": ("PHX7", "ONT8", "MDW2", "BFI4", "TPA2", "CLT2"), "CA": ("YYZ4", "YVR3")}
 _ADJECTIVES = ("Compact", "Deluxe", "Rugged", "Classic", "Portable", "Organic", "Smart", "Crème", "Ultra", "Vintage")
 _NOUNS = ("Water Bottle", "Desk Lamp", "Yoga Mat", "Phone Case", "Coffee Grinder", "Backpack", "Tea Set", "Notebook", "Headphones", "Cutting Board")
@@ -173,8 +178,11 @@ def _inventory(
     return out
 
 
+_QUANTITIES = ("working", "shipped", "receiving", "pending", "transship", "fc", "customer", "warehouse", "defective")
+
+
 def _inventory_summary(rng: random.Random, sku: Sku, marketplace: str, updated: datetime) -> dict[str, Any]:
-    q = {k: rng.choice((0, 0, rng.randint(1, 40))) for k in ("working", "shipped", "receiving", "pending", "transship", "fc", "customer", "warehouse", "defective")}
+    q = {k: rng.choice((0, 0, rng.randint(1, 40))) for k in _QUANTITIES}
     fulfillable = rng.randint(0, 400)
     researching = rng.choice((0, 0, 0, rng.randint(1, 5)))
     reserved = q["pending"] + q["transship"] + q["fc"]
@@ -394,7 +402,7 @@ class _Ledger:
             claim = Claim(
                 claim_id=self.ids.digits(11), seller_id=seller_id, kind=kind, seller_sku=sku.seller_sku, fnsku=sku.fnsku,
                 asin=sku.asin, product_name=sku.product_name, quantity=rng.randint(1, 4), event_time=when,
-                fulfillment_center=self._fc(), unit_value=(sku.price * Decimal("0.6")).quantize(Decimal("0.01")),
+                fulfillment_center=self._fc(), unit_value=(sku.price * REIMBURSED_SHARE).quantize(CENT),
             )
             code = claim.reason_code
             self._add(sku, when, "Adjustments", claim.claim_id, -claim.quantity, claim.fulfillment_center, "SELLABLE", code)
@@ -489,8 +497,11 @@ class _Reimbursements:
                 self._sale_row(when, sale, sku, "CustomerServiceIssue", qty)
 
     def _sale_row(self, when: datetime, sale: Sale, sku: Sku, reason: str, qty: int) -> dict[str, str]:
-        per_unit = (_price(sku, sale.marketplace) * Decimal("0.6")).quantize(Decimal("0.01"))
-        row = _row(when, self.ids.digits(10), "", sale.order_id, reason, sku.seller_sku, sku.fnsku, sku.asin, sku.product_name, sale.currency, per_unit, qty, 0)
+        per_unit = (_price(sku, sale.marketplace) * REIMBURSED_SHARE).quantize(CENT)
+        row = _row(
+            when, self.ids.digits(10), "", sale.order_id, reason, sku.seller_sku, sku.fnsku, sku.asin, sku.product_name,
+            sale.currency, per_unit, qty, 0,
+        )
         self.rows.append(row)
         self.cash.append((row, sale.marketplace))
         return row
@@ -602,6 +613,10 @@ def _txn(
     return txn
 
 
+def _product_context(asin: str, sku: str, quantity: int, afn: bool) -> dict[str, Any]:
+    return {"contextType": "ProductContext", "asin": asin, "sku": sku, "quantityShipped": quantity, "fulfillmentNetwork": "AFN" if afn else "MFN"}
+
+
 def _sale_items(sale: Sale, sign: int, fees: dict[str, Decimal]) -> list[dict[str, Any]]:
     code = sale.currency
     items = []
@@ -613,7 +628,7 @@ def _sale_items(sale: Sale, sign: int, fees: dict[str, Decimal]) -> list[dict[st
                 "description": sku.product_name,
                 "totalAmount": _currency(principal + fee, code),
                 "breakdowns": [_bd("Product Charges", principal, code), _bd("Amazon Fees", fee, code)],
-                "contexts": [{"contextType": "ProductContext", "asin": sku.asin, "sku": sku.seller_sku, "quantityShipped": qty, "fulfillmentNetwork": "AFN" if sale.afn else "MFN"}],
+                "contexts": [_product_context(sku.asin, sku.seller_sku, qty, sale.afn)],
             }
         )
     return items
@@ -624,9 +639,9 @@ def _shipment(ids: Ids, rng: random.Random, seller_id: str, sale: Sale, groups: 
     code, when = sale.currency, sale.shipped_at
     assert when is not None
     principal = sum((unit * qty for _, qty, unit in sale.lines), Decimal(0))
-    commission = -(principal * Decimal("0.15")).quantize(Decimal("0.01"))
-    fba = -sum((Decimal("3.22") * qty for _, qty, _ in sale.lines), Decimal(0)) if sale.afn else Decimal(0)
-    fees = {sku.fnsku: -(unit * qty * Decimal("0.15")).quantize(Decimal("0.01")) - (Decimal("3.22") * qty if sale.afn else 0) for sku, qty, unit in sale.lines}
+    commission = -(principal * COMMISSION).quantize(CENT)
+    fba = -sum((FBA_FEE * qty for _, qty, _ in sale.lines), Decimal(0)) if sale.afn else Decimal(0)
+    fees = {sku.fnsku: -(unit * qty * COMMISSION).quantize(CENT) - (FBA_FEE * qty if sale.afn else 0) for sku, qty, unit in sale.lines}
     fee_parts = [_bd("Commission", commission, code)] + ([_bd("FBA Fulfillment Fee", fba, code)] if sale.afn else [])
     breakdowns = [
         _bd("Sales", principal, code, [_bd("Product Charges", principal, code)]),
@@ -647,8 +662,8 @@ def _refund(ids: Ids, seller_id: str, sale: Sale, groups: list[dict[str, Any]]) 
     code, when = sale.currency, sale.refunded_at
     assert when is not None
     principal = sum((unit * qty for _, qty, unit in sale.lines), Decimal(0))
-    back = (principal * Decimal("0.15") * Decimal("0.8")).quantize(Decimal("0.01"))
-    fees = {sku.fnsku: (unit * qty * Decimal("0.12")).quantize(Decimal("0.01")) for sku, qty, unit in sale.lines}
+    back = (principal * COMMISSION * REFUNDED_COMMISSION).quantize(CENT)
+    fees = {sku.fnsku: (unit * qty * COMMISSION * REFUNDED_COMMISSION).quantize(CENT) for sku, qty, unit in sale.lines}
     breakdowns = [
         _bd("Sales", -principal, code, [_bd("Product Charges", -principal, code)]),
         _bd("Expenses", back, code, [_bd("Amazon Fees", back, code, [_bd("Refund Commission", back, code)])]),
@@ -687,7 +702,7 @@ def reimbursement_transaction(
         "description": row["product-name"],
         "totalAmount": _currency(amount, code),
         "breakdowns": [_bd("FBA Inventory Reimbursement", amount, code)],
-        "contexts": [{"contextType": "ProductContext", "asin": row["asin"], "sku": row["sku"], "quantityShipped": int(row["quantity-reimbursed-cash"]), "fulfillmentNetwork": "AFN"}],
+        "contexts": [_product_context(row["asin"], row["sku"], int(row["quantity-reimbursed-cash"]), afn=True)],
     }
     related = [("ORDER_ID", row["amazon-order-id"])] if row["amazon-order-id"] else []
     return _txn(
