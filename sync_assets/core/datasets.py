@@ -133,10 +133,28 @@ class Slices:
     values: tuple[tuple[Any, ...], ...] = ()  # static values, one tuple per slice
     source: str | None = None  # or: key of the dataset whose table lists them (same partition)
     only_new: bool = False  # immutable payloads: skip slices whose rows are already stored
+    # time-window datasets: the source's (first, last) date columns; a source row whose span does
+    # not meet the window is no slice of it (a merchant closed before the month, or not yet open)
+    active_between: tuple[str, str] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """Read only what changed since the stored cursor (the newest `cursor_column` value synced),
+    minus an overlap for clock skew and late commits; upsert it, never delete. The first sync and
+    every full pass (`full_cron`, or a run with full_refresh) read everything and, for a mirror,
+    remove what is gone."""
+
+    cursor_column: str  # payload timestamp column ("modified")
+    start_param: str  # query parameter of the "since" instant
+    end_param: str | None = None  # and of "until now", when the API requires both
+    fixed: Mapping[str, str] = field(default_factory=dict)  # parameters that make it a filter ({"date_filter": "modified"})
+    overlap: timedelta = timedelta(hours=1)
+    full_cron: str | None = "23 3 * * 0"  # the periodic full pass (weekly), in the dataset's schedule zone
 
 
 @dataclass(frozen=True)
@@ -162,6 +180,12 @@ class Dataset:
     cron: str | None = None  # schedule; derived from cache_seconds when None
     freshness: tuple[int, int] | None = None  # (warn, fail) seconds; derived from cache_seconds when None
     group: str | None = None  # Dagster asset group; the API name when None
+    schedule_timezone: str = "UTC"  # the zone of `cron` (IRIS: 11:00 and 19:00 Europe/Dublin)
+    incremental: Incremental | None = None
+    # derived datasets (no API call): computed from the partitions of these datasets (same
+    # partitions), read through the IO manager; `compute(inputs by key, scope) -> rows`
+    derived_from: tuple[str, ...] = ()
+    compute: Callable[..., Any] | None = None
     # where the declaration is written (file, line): the asset's code reference in the UI. Found
     # from the module-level statement that builds it, so helpers that build datasets still point
     # at the declaration itself.
@@ -179,7 +203,7 @@ class Dataset:
     def scope_columns(self) -> tuple[Column, ...]:
         """The partition and slice columns: one request's rows are exactly those with its values
         here, so a mirror replaces that scope and nothing else (whether or not the payload has them)."""
-        window = (self.windows.column,) if self.windows and self.windows.column else ()
+        window = self.windows.scope_columns if self.windows else ()
         return ((self.partitioning.column,) if self.partitioning else ()) + window + (self.slices.columns if self.slices else ())
 
     @property
@@ -221,8 +245,12 @@ class Dataset:
             raise ValueError(f"dataset {self.key}: time windows and key partitions together are not supported yet")
         if self.windows and self.windows.column and self.windows.column.name not in {c.name for c in self.columns}:
             raise ValueError(f"dataset {self.key}: the window column {self.windows.column.name!r} must be a payload column")
-        if self.write_mode is WriteMode.MIRROR and self.windows and not self.windows.column:
-            raise ValueError(f"dataset {self.key}: a mirror by time window needs the window's column (its scope)")
+        if self.write_mode is WriteMode.MIRROR and self.windows and not self.windows.scope_columns:
+            raise ValueError(f"dataset {self.key}: a mirror by time window needs the window's column or path columns (its scope)")
+        if self.incremental and self.incremental.cursor_column not in {c.name for c in self.columns}:
+            raise ValueError(f"dataset {self.key}: the incremental cursor {self.incremental.cursor_column!r} is not a column")
+        if bool(self.derived_from) != (self.compute is not None):
+            raise ValueError(f"dataset {self.key}: a derived dataset names its inputs and its compute function")
         if self.slices and bool(self.slices.values) == bool(self.slices.source):
             raise ValueError(f"dataset {self.key}: slices take either static values or a source dataset")
 

@@ -144,6 +144,10 @@ class BudgetExhausted(BudgetError):
         self.retry_at = retry_at
 
 
+class RetryLater(ApiError):
+    """An item that failed on earlier runs, not asked again before its backoff ends."""
+
+
 class AuthFailed(SyncError):
     """Credentials could not be obtained or were refused (a revoked refresh token, no usable token)."""
 

@@ -26,7 +26,7 @@ def plan_requests(
     """Every request of one materialization. `slice_values` are needed when the dataset has slices
     (static ones are taken from the declaration when not given); `now` places time windows."""
     if dataset.windows is not None:
-        return _window_requests(dataset, dataset.windows, partition_key, now or datetime.now(timezone.utc))
+        return _window_requests(dataset, dataset.windows, partition_key, now or datetime.now(timezone.utc), slice_values)
     params: dict[str, Any] = {}
     if dataset.partitioning is not None:
         if partition_key is None:
@@ -58,19 +58,34 @@ def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any]
     return SliceRequest(path=path, state_key=state_key, context=context, label=label)
 
 
-def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str | None, now: datetime) -> list[SliceRequest]:
-    """One request per span of the partition's window (none for a window that has not begun).
-    A single span keeps the partition's own state key; split windows get one per span."""
+def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str | None, now: datetime,
+                     slice_values: Sequence[Mapping[str, Any]] | None) -> list[SliceRequest]:
+    """One request per span of the partition's window (none for a window that has not begun) and
+    per slice. A single span keeps the partition's own state key; split windows get one per span."""
     if partition_key is None:
         raise ValueError(f"{dataset.key} is partitioned by time windows: a partition key (e.g. {windows.first}) is required")
     try:
         spans = windows.spans(partition_key, now)
+        path = windows.path_values(partition_key)
     except ValueError:
         raise ValueError(f"{dataset.key}: partition key {partition_key!r} is not a date (YYYY-MM-DD)") from None
+    if dataset.slices is None:
+        slices: Sequence[Mapping[str, Any]] = [{}]
+    elif slice_values is None:
+        slices = [dict(zip(dataset.slices.names, values)) for values in dataset.slices.values]
+    else:
+        slices = slice_values
     requests = []
     for span in spans:
-        state_key = partition_key if len(spans) == 1 else f"{partition_key}/{span}"
-        context = {windows.column.name: span} if windows.column else {}
-        requests.append(SliceRequest(path=dataset.route, state_key=state_key, context=context, params=windows.params(span),
-                                     label=f"{dataset.key}[{state_key}]"))
+        span_key = partition_key if len(spans) == 1 else f"{partition_key}/{span}"
+        for values in slices:
+            try:
+                route = dataset.route.format(**path, **values)
+            except KeyError as missing:
+                raise ValueError(f"{dataset.key}: route {dataset.route} needs {missing}, which neither the window nor a slice gives") from None
+            context = {**({windows.column.name: span} if windows.column else {}), **path, **values}
+            suffix = "/".join(f"{k}={v}" for k, v in values.items())
+            state_key = "/".join(p for p in (span_key, suffix) if p)
+            requests.append(SliceRequest(path=route, state_key=state_key, context=context, params=windows.params(span),
+                                         label=f"{dataset.key}[{state_key}]"))
     return requests

@@ -114,6 +114,7 @@ class Snapshot:
     max_delete_share: float | None = None  # mirror guard: refuse a write deleting more than this share of the rows
     staged: Any = None  # the pages already loaded while they were fetched (a PageSink's result), or None
     rows: int = 0  # rows of a CHANGED snapshot
+    partial: bool = False  # an incremental read (rows changed since the cursor): upserted, nothing deleted
     # a walk whose pages a PageSink loaded keeps them as they came: the frame is assembled (a
     # second copy of every row) only if the writer needs it after all
     pages: list[pd.DataFrame] | None = None

@@ -1,4 +1,5 @@
-"""Time-window partitions: a day or a month of data, asked with start/end query parameters.
+"""Time-window partitions: a day or a month of data, asked with start/end query parameters or
+addressed by path (IRIS residuals: `/residuals/reports/summary/{year}/{month}`).
 
 A partition key ("2024-04-01") is a window [start, end) in the declared time zone. The requests of
 one partition cover it whole, split into spans no longer than the API allows (SP-API finances: 180
@@ -39,7 +40,7 @@ class TimeRange:
 class TimeWindows:
     granularity: Granularity
     first: date  # the first partition (IRIS history: 2024-04-01)
-    start_param: str  # query parameter of the window's start ("postedAfter", "start_date")
+    start_param: str | None  # query parameter of the window's start ("postedAfter", "start_date"); None: by path only
     end_param: str | None = None  # and of its end, when the API takes one
     column: Column | None = None  # the rows' time column: a mirror's scope within the window
     max_span: timedelta | None = None  # longest window one request may ask
@@ -48,6 +49,13 @@ class TimeWindows:
     timezone: str = "UTC"  # where days and months begin (Europe/Dublin for an Irish team)
     format: str = "iso"  # "iso" (UTC, "2024-04-01T00:00:00Z") or a strftime pattern in `timezone` ("%m/%d/%Y")
     end_inclusive: bool = False  # the API's end is the last day included ("to" date filters)
+    # windows addressed by path: (column, strftime format) per route placeholder, e.g.
+    # (Column("year", INT), "%Y"); the values (from the window's start, in its zone) are stored as
+    # columns and are the mirror's scope
+    path_columns: tuple[tuple[Column, str], ...] = ()
+    # the most recent partitions the automation keeps refreshing (the current month and the one
+    # before: 2); older ones are history, loaded once (a backfill) and never due again
+    refresh_last: int = 1
 
     def __post_init__(self) -> None:
         ZoneInfo(self.timezone)  # an unknown zone fails at declaration
@@ -55,6 +63,21 @@ class TimeWindows:
             raise ValueError("max_span must be positive")
         if self.end_inclusive and self.format == "iso":
             raise ValueError("end_inclusive applies to date formats, not to ISO instants")
+        if self.start_param is None and not self.path_columns:
+            raise ValueError("a window is asked by a start parameter or addressed by path columns")
+        if self.refresh_last < 1:
+            raise ValueError("refresh_last: at least the current window")
+
+    @property
+    def scope_columns(self) -> tuple[Column, ...]:
+        """The columns whose values say which window a row belongs to."""
+        return ((self.column,) if self.column else ()) + tuple(column for column, _ in self.path_columns)
+
+    def path_values(self, key: str) -> dict[str, Any]:
+        """The route placeholders of partition `key` (its window's start in the declared zone)."""
+        start = self.window(key).start.astimezone(self.zone)
+        return {column.name: int(start.strftime(fmt)) if column.type.value == "int64" else start.strftime(fmt)
+                for column, fmt in self.path_columns}
 
     @property
     def zone(self) -> ZoneInfo:
@@ -85,6 +108,8 @@ class TimeWindows:
         return spans
 
     def params(self, span: TimeRange) -> dict[str, Any]:
+        if self.start_param is None:
+            return {}
         params = {self.start_param: self._format(span.start)}
         if self.end_param:
             # an inclusive "to" date names the day holding the window's last instant

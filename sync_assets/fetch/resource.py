@@ -144,6 +144,10 @@ class ApiResource(dg.ConfigurableResource):
         paginator = dataset.paginator
         use_state = previous is not None and not full_refresh
         query = {**dataset.query, **request.params}
+        partial = use_state and dataset.incremental is not None and bool(previous.cursor)  # type: ignore[union-attr]
+        if partial:
+            query.update(_since(dataset, previous, now))  # type: ignore[arg-type]
+            log.info(f"{label}: rows changed since {query[dataset.incremental.start_param]}")  # type: ignore[union-attr]
         if isinstance(paginator, FromId):
             walker = FromIdWalker(http, request.path, query, paginator=paginator, **common)
             first_etag = previous.page_etags[0] if use_state and previous.page_etags else None  # type: ignore[union-attr]
@@ -172,7 +176,8 @@ class ApiResource(dg.ConfigurableResource):
         if all(r.status == 304 for r in responses):
             log.info(f"{label}: unchanged (all {stats.pages} responses 304); no body transferred")
             return Snapshot(dataset.key, request.state_key, Outcome.NOT_MODIFIED, validators, stats=stats, context=request.context)
-        snapshot = Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, stats=stats, context=request.context)
+        snapshot = Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, stats=stats, context=request.context,
+                            partial=partial)
         if sink is not None and not _count_duplicates(dataset, frames, stats):
             snapshot.pages, snapshot.rows = frames, sum(len(f) for f in frames)  # the sink has them: no second copy yet
             snapshot.assemble = lambda pages: _assemble(dataset, request, pages, FetchStats())
@@ -274,7 +279,24 @@ def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
     return parse
 
 
+def _since(dataset: Dataset, previous: Validators, now: datetime) -> dict[str, str]:
+    """The filter of an incremental read: changed since the stored cursor minus the overlap."""
+    incremental = dataset.incremental
+    assert incremental is not None and previous.cursor
+    since = datetime.fromisoformat(previous.cursor) - incremental.overlap
+    params = {**incremental.fixed, incremental.start_param: since.astimezone(timezone.utc).isoformat(timespec="seconds")}
+    if incremental.end_param:
+        params[incremental.end_param] = now.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return params
+
+
 def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) -> str | None:
+    if dataset.incremental is not None:  # the newest change synced (kept when nothing changed)
+        column = dataset.incremental.cursor_column
+        newest = [f[column].max() for f in frames if len(f) and f[column].notna().any()]
+        stored = datetime.fromisoformat(previous.cursor) if previous and previous.cursor else None
+        candidates = [pd.Timestamp(t).to_pydatetime() for t in newest] + ([stored] if stored else [])
+        return max(candidates).isoformat() if candidates else None
     paginator = dataset.paginator
     if not isinstance(paginator, FromId):
         return None

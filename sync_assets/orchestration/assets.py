@@ -16,16 +16,18 @@ from sqlalchemy.exc import ArgumentError
 
 from ..core.catalog import DATASETS_BY_KEY
 from ..core.datasets import Column, Dataset
-from ..core.errors import ApiError, BudgetExhausted, Forbidden
+from ..core.errors import (
+    ApiError, AuthFailed, BudgetExhausted, CircuitOpen, FailureClass, Forbidden, RetryLater, Unauthorized,
+)
 from ..core.paging import NextToken, PageNumbers
 from ..core.requests import SliceRequest, plan_requests
-from ..core.windows import Granularity
 from ..core.snapshot import SliceFailure, Snapshot, SnapshotSet
 from ..fetch.auth import Credential
 from ..fetch.resource import ApiResource
 from ..fetch.spec import ApiSpec
 from ..warehouse import PostgresWarehouse
 from .automation import DEFERRED_TAG, slot
+from .partitions import partitioned, partitions_def
 from .settings import owners
 from .failures import LAST_SYNC_CHECK, last_sync_result, run_created_at
 
@@ -50,19 +52,6 @@ class SyncConfig(dg.Config):
 
 MAX_DELETE_SHARE_ENV = "SYNC_ASSETS_MAX_DELETE_SHARE"
 
-
-
-def partitions_def(dataset: Dataset) -> dg.PartitionsDefinition | None:
-    if dataset.windows is not None:
-        windows = dataset.windows
-        # end_offset=1: the window in progress is a partition too (incremental syncs refresh it)
-        cls = dg.MonthlyPartitionsDefinition if windows.granularity is Granularity.MONTH else dg.DailyPartitionsDefinition
-        return cls(start_date=windows.first.isoformat(), timezone=windows.timezone, end_offset=1)
-    if dataset.partitioning is None:
-        return None
-    if dataset.partitioning.dynamic:
-        return dg.DynamicPartitionsDefinition(name=dataset.partitioning.dynamic)
-    return dg.StaticPartitionsDefinition(list(dataset.partitioning.keys))
 
 
 def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
@@ -109,7 +98,7 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         ],
     )
     def sync(context: dg.AssetExecutionContext, config: SyncConfig):  # yields MaterializeResult carrying a Snapshot(Set)
-        partition_key = context.partition_key if (dataset.partitioning or dataset.windows) else None
+        partition_key = context.partition_key if partitioned(dataset) else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: ApiResource = getattr(context.resources, spec.name)
         # Credential first: a missing scope or role fails here, before any API call is spent.
@@ -131,7 +120,7 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
                 return
             metadata = fetch_metadata(result)
         else:
-            result = _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config)
+            result = _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config, partition_key)
             metadata = batch_metadata(result)
             deferral = result.deferral
         for snapshot in result.snapshots if isinstance(result, SnapshotSet) else [result]:
@@ -184,21 +173,32 @@ def _fetch(context, api: ApiResource, warehouse, dataset: Dataset, request: Slic
     return snapshot
 
 
-def _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config) -> SnapshotSet:
+def _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config,
+                  partition_key: str | None) -> SnapshotSet:
     """Slices are fetched concurrently (bounded) and kept apart: one failure does not stop the others.
-    A spent budget does: the slices not fetched yet are deferred (the fetched ones are committed)."""
+    A failed slice (a merchant) is recorded and retried on later runs with backoff; a success clears
+    it. A spent budget defers the slices not fetched yet (the fetched ones are committed); refused
+    credentials or an open circuit stop the run."""
     batch = SnapshotSet(dataset.key, [])
-    context.log.info(f"{dataset.key}: {len(requests)} requests to make")
+    held = {f.item: f for f in warehouse.failed_items(dataset.key, partition_key)
+            if f.retry_at > datetime.now(timezone.utc)}
+    context.log.info(f"{dataset.key}: {len(requests)} requests to make" + (f", {len(held)} backed off after failing" if held else ""))
     stop = threading.Event()
 
     def fetch(request: SliceRequest) -> Snapshot | None:
         if stop.is_set():
             return None
+        if (item := held.get(request.state_key)) is not None:
+            raise RetryLater(f"{request.label}: failed {item.attempts}x, not asked again before "
+                             f"{item.retry_at:%Y-%m-%d %H:%M:%S} UTC; last error: {item.message[:300]}")
         try:
             return _fetch(context, api, warehouse, dataset, request, credentials, credential, config)
         except BudgetExhausted as exc:
             if exc.retry_at is not None:
                 stop.set()  # every later slice would be refused by the same budget
+            raise
+        except STOP_THE_RUN:
+            stop.set()
             raise
 
     with ThreadPoolExecutor(max_workers=max(1, min(api.max_concurrency, len(requests)))) as pool:
@@ -215,6 +215,8 @@ def _fetch_slices(context, api, warehouse, dataset, requests, credentials, crede
                 if batch.deferral is None or (exc.retry_at or 0) > (batch.deferral.retry_at or 0):
                     batch.deferral = exc
                 continue
+            except STOP_THE_RUN:
+                raise
             except ApiError as exc:
                 context.log.error(f"{request.label}: {exc}")
                 batch.failures.append(SliceFailure(request.state_key, exc))
@@ -223,7 +225,21 @@ def _fetch_slices(context, api, warehouse, dataset, requests, credentials, crede
                 batch.deferred.append(request.state_key)
             else:
                 batch.snapshots.append(snapshot)
+    _record_items(warehouse, dataset, partition_key, batch)
     return batch
+
+
+STOP_THE_RUN = (Unauthorized, AuthFailed, CircuitOpen)  # every other slice would fail the same way
+
+
+def _record_items(warehouse: PostgresWarehouse, dataset: Dataset, partition_key: str | None, batch: SnapshotSet) -> None:
+    """Failed items are kept with their error (attempts, backoff); fetched ones are cleared."""
+    failed = [(f.state_key, (type(f.error).failure_class or FailureClass.ERROR).value, f.message)
+              for f in batch.failures if not isinstance(f.error, RetryLater)]
+    if failed:
+        warehouse.record_item_failures(dataset.key, partition_key, failed)
+    if batch.snapshots:
+        warehouse.clear_items(dataset.key, partition_key, [s.state_key for s in batch.snapshots])
 
 
 def _last_sync(context, warehouse: PostgresWarehouse, dataset: Dataset, partition_key: str | None) -> dg.AssetCheckResult:
@@ -257,14 +273,44 @@ def _stateless(dataset: Dataset) -> bool:
 
 
 def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: PostgresWarehouse) -> list[dict] | None:
+    """The slices of an upstream-sourced dataset: the source's rows in the same partition (and,
+    for time windows, only those active during the window); `only_new` drops those stored."""
     slices = dataset.slices
     if slices is None or slices.source is None:
         return None
-    values = warehouse.distinct_values(DATASETS_BY_KEY[slices.source], slices.names, partition_key)
+    source = DATASETS_BY_KEY[slices.source]
+    active = slices.active_between if dataset.windows is not None else None
+    rows = warehouse.distinct_values(source, [*slices.names, *(active or ())], partition_scope(source, partition_key))
+    if active is not None:
+        window = dataset.windows.window(partition_key or "")  # type: ignore[union-attr]
+        first, last = active
+        rows = [r for r in rows if _meets(r[first], r[last], window.start.date(), window.end.date())]
+    values = [{n: r[n] for n in slices.names} for r in rows]
     if slices.only_new:
-        stored = {tuple(v[n] for n in slices.names) for v in warehouse.distinct_values(dataset, slices.names, partition_key)}
+        stored = {tuple(v[n] for n in slices.names)
+                  for v in warehouse.distinct_values(dataset, slices.names, partition_scope(dataset, partition_key))}
         values = [v for v in values if tuple(v[n] for n in slices.names) not in stored]
     return values
+
+
+def partition_scope(dataset: Dataset, partition_key: str | None) -> dict[str, Any]:
+    """Column values that select a partition's rows (none for a window scoped by a time column)."""
+    if partition_key is None:
+        return {}
+    if dataset.partitioning is not None:
+        return {dataset.partitioning.column.name: dataset.partitioning.value(partition_key)}
+    if dataset.windows is not None:
+        return dataset.windows.path_values(partition_key)
+    return {}
+
+
+def _meets(first: Any, last: Any, start: Any, end: Any) -> bool:
+    """[first, last] (dates; no last: still active; no first: never active) meets [start, end)."""
+    if first is None or first != first:  # None or NaT
+        return False
+    first = getattr(first, "date", lambda: first)()
+    last = None if last is None or last != last else getattr(last, "date", lambda: last)()
+    return first < end and (last is None or last >= start)
 
 
 def batch_metadata(batch: SnapshotSet) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import dagster as dg
 
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
-from .guards import api_blocker, in_progress, last_success, partition_keys, stored_expiry
+from .guards import api_blocker, in_progress, last_success, stored_expiry
+from .partitions import kept_fresh, partitioned
 from .run_queue import SLOT_TAG
 from .settings import SettingError, variable
 
@@ -106,8 +107,8 @@ def due_partitions(
     Expires (datasets without validators: the schedule is their cadence), or Expires passed more
     than `overdue_after` ago (the sensor's refresh failed or never came). Not due: a run of it is
     still queued or running, or its work waits for an API budget (the sensor resumes it)."""
-    keys = partition_keys(dataset, instance)
-    synced = last_success(instance, asset_key, dataset.partitioning is not None)
+    keys = kept_fresh(dataset, instance)
+    synced = last_success(instance, asset_key, partitioned(dataset))
     expiry = stored_expiry(warehouse, dataset)
     deferred = {(p or None): t for d, p, t in warehouse.deferrals() if d == dataset.key}
     due, notes = [], []
@@ -132,7 +133,7 @@ def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: SyncJob) -
         name=f"{job_name(dataset)}_schedule",
         job_name=job.name,
         cron_schedule=dataset.schedule_cron,
-        execution_timezone="UTC",
+        execution_timezone=dataset.schedule_timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         required_resource_keys={"warehouse", dataset.api},
         description=f"Floor under the expiry sensor for {dataset.key} ({dataset.cache_seconds} s cache): launches "
@@ -157,3 +158,35 @@ def build_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: SyncJob) -
         ]
 
     return schedule
+
+
+def build_full_pass_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: SyncJob) -> dg.ScheduleDefinition | None:
+    """Incremental datasets: the periodic full read that catches what no "modified since" filter
+    shows (a mirror's removals, closures); a run with `full_refresh`, like the launchpad's."""
+    incremental = dataset.incremental
+    if incremental is None or incremental.full_cron is None:
+        return None
+    asset_key = asset.key
+
+    @dg.schedule(
+        name=f"{job_name(dataset)}_full_pass_schedule",
+        job_name=job.name,
+        cron_schedule=incremental.full_cron,
+        execution_timezone=dataset.schedule_timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        required_resource_keys={"warehouse", dataset.api},
+        description=f"Full read of {dataset.key} (everything, not only rows changed since the cursor)"
+        + (": removals are mirrored" if dataset.write_mode.value == "mirror" else ""),
+    )
+    def full_pass(context: dg.ScheduleEvaluationContext):
+        at = context.scheduled_execution_time
+        warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
+        blocker = api_blocker(dataset.api, at, warehouse, getattr(context.resources, dataset.api).server_status)
+        if blocker:
+            return dg.SkipReason(f"{dataset.key}: {blocker}")
+        keys = [key for key in kept_fresh(dataset, context.instance) if not in_progress(context.instance, asset_key, key)]
+        config = {"ops": {asset.op.name: {"config": {"full_refresh": True}}}}
+        return [dg.RunRequest(run_key=f"{at.isoformat()}:full:{key or ''}", partition_key=key, run_config=config,
+                              tags=run_tags(dataset, key, "full_pass")) for key in keys]
+
+    return full_pass

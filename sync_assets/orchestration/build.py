@@ -14,8 +14,10 @@ from ..core.datasets import WriteMode
 from ..warehouse import PostgresWarehouse, SnapshotIOManager
 from .apis import ApiDefinition
 from .assets import IO_MANAGER_KEY, build_sync_asset
-from .automation import build_schedule, build_sync_job
-from .checks import build_partition_freshness_check, build_row_change_check, build_schema_check
+from .automation import build_full_pass_schedule, build_schedule, build_sync_job
+from .checks import (
+    build_failed_items_check, build_partition_freshness_check, build_row_change_check, build_schema_check,
+)
 from .failures import build_failure_sensor
 from .maintenance import maintenance_job, maintenance_schedule
 from .sensors import build_expiry_sensor
@@ -43,8 +45,12 @@ def api_definitions(api: ApiDefinition) -> dg.Definitions:
         checks += [build_schema_check(dataset, asset), build_partition_freshness_check(dataset, asset)]
         if dataset.write_mode is WriteMode.MIRROR:
             checks.append(build_row_change_check(dataset, asset))
+        if dataset.slices is not None:
+            checks.append(build_failed_items_check(dataset, asset))
         jobs.append(job)
         schedules.append(build_schedule(dataset, asset, job))
+        if full_pass := build_full_pass_schedule(dataset, asset, job):
+            schedules.append(full_pass)
         entries[dataset.key] = (dataset, asset, job)
     return dg.Definitions(
         assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules,

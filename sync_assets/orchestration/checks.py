@@ -8,7 +8,8 @@ import dagster as dg
 
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
-from .guards import last_success, partition_keys
+from .guards import last_success
+from .partitions import kept_fresh, partition_keys, partitioned
 
 
 def build_schema_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
@@ -102,9 +103,10 @@ class PartitionHealth:
 def partition_health(dataset: Dataset, asset_key: dg.AssetKey, instance: dg.DagsterInstance, now: datetime,
                      synced: Mapping[str | None, datetime] | None = None) -> PartitionHealth:
     warn, fail = (w.total_seconds() for w in dataset.freshness_windows)
-    synced = last_success(instance, asset_key, dataset.partitioning is not None) if synced is None else synced
+    synced = last_success(instance, asset_key, partitioned(dataset)) if synced is None else synced
     keys = partition_keys(dataset, instance)
-    ages = {key: (now - synced[key]).total_seconds() for key in keys if key in synced}
+    recent = set(kept_fresh(dataset, instance))  # older time windows are history: synced once is enough
+    ages = {key: (now - synced[key]).total_seconds() for key in keys if key in synced and key in recent}
     late = sorted(((key or dataset.key, age) for key, age in ages.items() if age > warn), key=lambda item: -item[1])
     return PartitionHealth(
         partitions=len(keys),
@@ -144,3 +146,31 @@ def build_partition_freshness_check(dataset: Dataset, asset: dg.AssetsDefinition
 def _age(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {int(seconds % 60):02d}s"
+
+
+FAILED_ITEMS_CHECK = "failed_items"
+
+
+def build_failed_items_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """Sliced datasets: the items (a merchant's month, a wallet division) whose last attempt failed,
+    recorded with their error and retried with backoff on later runs; a success clears them."""
+
+    @dg.asset_check(
+        asset=asset,
+        name=FAILED_ITEMS_CHECK,
+        description="No item failing: lists the items whose last attempt failed (error, attempts, next attempt); "
+        "their partitions are incomplete until they succeed.",
+        blocking=False,
+    )
+    def failed_items(warehouse: PostgresWarehouse) -> dg.AssetCheckResult:
+        items = warehouse.failed_items(dataset.key)
+        lines = [f"{i.item}: {i.failure_class} after {i.attempts} attempt(s), next after {i.retry_at:%Y-%m-%d %H:%M} UTC: "
+                 f"{i.message[:200]}" for i in items]
+        return dg.AssetCheckResult(
+            passed=not items,
+            description=f"{len(items)} failing item(s) in {len({i.partition_key for i in items})} partition(s)" if items else "none failing",
+            metadata={"failed_items": len(items), "partitions": len({i.partition_key for i in items}),
+                      "items": dg.MetadataValue.md("\n".join(f"- {line}" for line in lines[:200]) or "none")},
+        )
+
+    return failed_items

@@ -32,14 +32,6 @@ def api_blocker(api: str, at: datetime, warehouse: PostgresWarehouse, status: Ca
     return status() if status else None
 
 
-def partition_keys(dataset: Dataset, instance: dg.DagsterInstance) -> list[str | None]:
-    if dataset.partitioning is None:
-        return [None]
-    if dataset.partitioning.dynamic:
-        return list(instance.get_dynamic_partitions(dataset.partitioning.dynamic))
-    return list(dataset.partitioning.keys)
-
-
 def in_progress(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str | None) -> str | None:
     """Id of an unfinished run that plans to materialize this asset partition, or None. Dagster
     records the plan per asset partition when any launcher creates a run (what

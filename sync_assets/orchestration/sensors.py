@@ -16,7 +16,8 @@ from ..warehouse import PostgresWarehouse
 from .automation import EXPIRY_SENSOR_INTERVAL_S, SyncJob, run_tags, slot
 from .failures import build_failure_sensor  # noqa: F401  (moved to failures.py; still importable from here)
 from .checks import partition_health, partition_health_evaluation
-from .guards import api_blocker, in_progress, last_success, partition_keys
+from .guards import api_blocker, in_progress, last_success
+from .partitions import kept_fresh, partition_keys, partitioned
 
 
 def build_corporation_sensor(partitions_name: str) -> dg.SensorDefinition:
@@ -77,11 +78,12 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         instance = context.instance
         now = datetime.now(timezone.utc)
-        known = {key: set(partition_keys(dataset, instance)) for key, (dataset, _, _) in entries.items()}
+        known = {key: set(kept_fresh(dataset, instance)) for key, (dataset, _, _) in entries.items()}
+        every = {key: set(partition_keys(dataset, instance)) for key, (dataset, _, _) in entries.items()}
         candidates: list[tuple[str, str | None, str, str]] = []  # (dataset, partition, trigger, why: the run key's tail)
         waiting: dict[tuple[str, str | None], datetime] = {}  # deferred until a budget refills
-        for dataset_key, partition, retry_at in warehouse.deferrals():
-            if (partition or None) not in known.get(dataset_key, ()):
+        for dataset_key, partition, retry_at in warehouse.deferrals():  # a backfilled history window too
+            if (partition or None) not in every.get(dataset_key, ()):
                 continue
             if retry_at > now:
                 waiting[(dataset_key, partition or None)] = retry_at
@@ -93,7 +95,7 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         reported: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         health_events = []
         for dataset_key, (dataset, asset, _) in entries.items():
-            synced = last_success(instance, asset.key, dataset.partitioning is not None)
+            synced = last_success(instance, asset.key, partitioned(dataset))
             candidates += [(dataset_key, key, "new_partition", "first sync") for key in sorted(known[dataset_key], key=str) if key not in synced]
             # per-partition health (the partitions_fresh check), reported when a partition changes state
             health = partition_health(dataset, asset.key, instance, now, synced)

@@ -3,6 +3,7 @@ pay for, resumed by the expiry sensor) and retention of the bookkeeping tables."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, text
@@ -70,6 +71,66 @@ def failing_partitions(conn: Connection, dataset: str) -> list[tuple[str, str, s
         "AND last_failure_at IS NOT NULL AND last_failure_at > coalesce(last_success_at, '-infinity') "
         "ORDER BY last_failure_at"), {"d": dataset}).all()
     return [(r.partition_key, r.failure_class, r.message, r.last_failure_at) for r in rows]
+
+
+ITEMS = f"{META_SCHEMA}.failed_items"
+ITEMS_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {META_SCHEMA};
+CREATE TABLE IF NOT EXISTS {ITEMS} (
+    dataset         text NOT NULL,
+    partition_key   text NOT NULL DEFAULT '',
+    item            text NOT NULL,          -- the slice: "mid=000181158930"
+    failure_class   text NOT NULL,
+    message         text NOT NULL,
+    attempts        integer NOT NULL,
+    first_failed_at timestamptz NOT NULL,
+    last_failed_at  timestamptz NOT NULL,
+    retry_at        timestamptz NOT NULL,   -- backoff across runs: not asked again before
+    PRIMARY KEY (dataset, partition_key, item)
+);
+"""
+
+
+@dataclass(frozen=True)
+class FailedItem:
+    partition_key: str
+    item: str
+    failure_class: str
+    message: str
+    attempts: int
+    retry_at: datetime
+
+
+def record_item_failures(conn: Connection, dataset: str, partition_key: str | None,
+                         failures: list[tuple[str, str, str]], backoff_s: float, backoff_max_s: float) -> None:
+    """(item, failure class, message) of each failed item: attempts counted, the next attempt
+    backed off exponentially (`backoff_s` doubled per attempt, at most `backoff_max_s`)."""
+    conn.execute(text(ITEMS_DDL))
+    for item, failure_class, message in failures:
+        conn.execute(text(
+            f"INSERT INTO {ITEMS} AS f (dataset, partition_key, item, failure_class, message, attempts, first_failed_at, "
+            "last_failed_at, retry_at) VALUES (:d, :p, :i, :c, :m, 1, now(), now(), now() + make_interval(secs => :b)) "
+            "ON CONFLICT (dataset, partition_key, item) DO UPDATE SET failure_class = EXCLUDED.failure_class, "
+            "message = EXCLUDED.message, attempts = f.attempts + 1, last_failed_at = now(), "
+            "retry_at = now() + make_interval(secs => least(:x, :b * power(2, f.attempts)))"),
+            {"d": dataset, "p": partition_key or "", "i": item, "c": failure_class, "m": message[:4000],
+             "b": backoff_s, "x": backoff_max_s})
+
+
+def clear_items(conn: Connection, dataset: str, partition_key: str | None, items: list[str]) -> int:
+    conn.execute(text(ITEMS_DDL))
+    return conn.execute(text(f"DELETE FROM {ITEMS} WHERE dataset = :d AND partition_key = :p AND item = ANY(:i)"),
+                        {"d": dataset, "p": partition_key or "", "i": items}).rowcount
+
+
+def failed_items(conn: Connection, dataset: str, partition_key: str | None = None) -> list[FailedItem]:
+    """The items of `dataset` (of one partition, when given) whose last attempt failed, oldest first."""
+    conn.execute(text(ITEMS_DDL))
+    where = " AND partition_key = :p" if partition_key is not None else ""
+    rows = conn.execute(text(f"SELECT partition_key, item, failure_class, message, attempts, retry_at FROM {ITEMS} "
+                             f"WHERE dataset = :d{where} ORDER BY first_failed_at, partition_key, item"),
+                        {"d": dataset, "p": partition_key or ""}).all()
+    return [FailedItem(r.partition_key, r.item, r.failure_class, r.message, r.attempts, r.retry_at) for r in rows]
 
 
 def record_failure(conn: Connection, dataset: str, partition_key: str | None, run_id: str, failure_class: str, message: str) -> None:
@@ -143,6 +204,10 @@ def trim(conn: Connection, keep_days: int) -> dict[str, int]:
     states = conn.execute(
         text(f"DELETE FROM {SYNC_STATE} WHERE last_success_at < now() - make_interval(days => :d)"), {"d": keep_days}
     ).rowcount
+    conn.execute(text(ITEMS_DDL))
+    items = conn.execute(
+        text(f"DELETE FROM {ITEMS} WHERE last_failed_at < now() - make_interval(days => :d)"), {"d": keep_days}
+    ).rowcount
     conn.execute(text(DEFERRALS_DDL))
     deferred = conn.execute(
         text(f"DELETE FROM {DEFERRALS} WHERE retry_at < now() - make_interval(days => :d)"), {"d": keep_days}
@@ -150,7 +215,7 @@ def trim(conn: Connection, keep_days: int) -> dict[str, int]:
     spend = conn.execute(
         text("DELETE FROM sync_assets.api_spend WHERE at < now() - interval '1 day'")
     ).rowcount if _exists(conn, "sync_assets.api_spend") else 0
-    return {"failures_deleted": failures, "sync_states_deleted": states, "deferrals_deleted": deferred, "budget_events_deleted": spend}
+    return {"failures_deleted": failures, "sync_states_deleted": states, "deferrals_deleted": deferred, "failed_items_deleted": items, "budget_events_deleted": spend}
 
 
 def _exists(conn: Connection, table: str) -> bool:

@@ -92,6 +92,19 @@ class PostgresWarehouse(dg.ConfigurableResource):
         with self._begin() as conn:
             return history.failing_partitions(conn, dataset)
 
+    def record_item_failures(self, dataset: str, partition_key: str | None, failures: list[tuple[str, str, str]],
+                             backoff_s: float = 300.0, backoff_max_s: float = 86400.0) -> None:
+        with self._begin() as conn:
+            history.record_item_failures(conn, dataset, partition_key, failures, backoff_s, backoff_max_s)
+
+    def clear_items(self, dataset: str, partition_key: str | None, items: list[str]) -> int:
+        with self._begin() as conn:
+            return history.clear_items(conn, dataset, partition_key, items)
+
+    def failed_items(self, dataset: str, partition_key: str | None = None) -> list[history.FailedItem]:
+        with self._begin() as conn:
+            return history.failed_items(conn, dataset, partition_key)
+
     def record_deferral(self, dataset: str, partition_key: str | None, retry_at: datetime, run_id: str, reason: str) -> None:
         with self._begin() as conn:
             history.record_deferral(conn, dataset, partition_key, retry_at, run_id, reason)
@@ -121,15 +134,16 @@ class PostgresWarehouse(dg.ConfigurableResource):
         with self._begin() as conn:
             return int(conn.execute(text(sql), params).scalar_one())
 
-    def distinct_values(self, dataset: Dataset, columns: Sequence[str], partition_key: str | None) -> list[dict]:
-        """Distinct values of `columns` in the dataset's table (within the partition), e.g. the
-        mining observers whose ledgers to fetch, or the killmails already stored."""
+    def distinct_values(self, dataset: Dataset, columns: Sequence[str], scope: Mapping[str, Any]) -> list[dict]:
+        """Distinct values of `columns` in the dataset's table among the rows of `scope` (column ->
+        value: a partition's), e.g. the mining observers whose ledgers to fetch, or the killmails
+        already stored."""
         self.ensure_dataset(dataset)
         cols = ", ".join(qi(c) for c in columns)
-        sql, params = f"SELECT DISTINCT {cols} FROM {table_name(dataset)}", {}
-        if partition_key is not None and dataset.partitioning is not None:
-            sql += f" WHERE {qi(dataset.partitioning.column.name)} = :p"
-            params = {"p": dataset.partitioning.value(partition_key)}
+        sql = f"SELECT DISTINCT {cols} FROM {table_name(dataset)}"
+        params = {f"s{i}": value for i, value in enumerate(scope.values())}
+        if scope:
+            sql += " WHERE " + " AND ".join(f"{qi(name)} = :s{i}" for i, name in enumerate(scope))
         with self._begin() as conn:
             return [dict(row._mapping) for row in conn.execute(text(sql + f" ORDER BY {cols}"), params)]
 

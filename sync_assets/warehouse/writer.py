@@ -69,9 +69,9 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot, loade
             counts = {"inserted": snapshot.rows}
         else:
             conn.execute(text(f"ANALYZE {STAGE}"))
-            if dataset.write_mode is WriteMode.MIRROR and snapshot.max_delete_share is not None:
+            if dataset.write_mode is WriteMode.MIRROR and snapshot.max_delete_share is not None and not snapshot.partial:
                 _guard_mirror(conn, dataset, snapshot)
-            counts = _merge(conn, dataset, snapshot.context)
+            counts = _merge(conn, dataset, snapshot.context, deletes=not snapshot.partial)
     total = _count(conn, dataset, snapshot)
     if not (dataset.slices and dataset.slices.only_new):  # immutable items need no validators
         _save_state(conn, dataset, partition, snapshot.validators, total, changed=snapshot.changed)
@@ -216,7 +216,7 @@ def _guard_mirror(conn: Connection, dataset: Dataset, snapshot: Snapshot) -> Non
         )
 
 
-def _merge(conn: Connection, dataset: Dataset, context: Mapping[str, Any]) -> dict[str, int]:
+def _merge(conn: Connection, dataset: Dataset, context: Mapping[str, Any], deletes: bool = True) -> dict[str, int]:
     """Set-based merge (hash joins, not per-row conflict probes): delete vanished rows (mirror),
     update rows whose values changed (mirror, upsert), insert new rows (all modes)."""
     target = table_name(dataset)
@@ -225,7 +225,7 @@ def _merge(conn: Connection, dataset: Dataset, context: Mapping[str, Any]) -> di
     match = " AND ".join(f"s.{qi(k)} = t.{qi(k)}" for k in dataset.primary_key)
     scope, params = _scope(context)
     deleted = updated = 0
-    if dataset.write_mode is WriteMode.MIRROR:
+    if dataset.write_mode is WriteMode.MIRROR and deletes:
         # Deletes come only from a complete snapshot of 200s: that is the only way here.
         deleted = conn.execute(
             text(f"DELETE FROM {target} t WHERE {scope} NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE {match})"), params
