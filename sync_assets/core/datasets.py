@@ -72,6 +72,8 @@ class Column:
     required: bool = True
     description: str = ""
     source: str | None = None  # payload path when it differs from the name, e.g. "victim.items"
+    # dates/timestamps not in ISO 8601: the strptime formats accepted besides it, e.g. ("%m/%d/%Y",)
+    formats: tuple[str, ...] = ()
 
     @property
     def pandas_dtype(self) -> str:
@@ -136,6 +138,9 @@ class Slices:
     # time-window datasets: the source's (first, last) date columns; a source row whose span does
     # not meet the window is no slice of it (a merchant closed before the month, or not yet open)
     active_between: tuple[str, str] | None = None
+    # a source column that changes whenever the slice's rows change (IRIS: the summary's `modified`):
+    # a slice whose value equals the one stored at its last sync is not asked again
+    version_column: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:

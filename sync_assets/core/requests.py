@@ -17,6 +17,7 @@ class SliceRequest:
     context: Mapping[str, Any] = field(default_factory=dict)  # values of the scope columns: the mirror scope
     params: Mapping[str, Any] = field(default_factory=dict)  # query parameters of this request (a time window)
     label: str = ""  # for log lines: dataset[partition/slice]
+    version: str | None = None  # the slice's version in its source (Slices.version_column): kept as its cursor
 
 
 def plan_requests(
@@ -42,10 +43,19 @@ def plan_requests(
         return [_request(dataset, partition_key, params, {})]
     if slice_values is None:
         slice_values = [dict(zip(dataset.slices.names, values)) for values in dataset.slices.values]
-    return [_request(dataset, partition_key, params, dict(values)) for values in slice_values]
+    return [_request(dataset, partition_key, params, *_split(dataset, values)) for values in slice_values]
 
 
-def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any], slice_params: dict[str, Any]) -> SliceRequest:
+def _split(dataset: Dataset, values: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A slice's path values, and its version when the source gives one."""
+    names = dataset.slices.names if dataset.slices else ()
+    column = dataset.slices.version_column if dataset.slices else None
+    version = values.get(column) if column else None
+    return {n: values[n] for n in names}, None if version is None else str(version)
+
+
+def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any], slice_params: dict[str, Any],
+             version: str | None = None) -> SliceRequest:
     merged = {**params, **slice_params}
     try:
         path = dataset.route.format(**merged)
@@ -55,7 +65,7 @@ def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any]
     suffix = "/".join(f"{k}={v}" for k, v in slice_params.items())
     state_key = "/".join(p for p in (partition_key or "", suffix) if p)
     label = f"{dataset.key}[{state_key}]" if state_key else dataset.key
-    return SliceRequest(path=path, state_key=state_key, context=context, label=label)
+    return SliceRequest(path=path, state_key=state_key, context=context, label=label, version=version)
 
 
 def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str | None, now: datetime,
@@ -78,7 +88,8 @@ def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str 
     requests = []
     for span in spans:
         span_key = partition_key if len(spans) == 1 else f"{partition_key}/{span}"
-        for values in slices:
+        for given in slices:
+            values, version = _split(dataset, given) if dataset.slices else ({}, None)
             try:
                 route = dataset.route.format(**path, **values)
             except KeyError as missing:
@@ -87,5 +98,5 @@ def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str 
             suffix = "/".join(f"{k}={v}" for k, v in values.items())
             state_key = "/".join(p for p in (span_key, suffix) if p)
             requests.append(SliceRequest(path=route, state_key=state_key, context=context, params=windows.params(span),
-                                         label=f"{dataset.key}[{state_key}]"))
+                                         label=f"{dataset.key}[{state_key}]", version=version))
     return requests

@@ -11,7 +11,7 @@ from sync_assets.apis.esi.auth import EsiAuthResource
 from sync_assets.apis.esi.datasets import CORPORATIONS
 from sync_assets.apis.esi.spec import DEFAULT_ESI_URL, ESI
 from sync_assets.apis.esi.sso.sso import DEFAULT_SSO_URL
-from sync_assets.orchestration.apis import ApiDefinition
+from sync_assets.orchestration.apis import ApiDefinition, enabled
 from sync_assets.orchestration.build import DATABASE_URL_ENV, api_definitions, budget_settings
 from sync_assets.orchestration.sensors import build_corporation_sensor
 
@@ -33,4 +33,5 @@ def esi_api(esi: EsiResource | None = None, esi_auth: EsiAuthResource | None = N
                          sensors=(build_corporation_sensor(CORPORATIONS.dynamic or ""),))
 
 
-defs = api_definitions(esi_api())
+if enabled(ESI):
+    defs = api_definitions(esi_api())

@@ -169,11 +169,13 @@ def _parse_times_by_pandas(values: Sequence[Any], column: Column, where: str) ->
         if value is not None and not value[:1].isdigit():  # '', 'NaT', 'now', 'today' ...: never a date
             raise MalformedPayload(f"{where}: field {column.name!r} is not {column.type.value}: {value!r:.60} is not {what}")
     series = pd.Series(values, dtype=object)
+    if column.formats:
+        what += " or " + " or ".join(column.formats)
     try:
-        if column.type is ColumnType.TIMESTAMP:  # a value without an offset is UTC
-            parsed = pd.to_datetime(series, utc=True, format="ISO8601")
-        else:
-            parsed = pd.to_datetime(series, format="%Y-%m-%d")
+        utc = column.type is ColumnType.TIMESTAMP  # a value without an offset is UTC
+        parsed = pd.to_datetime(series, utc=utc, format="ISO8601" if utc else "%Y-%m-%d", errors="coerce" if column.formats else "raise")
+        for fmt in column.formats:  # the API's other spellings (IRIS: MM/DD/YYYY), tried in order
+            parsed = parsed.fillna(pd.to_datetime(series, utc=utc, format=fmt, errors="coerce"))
         parsed = parsed.astype(column.numpy_dtype)
     except (TypeError, ValueError, OverflowError) as exc:  # OutOfBoundsDatetime is a ValueError
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

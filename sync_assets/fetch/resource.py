@@ -171,7 +171,7 @@ class ApiResource(dg.ConfigurableResource):
             # a 304 need not repeat Last-Modified: keep the stored one rather than lose it
             last_modified=responses[0].last_modified or (previous.last_modified if previous else None),
             expires_at=min((r.expires for r in responses if r.expires), default=None),
-            cursor=_cursor(dataset, frames, previous),
+            cursor=request.version or _cursor(dataset, frames, previous),
         )
         if all(r.status == 304 for r in responses):
             log.info(f"{label}: unchanged (all {stats.pages} responses 304); no body transferred")

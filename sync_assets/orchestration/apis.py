@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -34,3 +36,15 @@ class ApiDefinition:
         if self.spec.credentials_resource and self.credentials is not None:
             bound[self.spec.credentials_resource] = self.credentials
         return bound
+
+
+APIS_ENV = "SYNC_ASSETS_APIS"
+
+
+def enabled(spec: ApiSpec, env: dict[str, str] | None = None) -> bool:
+    """Whether the code location loads an API: named in SYNC_ASSETS_APIS (comma-separated) when that is
+    set, else when its key is configured (an API without a key, ESI, is always there)."""
+    env = dict(os.environ) if env is None else env
+    if chosen := env.get(APIS_ENV, "").strip():
+        return spec.name in {name.strip() for name in chosen.split(",")}
+    return spec.api_key is None or bool(env.get(spec.api_key.env))

@@ -1,6 +1,7 @@
 """Assets derived from dataset declarations: one factory, no per-dataset code."""
 
 
+import hashlib
 import os
 import threading
 import time
@@ -10,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -21,7 +23,8 @@ from ..core.errors import (
 )
 from ..core.paging import NextToken, PageNumbers
 from ..core.requests import SliceRequest, plan_requests
-from ..core.snapshot import SliceFailure, Snapshot, SnapshotSet
+from ..core.snapshot import Outcome, SliceFailure, Snapshot, SnapshotSet, Validators
+from ..fetch.frames import rows_to_frame
 from ..fetch.auth import Credential
 from ..fetch.resource import ApiResource
 from ..fetch.spec import ApiSpec
@@ -105,6 +108,8 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         credentials = getattr(context.resources, credentials_key) if credentials_key else None
         credential = credentials.credential_for(dataset, partition_key, context.log) if credentials else None
         requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
+        if not config.full_refresh:
+            requests = _changed(context, warehouse, dataset, requests)
         deferral: BudgetExhausted | None = None
         if dataset.slices is None and len(requests) == 1:
             # a paged walk loads its pages as they land (slices stay small: each is written after its fetch)
@@ -139,6 +144,50 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         )
 
     return sync
+
+
+def build_derived_asset(dataset: Dataset) -> dg.AssetsDefinition:
+    """A dataset computed from other datasets' partitions (no API call): its inputs arrive through
+    the IO manager (`load_input`: the upstream partition's rows), the result is written like a
+    sync's (a mirror replaces the partition's scope). Re-derived when an input partition changes
+    (Declarative Automation: `eager`)."""
+    names = [key.split(".", 1)[1] for key in dataset.derived_from]
+    ins = {name: dg.AssetIn(key=dg.AssetKey(key.split("."))) for name, key in zip(names, dataset.derived_from)}
+
+    def derive(context: dg.AssetExecutionContext, **inputs: pd.DataFrame):  # the ins arrive as keywords
+        partition_key = context.partition_key if partitioned(dataset) else None
+        scope = partition_scope(dataset, partition_key)
+        rows = dataset.compute(dict(zip(dataset.derived_from, (inputs[n] for n in names))), scope)  # type: ignore[misc]
+        frame = rows_to_frame(rows, dataset.columns, f"{slot(dataset, partition_key)} (derived)")
+        for position, column in enumerate(dataset.context_columns):
+            frame.insert(position, column.name, pd.Series(scope[column.name], index=frame.index, dtype=column.pandas_dtype))
+        version = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()[:20]
+        snapshot = Snapshot(dataset.key, partition_key or "", Outcome.CHANGED, Validators(cursor=version), frame=frame,
+                            context=scope)
+        check = _last_sync(context, context.resources.warehouse, dataset, partition_key)
+        yield dg.MaterializeResult(value=snapshot, metadata={"rows": len(frame), "inputs": ", ".join(dataset.derived_from)},
+                                   data_version=dg.DataVersion(version), check_results=[check])
+
+    return dg.asset(
+        name=dataset.name, key_prefix=[dataset.api], group_name=dataset.asset_group, description=_derived_description(dataset),
+        partitions_def=partitions_def(dataset), io_manager_key=IO_MANAGER_KEY, ins=ins, kinds={"postgres", "python"},
+        tags={"api": dataset.api, "write_mode": dataset.write_mode.value, "auth": "none", "partitioned_by": "time_window"
+              if dataset.windows else "key" if dataset.partitioning else "none", "derived": "true"},
+        owners=owners(dataset.api), required_resource_keys={"warehouse"},
+        automation_condition=dg.AutomationCondition.eager(),
+        metadata={"dagster/column_schema": table_schema(dataset), "dagster/table_name": qualified_table_name(dataset),
+                  "dagster/storage_kind": "postgres", "write_mode": dataset.write_mode.value, **code_references(dataset)},
+        check_specs=[dg.AssetCheckSpec(LAST_SYNC_CHECK, asset=dg.AssetKey([dataset.api, dataset.name]),
+                                       description="Passes when the derivation succeeds; failed by the failure sensor otherwise.")],
+    )(derive)
+
+
+def _derived_description(dataset: Dataset) -> str:
+    return dataset.description + "\n\n" + "\n".join([
+        f"- Derived from: {', '.join(f'`{k}`' for k in dataset.derived_from)} (same partition, read through the IO manager)",
+        f"- Table: `{dataset.api}.{dataset.name}` ({dataset.write_mode.value}, key {', '.join(dataset.primary_key)})",
+        "- Re-derived when an input partition is materialized (Declarative Automation `eager`)",
+    ])
 
 
 def _fetch(context, api: ApiResource, warehouse, dataset: Dataset, request: SliceRequest, credentials,
@@ -280,17 +329,29 @@ def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: Postgr
         return None
     source = DATASETS_BY_KEY[slices.source]
     active = slices.active_between if dataset.windows is not None else None
-    rows = warehouse.distinct_values(source, [*slices.names, *(active or ())], partition_scope(source, partition_key))
+    version = [slices.version_column] if slices.version_column else []
+    rows = warehouse.distinct_values(source, [*slices.names, *(active or ()), *version], partition_scope(source, partition_key))
     if active is not None:
         window = dataset.windows.window(partition_key or "")  # type: ignore[union-attr]
         first, last = active
         rows = [r for r in rows if _meets(r[first], r[last], window.start.date(), window.end.date())]
-    values = [{n: r[n] for n in slices.names} for r in rows]
+    values = [{n: r[n] for n in [*slices.names, *version]} for r in rows]
     if slices.only_new:
         stored = {tuple(v[n] for n in slices.names)
                   for v in warehouse.distinct_values(dataset, slices.names, partition_scope(dataset, partition_key))}
         values = [v for v in values if tuple(v[n] for n in slices.names) not in stored]
     return values
+
+
+def _changed(context, warehouse: PostgresWarehouse, dataset: Dataset, requests: list[SliceRequest]) -> list[SliceRequest]:
+    """Slices whose source version equals the one stored at their last sync are not asked again."""
+    if not (dataset.slices and dataset.slices.version_column):
+        return requests
+    kept = [r for r in requests if r.version is None or (warehouse.read_validators(dataset, r.state_key) or Validators()).cursor != r.version]
+    if len(kept) < len(requests):
+        context.log.info(f"{dataset.key}: {len(requests) - len(kept)} of {len(requests)} slices unchanged since their "
+                         f"last sync ({dataset.slices.version_column}); not asked again")
+    return kept
 
 
 def partition_scope(dataset: Dataset, partition_key: str | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ..core.catalog import register
 from ..core.datasets import WriteMode
 from ..warehouse import PostgresWarehouse, SnapshotIOManager
 from .apis import ApiDefinition
-from .assets import IO_MANAGER_KEY, build_sync_asset
+from .assets import IO_MANAGER_KEY, build_derived_asset, build_sync_asset
 from .automation import build_full_pass_schedule, build_schedule, build_sync_job
 from .checks import (
     build_failed_items_check, build_partition_freshness_check, build_row_change_check, build_schema_check,
@@ -39,6 +39,12 @@ def api_definitions(api: ApiDefinition) -> dg.Definitions:
     register(api.datasets)  # the warehouse finds a dataset by its asset key in the catalog
     assets, checks, jobs, schedules, entries = [], [], [], [], {}
     for dataset in map(with_overrides, api.datasets):
+        if dataset.derived_from:  # computed from other datasets, re-derived when they change: no schedule, no API
+            asset = build_derived_asset(dataset)
+            assets.append(asset)
+            checks += [build_schema_check(dataset, asset), build_partition_freshness_check(dataset, asset)]
+            jobs.append(build_sync_job(dataset, asset))
+            continue
         asset = build_sync_asset(dataset, api.spec)
         job = build_sync_job(dataset, asset)
         assets.append(asset)

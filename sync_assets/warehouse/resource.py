@@ -163,7 +163,7 @@ class PostgresWarehouse(dg.ConfigurableResource):
 
 def partition_filter(dataset: Dataset, partition_keys: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
     """` WHERE …` selecting the rows of some partitions (all rows for None): by the partition
-    column, or by the time window's column."""
+    column, the time window's column, or the window's path columns."""
     if partition_keys is None:
         return "", {}
     if dataset.partitioning is not None:
@@ -178,4 +178,11 @@ def partition_filter(dataset: Dataset, partition_keys: Sequence[str] | None) -> 
         for i, window in enumerate(ranges):
             params.update({f"s{i}": window.start, f"e{i}": window.end})
         return f" WHERE {clause}", params
+    if windows is not None and windows.path_columns and partition_keys:  # addressed by path: year = … AND month = …
+        clauses, params = [], {}
+        for i, key in enumerate(partition_keys):
+            values = windows.path_values(key)
+            clauses.append("(" + " AND ".join(f"{qi(name)} = :w{i}_{j}" for j, name in enumerate(values)) + ")")
+            params.update({f"w{i}_{j}": value for j, value in enumerate(values.values())})
+        return " WHERE " + " OR ".join(clauses), params
     return "", {}
