@@ -52,5 +52,9 @@ bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run --write bench/RESULTS.md
 
+## The demo deployment's runs and CPU per hour, before/after the automation rework (~2.2 h; MINUTES=15 for a shorter run).
+bench-deployment: install
+	$(BIN)/python -m bench.deployment --minutes $(or $(MINUTES),60) --warmup $(or $(WARMUP),5) --write bench/RESULTS.md
+
 clean:
 	rm -rf $(VENV) .dagster_home .pytest_cache
