@@ -419,6 +419,7 @@ class PostgresBudget:
         self._ready = False
         self._windows, self._tokens = _SlidingWindows(policy), _TokenBuckets(policy)
         self._circuit_dirty = False  # this process recorded a failure: the next success clears the count
+        self._streak_paths: set[str] = set()  # paths that failed since this process's last success
         self._backoff_dirty: set[str] = set()  # buckets this process backed off: the next success resets them
         self._known_limits: dict[str, RateLimit] = {}
         self._declared_written: set[str] = set()
@@ -659,13 +660,22 @@ class PostgresBudget:
 
     # -- after ----------------------------------------------------------------------------------
 
-    def after_response(self, reservation: Reservation, status: int | None, headers: Mapping[str, str]) -> None:
+    def after_response(self, reservation: Reservation, status: int | None, headers: Mapping[str, str],
+                       path: str | None = None) -> None:
         """Learn from the server: bucket size and spend, 429/420 latches, error budget, circuit.
-        Most responses teach nothing new and cost no database round trip."""
+        Most responses teach nothing new and cost no database round trip. `path`: the circuit counts
+        failing paths, not attempts: one resource failing on every retry (a merchant whose
+        transactions always fail) is that item's failure, not an outage of the API."""
         key, bucket = reservation.key, reservation.key.bucket
         learned = self.policy.headers.read(headers, self._known_limits.get(bucket) if bucket else None)
         failed = status is None or status >= 500
         errors = self.policy.error_limit
+        with self._lock:
+            repeat = failed and path is not None and path in self._streak_paths
+            if failed and path is not None:
+                self._streak_paths.add(path)
+            elif not failed:
+                self._streak_paths.clear()
         remain = learned.error_remain if errors else None
         # an error the response did not account for (no error-limit headers): count it ourselves
         uncounted = errors and remain is None and (status is None or status >= 400)
@@ -679,7 +689,7 @@ class PostgresBudget:
             if not (failed or error_budget_low or budget_news or self._circuit_dirty or news or uncounted):
                 return
             with self._begin() as conn:
-                if failed:
+                if failed and not repeat:
                     self._circuit_failure(conn, key, f"HTTP {status}" if status else "no response (timeout or connection error)")
                 elif self._circuit_dirty:
                     conn.execute(text(f"DELETE FROM {SCHEMA}.api_latches WHERE latch = :l"), {"l": f"{key.api}/circuit"})

@@ -228,14 +228,14 @@ class ApiHttpClient:
             response = self._client.get(path, params=query, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT)
         except httpx.TransportError:
             if reservation:
-                self.budget.after_response(reservation, None, {})  # type: ignore[union-attr]
+                self.budget.after_response(reservation, None, {}, path)  # type: ignore[union-attr]
             raise
         except BaseException:  # cancelled or interrupted: no response to learn from
             if reservation:
                 self.budget.release(reservation)  # type: ignore[union-attr]
             raise
         if reservation:
-            self.budget.after_response(reservation, response.status_code, response.headers)  # type: ignore[union-attr]
+            self.budget.after_response(reservation, response.status_code, response.headers, path)  # type: ignore[union-attr]
         if self.gate is not None:
             self.gate.observe(response.headers)
         status = response.status_code

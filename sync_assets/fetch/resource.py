@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from .. import __version__
 from ..core.datasets import Dataset, WriteMode
 from ..core.errors import ConfigurationError, MalformedPayload
+from ..core.limits import SlidingWindow
 from ..core.paging import FromId, NextToken, PageNumbers, Single
 from ..core.requests import SliceRequest
 from ..core.snapshot import FetchStats, Outcome, PageSink, Snapshot, Validators
@@ -58,6 +59,11 @@ class ApiResource(dg.ConfigurableResource):
     retry_round_pause_s: float = Field(default=2.0, ge=0, description="Pause between rounds of retried pages")
     error_limit_floor: int = Field(default=10, ge=0, description="APIs with an error budget: wait for its reset at this many errors left")
     expiry_guard_s: float = Field(default=3.0, ge=0, description="Wait for the next snapshot if page 1 expires this soon")
+    rate_limit: str | None = Field(
+        default=None, pattern=r"^\d+/\d+(\.\d+)?$",
+        description="'<requests>/<seconds>': a plan other than the spec's declared limit for every route (a tenant "
+        "allowed more or fewer than IRIS's default 500/60). Response headers still correct it.",
+    )
     max_budget_wait_s: float = Field(
         default=75.0, ge=1.0, le=3600.0,
         description="Longest a request waits for a shared budget (rate limit, error limit, 429 latch). Work the budget "
@@ -193,8 +199,11 @@ class ApiResource(dg.ConfigurableResource):
     def budget_key(self, dataset: Dataset, credential: Credential | None = None) -> BudgetKey:
         """The shared bucket a dataset's requests spend: per rate-limit group and principal."""
         spec = self.spec
-        return BudgetKey(spec.name, spec.limit_group(dataset.rate_limit_group), self.principal(credential),
-                         declared=spec.declared_limit(dataset.rate_limit_group))
+        declared = spec.declared_limit(dataset.rate_limit_group)
+        if self.rate_limit:
+            requests, seconds = self.rate_limit.split("/")
+            declared = SlidingWindow(capacity=int(requests), window_s=float(seconds))
+        return BudgetKey(spec.name, spec.limit_group(dataset.rate_limit_group), self.principal(credential), declared=declared)
 
     def principal(self, credential: Credential | None) -> str:
         if credential is not None:

@@ -107,7 +107,7 @@ def due_partitions(
     Expires (datasets without validators: the schedule is their cadence), or Expires passed more
     than `overdue_after` ago (the sensor's refresh failed or never came). Not due: a run of it is
     still queued or running, or its work waits for an API budget (the sensor resumes it)."""
-    keys = kept_fresh(dataset, instance)
+    keys = kept_fresh(dataset, instance, at)
     synced = last_success(instance, asset_key, partitioned(dataset))
     expiry = stored_expiry(warehouse, dataset)
     deferred = {(p or None): t for d, p, t in warehouse.deferrals() if d == dataset.key}
@@ -184,7 +184,7 @@ def build_full_pass_schedule(dataset: Dataset, asset: dg.AssetsDefinition, job: 
         blocker = api_blocker(dataset.api, at, warehouse, getattr(context.resources, dataset.api).server_status)
         if blocker:
             return dg.SkipReason(f"{dataset.key}: {blocker}")
-        keys = [key for key in kept_fresh(dataset, context.instance) if not in_progress(context.instance, asset_key, key)]
+        keys = [key for key in kept_fresh(dataset, context.instance, at) if not in_progress(context.instance, asset_key, key)]
         config = {"ops": {asset.op.name: {"config": {"full_refresh": True}}}}
         return [dg.RunRequest(run_key=f"{at.isoformat()}:full:{key or ''}", partition_key=key, run_config=config,
                               tags=run_tags(dataset, key, "full_pass")) for key in keys]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import dagster as dg
 
 from ..core.datasets import Dataset
@@ -25,10 +27,10 @@ def partitioned(dataset: Dataset) -> bool:
     return dataset.partitioning is not None or dataset.windows is not None
 
 
-def partition_keys(dataset: Dataset, instance: dg.DagsterInstance) -> list[str | None]:
-    """Every partition ([None]: the unpartitioned asset)."""
+def partition_keys(dataset: Dataset, instance: dg.DagsterInstance, at: datetime | None = None) -> list[str | None]:
+    """Every partition ([None]: the unpartitioned asset); time windows as of `at` (default now)."""
     if dataset.windows is not None:
-        return list(partitions_def(dataset).get_partition_keys())  # type: ignore[union-attr]
+        return list(partitions_def(dataset).get_partition_keys(current_time=at))  # type: ignore[union-attr]
     if dataset.partitioning is None:
         return [None]
     if dataset.partitioning.dynamic:
@@ -36,8 +38,8 @@ def partition_keys(dataset: Dataset, instance: dg.DagsterInstance) -> list[str |
     return list(dataset.partitioning.keys)
 
 
-def kept_fresh(dataset: Dataset, instance: dg.DagsterInstance) -> list[str | None]:
+def kept_fresh(dataset: Dataset, instance: dg.DagsterInstance, at: datetime | None = None) -> list[str | None]:
     """The partitions the automation refreshes: all of them, except for time windows, where only
     the most recent `refresh_last` are (older windows are history: loaded once by a backfill)."""
-    keys = partition_keys(dataset, instance)
+    keys = partition_keys(dataset, instance, at)
     return keys[-dataset.windows.refresh_last:] if dataset.windows is not None else keys

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-from .tables import META_SCHEMA, SYNC_STATE
+from .tables import DDL_LOCK, META_SCHEMA, SYNC_STATE
 
 FAILURES = f"{META_SCHEMA}.sync_failures"
 FAILURES_DDL = f"""
@@ -42,11 +42,26 @@ CREATE TABLE IF NOT EXISTS {OUTCOMES} (
 """
 
 
+_ready: set[tuple[str, str]] = set()  # (database URL, DDL) created in this process
+
+
+def _ensure(conn: Connection, ddl: str) -> None:
+    """Create a bookkeeping table once per process, in its own committed transaction, serialized
+    across processes: concurrent CREATE TABLE IF NOT EXISTS collide in PostgreSQL's catalog."""
+    key = (conn.engine.url.render_as_string(hide_password=True), ddl)
+    if key in _ready:
+        return
+    with conn.engine.begin() as ddl_conn:
+        ddl_conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
+        ddl_conn.execute(text(ddl))
+    _ready.add(key)
+
+
 def record_outcome(conn: Connection, dataset: str, partition_key: str | None, run_created_at: datetime, run_id: str,
                    failure_class: str | None = None, message: str | None = None) -> None:
     """The latest outcome per partition, ordered by when the runs were created (not when their
     news arrived: the failure sensor may report a failure after a later run succeeded)."""
-    conn.execute(text(OUTCOMES_DDL))
+    _ensure(conn, OUTCOMES_DDL)
     params = {"d": dataset, "p": partition_key or "", "t": run_created_at, "r": run_id, "c": failure_class,
               "m": (message or "")[:4000]}
     if failure_class is None:
@@ -65,7 +80,7 @@ def record_outcome(conn: Connection, dataset: str, partition_key: str | None, ru
 
 def failing_partitions(conn: Connection, dataset: str) -> list[tuple[str, str, str, datetime]]:
     """(partition, failure class, message, failed at) of the partitions whose newest run failed."""
-    conn.execute(text(OUTCOMES_DDL))
+    _ensure(conn, OUTCOMES_DDL)
     rows = conn.execute(text(
         f"SELECT partition_key, failure_class, message, last_failure_at FROM {OUTCOMES} WHERE dataset = :d "
         "AND last_failure_at IS NOT NULL AND last_failure_at > coalesce(last_success_at, '-infinity') "
@@ -105,7 +120,7 @@ def record_item_failures(conn: Connection, dataset: str, partition_key: str | No
                          failures: list[tuple[str, str, str]], backoff_s: float, backoff_max_s: float) -> None:
     """(item, failure class, message) of each failed item: attempts counted, the next attempt
     backed off exponentially (`backoff_s` doubled per attempt, at most `backoff_max_s`)."""
-    conn.execute(text(ITEMS_DDL))
+    _ensure(conn, ITEMS_DDL)
     for item, failure_class, message in failures:
         conn.execute(text(
             f"INSERT INTO {ITEMS} AS f (dataset, partition_key, item, failure_class, message, attempts, first_failed_at, "
@@ -118,14 +133,14 @@ def record_item_failures(conn: Connection, dataset: str, partition_key: str | No
 
 
 def clear_items(conn: Connection, dataset: str, partition_key: str | None, items: list[str]) -> int:
-    conn.execute(text(ITEMS_DDL))
+    _ensure(conn, ITEMS_DDL)
     return conn.execute(text(f"DELETE FROM {ITEMS} WHERE dataset = :d AND partition_key = :p AND item = ANY(:i)"),
                         {"d": dataset, "p": partition_key or "", "i": items}).rowcount
 
 
 def failed_items(conn: Connection, dataset: str, partition_key: str | None = None) -> list[FailedItem]:
     """The items of `dataset` (of one partition, when given) whose last attempt failed, oldest first."""
-    conn.execute(text(ITEMS_DDL))
+    _ensure(conn, ITEMS_DDL)
     where = " AND partition_key = :p" if partition_key is not None else ""
     rows = conn.execute(text(f"SELECT partition_key, item, failure_class, message, attempts, retry_at FROM {ITEMS} "
                              f"WHERE dataset = :d{where} ORDER BY first_failed_at, partition_key, item"),
@@ -134,7 +149,7 @@ def failed_items(conn: Connection, dataset: str, partition_key: str | None = Non
 
 
 def record_failure(conn: Connection, dataset: str, partition_key: str | None, run_id: str, failure_class: str, message: str) -> None:
-    conn.execute(text(FAILURES_DDL))
+    _ensure(conn, FAILURES_DDL)
     conn.execute(
         text(f"INSERT INTO {FAILURES} (dataset, partition_key, run_id, failure_class, message) VALUES (:d, :p, :r, :c, :m)"),
         {"d": dataset, "p": partition_key or "", "r": run_id, "c": failure_class, "m": message[:4000]},
@@ -158,7 +173,7 @@ CREATE TABLE IF NOT EXISTS {DEFERRALS} (
 
 def record_deferral(conn: Connection, dataset: str, partition_key: str | None, retry_at: datetime, run_id: str,
                     reason: str) -> None:
-    conn.execute(text(DEFERRALS_DDL))
+    _ensure(conn, DEFERRALS_DDL)
     conn.execute(
         text(f"INSERT INTO {DEFERRALS} (dataset, partition_key, retry_at, run_id, reason) VALUES (:d, :p, :t, :r, :m) "
              "ON CONFLICT (dataset, partition_key) DO UPDATE SET retry_at = EXCLUDED.retry_at, "
@@ -168,14 +183,14 @@ def record_deferral(conn: Connection, dataset: str, partition_key: str | None, r
 
 
 def clear_deferral(conn: Connection, dataset: str, partition_key: str | None) -> None:
-    conn.execute(text(DEFERRALS_DDL))
+    _ensure(conn, DEFERRALS_DDL)
     conn.execute(text(f"DELETE FROM {DEFERRALS} WHERE dataset = :d AND partition_key = :p"),
                  {"d": dataset, "p": partition_key or ""})
 
 
 def deferrals(conn: Connection) -> list[tuple[str, str, datetime]]:
     """(dataset, partition, retry_at) of every deferred partition, soonest first."""
-    conn.execute(text(DEFERRALS_DDL))
+    _ensure(conn, DEFERRALS_DDL)
     rows = conn.execute(text(f"SELECT dataset, partition_key, retry_at FROM {DEFERRALS} ORDER BY retry_at")).all()
     return [(r.dataset, r.partition_key, r.retry_at) for r in rows]
 
@@ -197,18 +212,18 @@ def expired(conn: Connection, margin_s: float) -> list[tuple[str, str, datetime]
 def trim(conn: Connection, keep_days: int) -> dict[str, int]:
     """Delete bookkeeping older than `keep_days`: failures, and sync state of partitions not
     synced since (a corporation that left). Data tables are never trimmed here."""
-    conn.execute(text(FAILURES_DDL))
+    _ensure(conn, FAILURES_DDL)
     failures = conn.execute(
         text(f"DELETE FROM {FAILURES} WHERE failed_at < now() - make_interval(days => :d)"), {"d": keep_days}
     ).rowcount
     states = conn.execute(
         text(f"DELETE FROM {SYNC_STATE} WHERE last_success_at < now() - make_interval(days => :d)"), {"d": keep_days}
     ).rowcount
-    conn.execute(text(ITEMS_DDL))
+    _ensure(conn, ITEMS_DDL)
     items = conn.execute(
         text(f"DELETE FROM {ITEMS} WHERE last_failed_at < now() - make_interval(days => :d)"), {"d": keep_days}
     ).rowcount
-    conn.execute(text(DEFERRALS_DDL))
+    _ensure(conn, DEFERRALS_DDL)
     deferred = conn.execute(
         text(f"DELETE FROM {DEFERRALS} WHERE retry_at < now() - make_interval(days => :d)"), {"d": keep_days}
     ).rowcount

@@ -71,7 +71,9 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
             }
         )
         if isinstance(obj, SnapshotSet) and obj.failures:
-            failed = "; ".join(f"{f.state_key}: {f.message}" for f in obj.failures)
+            failed = "; ".join(f"{f.state_key}: {f.message}" for f in obj.failures[:5])
+            if len(obj.failures) > 5:
+                failed += f"; and {len(obj.failures) - 5} more (check failed_items)"
             raise SliceSyncError(
                 f"{dataset.key}: {len(obj.failures)} of {len(obj.failures) + len(snapshots)} requests failed "
                 f"(the others were committed): {failed}"

@@ -9,7 +9,7 @@ from ..core.errors import FailureClass, WarehouseError
 
 META_SCHEMA = "sync_assets"
 SYNC_STATE = f"{META_SCHEMA}.sync_state"
-_DDL_LOCK = 7_349_001  # advisory lock id: one DDL transaction at a time across processes
+DDL_LOCK = 7_349_001  # advisory lock id: one DDL transaction at a time across processes
 
 
 class SchemaMismatch(WarehouseError):
@@ -55,7 +55,7 @@ COMMENT ON TABLE {SYNC_STATE} IS
 def ensure_sync_state(conn: Connection) -> None:
     if "cursor" in _columns(conn, META_SCHEMA, "sync_state"):
         return
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
     conn.execute(text(SYNC_STATE_DDL))
 
 
@@ -65,7 +65,7 @@ def ensure_table(conn: Connection, dataset: Dataset) -> None:
     actual = _columns(conn, dataset.api, dataset.name)
     if all(c.name in actual for c in dataset.table_columns) and _comment(conn, dataset) == dataset.description:
         return _check_types(dataset, actual)
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
     columns = ",\n    ".join(
         f"{qi(c.name)} {c.postgres_type}{' NOT NULL' if c.name in dataset.primary_key else ''}" for c in dataset.table_columns
     )

@@ -77,7 +77,7 @@ def _batches(batches: list[dict]) -> list[dict]:
     for batch in batches:
         header = {"batch_date": batch["date"], "batch_reference_number": batch.get("reference_number"),
                   "batch_terminal_number": batch.get("terminal_number"), "batch_amount": batch.get("amount"),
-                  "batch_count": batch.get("count")}
+                  "batch_count": None if batch.get("count") in (None, "") else int(batch["count"])}  # "3": a count as text
         rows += [{**transaction, **header} for transaction in batch.get("transactions") or ()]
     return rows
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, text
 
-from ....warehouse.tables import _DDL_LOCK, META_SCHEMA
+from ....warehouse.tables import DDL_LOCK, META_SCHEMA
 from .crypto import TokenCipher
 from .errors import LOGIN_AGAIN, InvalidAccessToken, InvalidGrant, NoUsableToken, UnknownCharacter
 from .sso import EveSso, TokenGrant
@@ -120,7 +120,7 @@ def ensure_tokens_table(engine: Engine) -> None:
         if key in _ready:
             return
         with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
             conn.execute(text(TOKENS_DDL))
         _ready.add(key)
 
