@@ -180,3 +180,13 @@ def test_owners_come_from_the_environment_and_bad_ones_name_the_setting() -> Non
     assert owners("esi", {"SYNC_ASSETS_OWNERS": "team:all", "SYNC_ASSETS_OWNERS__ESI": "team:eve"}) == ["team:eve"]
     with pytest.raises(SettingError, match="SYNC_ASSETS_OWNERS__ESI='bob'"):
         owners("esi", {"SYNC_ASSETS_OWNERS__ESI": "bob"})
+
+
+def test_an_apis_schedule_zone_comes_from_the_environment_and_a_bad_one_names_the_setting() -> None:
+    from sync_assets.apis.iris.datasets import TRANSACTIONS
+    from sync_assets.orchestration.settings import SettingError, with_overrides
+
+    assert with_overrides(TRANSACTIONS, {}).schedule_timezone == "Europe/Dublin"
+    assert with_overrides(TRANSACTIONS, {"SYNC_ASSETS_SCHEDULE_TIMEZONE__IRIS": "America/New_York"}).schedule_timezone == "America/New_York"
+    with pytest.raises(SettingError, match="SYNC_ASSETS_SCHEDULE_TIMEZONE__IRIS='Mars/Olympus'"):
+        with_overrides(TRANSACTIONS, {"SYNC_ASSETS_SCHEDULE_TIMEZONE__IRIS": "Mars/Olympus"})

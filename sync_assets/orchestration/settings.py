@@ -3,12 +3,14 @@
     SYNC_ASSETS_CRON__ESI__MARKET_PRICES="*/30 * * * *"     schedule (UTC) of esi.market_prices
     SYNC_ASSETS_FRESHNESS__ESI__MARKET_PRICES="1800,3600"   freshness warn,fail windows in seconds
     SYNC_ASSETS_OWNERS="team:trading,ops@example.com"       asset owners (all APIs; SYNC_ASSETS_OWNERS__ESI for one)
+    SYNC_ASSETS_SCHEDULE_TIMEZONE__IRIS="Europe/London"     the zone of an API's schedule crons
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Mapping
 
 from croniter import croniter
@@ -41,6 +43,13 @@ def with_overrides(dataset: Dataset, env: Mapping[str, str] | None = None) -> Da
         if not 60 <= warn < fail:
             raise SettingError(f"{freshness_var}={raw!r}: need 60 <= warn < fail (Dagster's minimum window is a minute)")
         changes["freshness"] = (warn, fail)
+    zone_var = f"SYNC_ASSETS_SCHEDULE_TIMEZONE__{dataset.api.upper()}"
+    if zone := env.get(zone_var, "").strip():
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SettingError(f"{zone_var}={zone!r} is not a time zone (e.g. Europe/Dublin)") from None
+        changes["schedule_timezone"] = zone
     return dataclasses.replace(dataset, **changes) if changes else dataset
 
 
