@@ -61,3 +61,11 @@ def database_url(pg_server_url: str) -> Iterator[str]:
 
 
 __all__ = ["create_database", "drop_database", "start_embedded_postgres"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`), the fault suite stays on one worker: its session
+    fixtures gather every haystack the final secret scan searches, and its figures one report."""
+    for item in items:
+        if "faults" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("faults"))
