@@ -71,7 +71,9 @@ class World:
 
     def sync(self, datasets: list[Dataset], corporation_id: int, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         assets = [ASSETS[d.key] for d in datasets]
-        return dg.materialize(assets, partition_key=str(corporation_id), resources=self.resources(),
+        # every corporation asset given: a sliced dataset's source table is its input (loaded, not re-run)
+        return dg.materialize(list(ASSETS.values()), selection=[a.key for a in assets], partition_key=str(corporation_id),
+                              resources=self.resources(),
                               instance=self.instance, raise_on_error=raise_on_error)
 
     def expire(self, dataset: Dataset, corporation_id: int) -> None:

@@ -61,7 +61,9 @@ class Deployment:
                 IO_MANAGER_KEY: SnapshotIOManager(warehouse=self.warehouse)}
 
     def sync(self, asset: dg.AssetsDefinition, partition: str, **kwargs: Any) -> dg.ExecuteInProcessResult:
-        return dg.materialize([asset], partition_key=partition, resources=self.resources(), instance=self.instance, **kwargs)
+        every = [IDS, KILLMAILS] if asset.key.path[-1].startswith("corporation") else [asset]  # the source is an input
+        return dg.materialize(every, selection=[asset.key], partition_key=partition, resources=self.resources(),
+                              instance=self.instance, **kwargs)
 
     def deferred(self) -> dict[tuple[str, str], datetime]:
         return {(d, p): t for d, p, t in self.warehouse.deferrals()}

@@ -53,7 +53,7 @@ class Tenant:
 
     def run_check(self, check: dg.AssetChecksDefinition) -> list[dg.AssetCheckEvaluation]:
         """The check alone, as the UI's "Execute" on a check runs it."""
-        return dg.materialize([self.asset(TRANSACTIONS), check], selection=dg.AssetSelection.checks(check),
+        return dg.materialize([*(self.asset(d) for d in IRIS_DATASETS), check], selection=dg.AssetSelection.checks(check),
                               resources={"warehouse": self.warehouse, "iris": self.iris,
                                          IO_MANAGER_KEY: SnapshotIOManager(warehouse=self.warehouse)},
                               instance=self.instance).get_asset_check_evaluations()

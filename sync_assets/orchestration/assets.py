@@ -35,6 +35,7 @@ from .settings import owners
 from .failures import LAST_SYNC_CHECK, last_sync_result, run_created_at
 
 IO_MANAGER_KEY = "warehouse_io_manager"
+SOURCE_INPUT = "source"  # the input carrying a sliced dataset's source table
 
 
 class SyncConfig(dg.Config):
@@ -78,7 +79,8 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         tags=asset_tags(dataset, spec),
         owners=owners(dataset.api),
         pool=spec.name,
-        deps=[dg.AssetKey(source.split("."))] if source else None,
+        # the slices' source table arrives through the IO manager (load_input: the same partition's rows)
+        ins={SOURCE_INPUT: dg.AssetIn(key=dg.AssetKey(source.split(".")))} if source else None,
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn),
         metadata={
             "dagster/column_schema": table_schema(dataset),
@@ -100,14 +102,14 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
             )
         ],
     )
-    def sync(context: dg.AssetExecutionContext, config: SyncConfig):  # yields MaterializeResult carrying a Snapshot(Set)
+    def sync(context: dg.AssetExecutionContext, config: SyncConfig, **inputs: pd.DataFrame):  # yields MaterializeResult(Snapshot[Set])
         partition_key = context.partition_key if partitioned(dataset) else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: ApiResource = getattr(context.resources, spec.name)
         # Credential first: a missing scope or role fails here, before any API call is spent.
         credentials = getattr(context.resources, credentials_key) if credentials_key else None
         credential = credentials.credential_for(dataset, partition_key, context.log) if credentials else None
-        requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse))
+        requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse, inputs.get(SOURCE_INPUT)))
         if not config.full_refresh:
             requests = _changed(context, warehouse, dataset, requests)
         deferral: BudgetExhausted | None = None
@@ -321,16 +323,19 @@ def _stateless(dataset: Dataset) -> bool:
     return bool(dataset.slices and dataset.slices.only_new)
 
 
-def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: PostgresWarehouse) -> list[dict] | None:
-    """The slices of an upstream-sourced dataset: the source's rows in the same partition (and,
-    for time windows, only those active during the window); `only_new` drops those stored."""
+def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: PostgresWarehouse,
+                  source: pd.DataFrame | None) -> list[dict] | None:
+    """The slices of an upstream-sourced dataset: the source's rows in the same partition (as the IO
+    manager loaded them) and, for time windows, only those active during the window; `only_new`
+    drops those already stored."""
     slices = dataset.slices
-    if slices is None or slices.source is None:
+    if slices is None or slices.source is None or source is None:
         return None
-    source = DATASETS_BY_KEY[slices.source]
     active = slices.active_between if dataset.windows is not None else None
     version = [slices.version_column] if slices.version_column else []
-    rows = warehouse.distinct_values(source, [*slices.names, *(active or ()), *version], partition_scope(source, partition_key))
+    columns = list(dict.fromkeys([*slices.names, *(active or ()), *version]))
+    picked = source[columns].drop_duplicates()
+    rows = picked.astype(object).where(picked.notna(), None).to_dict("records")  # Python values: SQL parameters
     if active is not None:
         window = dataset.windows.window(partition_key or "")  # type: ignore[union-attr]
         first, last = active
@@ -340,7 +345,7 @@ def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: Postgr
         stored = {tuple(v[n] for n in slices.names)
                   for v in warehouse.distinct_values(dataset, slices.names, partition_scope(dataset, partition_key))}
         values = [v for v in values if tuple(v[n] for n in slices.names) not in stored]
-    return values
+    return sorted(values, key=lambda v: tuple(str(v[n]) for n in slices.names))
 
 
 def _changed(context, warehouse: PostgresWarehouse, dataset: Dataset, requests: list[SliceRequest]) -> list[SliceRequest]:
