@@ -147,6 +147,9 @@ class Slices:
         return tuple(c.name for c in self.columns)
 
 
+WINDOW_DIMENSION = "window"  # the time dimension's name when a dataset is partitioned by key and window
+
+
 @dataclass(frozen=True)
 class Incremental:
     """Read only what changed since the stored cursor (the newest `cursor_column` value synced),
@@ -211,6 +214,21 @@ class Dataset:
         window = self.windows.scope_columns if self.windows else ()
         return ((self.partitioning.column,) if self.partitioning else ()) + window + (self.slices.columns if self.slices else ())
 
+    def split_partition(self, key: str | None) -> tuple[str | None, str | None]:
+        """(key part, window part) of a partition key. Partitioned both ways (a seller's month), the
+        key is Dagster's multi-partition key: both parts joined by "|" in the order of the dimension
+        names (`partitioning.column.name` and "window")."""
+        if key is None or not (self.partitioning and self.windows):
+            return (key, None) if self.partitioning else (None, key)
+        names = sorted([self.partitioning.column.name, WINDOW_DIMENSION])
+        parts = dict(zip(names, key.split("|")))
+        return parts[self.partitioning.column.name], parts[WINDOW_DIMENSION]
+
+    def join_partition(self, key: str, window: str) -> str:
+        names = sorted([self.partitioning.column.name, WINDOW_DIMENSION])  # type: ignore[union-attr]
+        parts = {self.partitioning.column.name: key, WINDOW_DIMENSION: window}  # type: ignore[union-attr]
+        return "|".join(parts[name] for name in names)
+
     @property
     def context_columns(self) -> tuple[Column, ...]:
         """Scope columns the payload does not carry: filled in from the request."""
@@ -246,8 +264,6 @@ class Dataset:
             raise ValueError(f"dataset {self.key}: the partition column must be part of the primary key")
         if isinstance(self.paginator, FromId) and self.paginator.field not in names:
             raise ValueError(f"dataset {self.key}: from_id paging walks {self.paginator.field!r}, which is not a column")
-        if self.windows and self.partitioning:
-            raise ValueError(f"dataset {self.key}: time windows and key partitions together are not supported yet")
         if self.windows and self.windows.column and self.windows.column.name not in {c.name for c in self.columns}:
             raise ValueError(f"dataset {self.key}: the window column {self.windows.column.name!r} must be a payload column")
         if self.write_mode is WriteMode.MIRROR and self.windows and not self.windows.scope_columns:

@@ -26,19 +26,21 @@ def plan_requests(
 ) -> list[SliceRequest]:
     """Every request of one materialization. `slice_values` are needed when the dataset has slices
     (static ones are taken from the declaration when not given); `now` places time windows."""
-    if dataset.windows is not None:
-        return _window_requests(dataset, dataset.windows, partition_key, now or datetime.now(timezone.utc), slice_values)
+    key_part, window_part = dataset.split_partition(partition_key)
     params: dict[str, Any] = {}
     if dataset.partitioning is not None:
         if partition_key is None:
             raise ValueError(f"{dataset.key} is partitioned by {dataset.partitioning.path_param}: a partition key is required")
-        if dataset.partitioning.keys and partition_key not in dataset.partitioning.keys:
+        if dataset.partitioning.keys and key_part not in dataset.partitioning.keys:
             known = ", ".join(dataset.partitioning.keys)
             raise ValueError(f"{dataset.key}: unknown partition {partition_key!r}; known: {known}")
         try:
-            params[dataset.partitioning.path_param] = dataset.partitioning.value(partition_key)
+            params[dataset.partitioning.path_param] = dataset.partitioning.value(key_part)  # type: ignore[arg-type]
         except ValueError:
             raise ValueError(f"{dataset.key}: partition key {partition_key!r} is not a valid {dataset.partitioning.path_param}") from None
+    if dataset.windows is not None:
+        return _window_requests(dataset, dataset.windows, partition_key, window_part, params, now or datetime.now(timezone.utc),
+                                slice_values)
     if dataset.slices is None:
         return [_request(dataset, partition_key, params, {})]
     if slice_values is None:
@@ -68,15 +70,15 @@ def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any]
     return SliceRequest(path=path, state_key=state_key, context=context, label=label, version=version)
 
 
-def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str | None, now: datetime,
-                     slice_values: Sequence[Mapping[str, Any]] | None) -> list[SliceRequest]:
+def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str | None, window_key: str | None,
+                     base: Mapping[str, Any], now: datetime, slice_values: Sequence[Mapping[str, Any]] | None) -> list[SliceRequest]:
     """One request per span of the partition's window (none for a window that has not begun) and
     per slice. A single span keeps the partition's own state key; split windows get one per span."""
     if partition_key is None:
         raise ValueError(f"{dataset.key} is partitioned by time windows: a partition key (e.g. {windows.first}) is required")
     try:
-        spans = windows.spans(partition_key, now)
-        path = windows.path_values(partition_key)
+        spans = windows.spans(window_key or "", now)
+        path = {**base, **windows.path_values(window_key or "")}
     except ValueError:
         raise ValueError(f"{dataset.key}: partition key {partition_key!r} is not a date (YYYY-MM-DD)") from None
     if dataset.slices is None:
@@ -94,7 +96,10 @@ def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str 
                 route = dataset.route.format(**path, **values)
             except KeyError as missing:
                 raise ValueError(f"{dataset.key}: route {dataset.route} needs {missing}, which neither the window nor a slice gives") from None
-            context = {**({windows.column.name: span} if windows.column else {}), **path, **values}
+            merged = {**path, **values}
+            context = {c.name: merged[c.name] for c in dataset.scope_columns if c.name in merged}
+            if windows.column:
+                context[windows.column.name] = span
             suffix = "/".join(f"{k}={v}" for k, v in values.items())
             state_key = "/".join(p for p in (span_key, suffix) if p)
             requests.append(SliceRequest(path=route, state_key=state_key, context=context, params=windows.params(span),

@@ -337,7 +337,7 @@ def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: Postgr
     picked = source[columns].drop_duplicates()
     rows = picked.astype(object).where(picked.notna(), None).to_dict("records")  # Python values: SQL parameters
     if active is not None:
-        window = dataset.windows.window(partition_key or "")  # type: ignore[union-attr]
+        window = dataset.windows.window(dataset.split_partition(partition_key)[1] or "")  # type: ignore[union-attr]
         first, last = active
         rows = [r for r in rows if _meets(r[first], r[last], window.start.date(), window.end.date())]
     values = [{n: r[n] for n in [*slices.names, *version]} for r in rows]
@@ -363,11 +363,13 @@ def partition_scope(dataset: Dataset, partition_key: str | None) -> dict[str, An
     """Column values that select a partition's rows (none for a window scoped by a time column)."""
     if partition_key is None:
         return {}
-    if dataset.partitioning is not None:
-        return {dataset.partitioning.column.name: dataset.partitioning.value(partition_key)}
-    if dataset.windows is not None:
-        return dataset.windows.path_values(partition_key)
-    return {}
+    key, window = dataset.split_partition(partition_key)
+    scope: dict[str, Any] = {}
+    if dataset.partitioning is not None and key is not None:
+        scope[dataset.partitioning.column.name] = dataset.partitioning.value(key)
+    if dataset.windows is not None and window is not None:
+        scope.update(dataset.windows.path_values(window))
+    return scope
 
 
 def _meets(first: Any, last: Any, start: Any, end: Any) -> bool:

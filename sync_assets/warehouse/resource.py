@@ -163,26 +163,25 @@ class PostgresWarehouse(dg.ConfigurableResource):
 
 def partition_filter(dataset: Dataset, partition_keys: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
     """` WHERE …` selecting the rows of some partitions (all rows for None): by the partition
-    column, the time window's column, or the window's path columns."""
+    column, the time window's column or path columns, or both (a key's window)."""
     if partition_keys is None:
         return "", {}
-    if dataset.partitioning is not None:
-        return (f" WHERE {qi(dataset.partitioning.column.name)} = ANY(:keys)",
-                {"keys": [dataset.partitioning.value(k) for k in partition_keys]})
-    windows = dataset.windows
-    if windows is not None and windows.column is not None and partition_keys:
-        column = qi(windows.column.name)
-        ranges = [windows.window(k) for k in partition_keys]
-        clause = " OR ".join(f"({column} >= :s{i} AND {column} < :e{i})" for i in range(len(ranges)))
-        params: dict[str, Any] = {}
-        for i, window in enumerate(ranges):
-            params.update({f"s{i}": window.start, f"e{i}": window.end})
-        return f" WHERE {clause}", params
-    if windows is not None and windows.path_columns and partition_keys:  # addressed by path: year = … AND month = …
-        clauses, params = [], {}
-        for i, key in enumerate(partition_keys):
-            values = windows.path_values(key)
-            clauses.append("(" + " AND ".join(f"{qi(name)} = :w{i}_{j}" for j, name in enumerate(values)) + ")")
-            params.update({f"w{i}_{j}": value for j, value in enumerate(values.values())})
-        return " WHERE " + " OR ".join(clauses), params
-    return "", {}
+    clauses, params = [], {}
+    for i, partition in enumerate(partition_keys):
+        key, window = dataset.split_partition(partition)
+        parts = []
+        if dataset.partitioning is not None and key is not None:
+            parts.append(f"{qi(dataset.partitioning.column.name)} = :k{i}")
+            params[f"k{i}"] = dataset.partitioning.value(key)
+        windows = dataset.windows
+        if windows is not None and window is not None:
+            if windows.column is not None:
+                span = windows.window(window)
+                parts.append(f"{qi(windows.column.name)} >= :s{i} AND {qi(windows.column.name)} < :e{i}")
+                params.update({f"s{i}": span.start, f"e{i}": span.end})
+            for j, (name, value) in enumerate(windows.path_values(window).items()):
+                parts.append(f"{qi(name)} = :w{i}_{j}")
+                params[f"w{i}_{j}"] = value
+        if parts:
+            clauses.append("(" + " AND ".join(parts) + ")")
+    return (" WHERE " + " OR ".join(clauses), params) if clauses else ("", {})
