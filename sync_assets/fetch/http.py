@@ -190,6 +190,45 @@ class ApiHttpClient:
             ) from exc
         raise AssertionError("unreachable: tenacity reraises the last error")
 
+    def post_json(
+        self,
+        path: str,
+        body: Any,
+        log: Log = DEFAULT_LOG,
+        headers: Mapping[str, str] | None = None,
+        budget_key: "BudgetKey | None" = None,
+        alive: Callable[[], None] | None = None,
+        auth: httpx.Auth | None = None,
+        max_budget_wait_s: float | None = None,
+        unsent_only: bool = True,
+    ) -> PageResponse:
+        """POST a JSON body (SP-API createReport) with the GET path's budget, classifier and retry
+        waits; any 2xx is success (`data`: its JSON, None when empty). A POST is not idempotent:
+        with `unsent_only` only failures the server did not act on are retried (429, a refused
+        connection); a 5xx or a timeout is raised for the caller to check before sending again."""
+        sleep = self._interruptible(alive)
+
+        def retryable(exc: BaseException) -> bool:
+            if unsent_only:
+                return isinstance(exc, (RateLimited, httpx.ConnectError, httpx.ConnectTimeout))
+            return _is_retryable(exc)
+
+        def before_sleep(state: RetryCallState) -> None:
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(f"POST {path}: {describe(state.outcome.exception() if state.outcome else None)}; "
+                        f"retry {state.attempt_number}/{self.retry.max_attempts - 1} in {wait:.1f}s")
+
+        retrying = Retrying(retry=retry_if_exception(retryable), stop=stop_after_attempt(self.retry.max_attempts),
+                            wait=self._wait, before_sleep=before_sleep, sleep=sleep, reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._get_once(path, {}, None, None, headers, budget_key, log, sleep, auth, max_budget_wait_s,
+                                          method="POST", json_body=body)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(f"POST {self.base_url}{path}: {describe(exc)}; is {self.base_url_setting} right?") from exc
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
     def _interruptible(self, alive: Callable[[], None] | None) -> Callable[[float], None]:
         if alive is None:
             return self._sleep
@@ -217,7 +256,7 @@ class ApiHttpClient:
     def _get_once(
         self, path: str, query: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None,
         budget_key: "BudgetKey | None" = None, log: Log = DEFAULT_LOG, sleep: Callable[[float], None] | None = None,
-        auth: httpx.Auth | None = None, max_budget_wait_s: float | None = None,
+        auth: httpx.Auth | None = None, max_budget_wait_s: float | None = None, method: str = "GET", json_body: Any = None,
     ) -> PageResponse:
         headers = dict(extra or {})
         if etag:
@@ -225,7 +264,8 @@ class ApiHttpClient:
         reservation = (self.budget.before_request(budget_key, log, sleep, max_wait_s=max_budget_wait_s)
                        if self.budget and budget_key else None)
         try:
-            response = self._client.get(path, params=query, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT)
+            response = self._client.request(method, path, params=query, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT,
+                                            **({"json": json_body} if method != "GET" else {}))
         except httpx.TransportError:
             if reservation:
                 self.budget.after_response(reservation, None, {}, path)  # type: ignore[union-attr]
@@ -239,14 +279,14 @@ class ApiHttpClient:
         if self.gate is not None:
             self.gate.observe(response.headers)
         status = response.status_code
-        if status == 304 or status == 200:
+        if status == 304 or status == 200 or (method != "GET" and 200 <= status < 300):  # createReport: 202
             data = None
-            if status == 200:
+            if status != 304 and (method == "GET" or response.content):
                 try:
                     data = orjson.loads(response.content)
                 except orjson.JSONDecodeError as exc:
                     raise MalformedPayload(
-                        f"GET {path}{f' page {page}' if page else ''}: body is not valid JSON ({exc}; {len(response.content)} bytes)"
+                        f"{method} {path}{f' page {page}' if page else ''}: body is not valid JSON ({exc}; {len(response.content)} bytes)"
                     ) from None
             return PageResponse(
                 page=page or 1,
@@ -259,6 +299,8 @@ class ApiHttpClient:
                 body_bytes=len(response.content),
             )
         error = self.classifier.error(response, f"{path}{f' (page {page})' if page else ''}", page)
+        if method != "GET":  # classifiers word every error as a GET's
+            error.method, error.args = method, (str(error).replace("GET ", f"{method} ", 1),)
         if isinstance(error, ErrorLimited) and self.gate is not None:
             self.gate.trip(error.reset_s)
         raise error
