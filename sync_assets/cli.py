@@ -30,14 +30,23 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--host", default="127.0.0.1", help="UI address (default 127.0.0.1: Dagster OSS has no login)")
         command.add_argument("--port", type=int, default=3000, help="UI port (default 3000)")
     demo.add_argument("--sandbox-port", type=int, default=0, help="sandbox port (default: a free one)")
+    demo.add_argument("--sandbox-scale", default="full", metavar="full|small|tiny|FACTOR", help="market size: full (The Forge 300 pages), small (30), "
+                      "tiny (1 page per region) or a factor of full (default full)")
+    demo.add_argument("--sandbox-config", metavar="JSON", help="sandbox knobs, e.g. "
+                      '\'{"cache_seconds": {"orders": 60}, "rate_limit_tokens": {"killmail": 40}, "rate_limit_window": 90}\'')
+    demo.add_argument("--sandbox-corporations", metavar="SIZE|JSON", help="size of each demo corporation (small, default, "
+                      'large), or JSON {"<corporation id>": size} (default: 98000001 and 98000002, size default)')
 
     sandbox = commands.add_parser("sandbox", help="serve an API sandbox")
     sandbox_api = sandbox.add_subparsers(dest="api", required=True)
     esi = sandbox_api.add_parser("esi", help="the ESI sandbox")
     esi.add_argument("--host", default="127.0.0.1")
     esi.add_argument("--port", type=int, default=8765)
-    esi.add_argument("--scale", default="full", help="full (The Forge 300 pages), small, tiny or a factor")
+    esi.add_argument("--scale", default="full", metavar="full|small|tiny|FACTOR", help="full (The Forge 300 pages), small, tiny or a factor")
     esi.add_argument("--auto-refresh", action="store_true", help="new data after every cache window, like ESI")
+    esi.add_argument("--config", metavar="JSON", help="knobs, e.g. '{\"cache_seconds\": {\"orders\": 60}, "
+                     "\"rate_limit_window\": 90}' (fields of SandboxConfig; they win over --auto-refresh)")
+    esi.add_argument("--corporations", metavar="SIZE|JSON", help='small | default | large, or JSON {"<corporation id>": size}')
 
     esi_tokens = commands.add_parser("esi", help="EVE SSO tokens for the corporation datasets")
     token_commands = esi_tokens.add_subparsers(dest="action", required=True)
@@ -53,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     postgres.add_subparsers(dest="action", required=True).add_parser("stop", help="stop it (dev/demo stop the one they start)")
 
     args = parser.parse_args(argv)
+    if args.command in ("sandbox", "demo"):  # a typo fails here, before anything is started
+        from .apis.esi.sandbox.server import parse_config, parse_corporations, parse_scale
+
+        prefix = "--sandbox-" if args.command == "demo" else "--"
+        for option, parse in (("scale", parse_scale), ("config", parse_config), ("corporations", parse_corporations)):
+            try:
+                value = getattr(args, f"sandbox_{option}" if args.command == "demo" else option)
+                setattr(args, f"{option}_parsed", parse(value) if value is not None else None)
+            except ValueError as exc:
+                parser.error(f"{prefix}{option}: {exc}")
     if args.command == "esi":
         return _esi_tokens(args)
     if args.command == "env":
@@ -74,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sandbox":
         from .apis.esi.sandbox.server import run
 
-        scale = args.scale if args.scale in ("full", "small", "tiny") else float(args.scale)
-        run(host=args.host, port=args.port, scale=scale, auto_refresh=args.auto_refresh)
+        knobs = {"auto_refresh": args.auto_refresh, **(args.config_parsed or {})}
+        if args.corporations_parsed is not None:
+            knobs["corporations"] = args.corporations_parsed
+        run(host=args.host, port=args.port, scale=args.scale_parsed, **knobs)
         return 0
     env = dict(os.environ)
     runtime = prepare_environment(env)
@@ -85,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "dev":
             return _run_dagster_dev(env, args.host, args.port)
-        return _run_demo(env, args.host, args.port, args.sandbox_port)
+        sandbox_options = ["--scale", args.sandbox_scale]
+        if args.sandbox_config is not None:
+            sandbox_options += ["--config", args.sandbox_config]
+        if args.sandbox_corporations is not None:
+            sandbox_options += ["--corporations", args.sandbox_corporations]
+        return _run_demo(env, args.host, args.port, args.sandbox_port, sandbox_options)
     finally:
         _stop_postgres(runtime)
 
@@ -130,10 +156,12 @@ def _esi_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int) -> int:
+def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int, sandbox_options: tuple[str, ...] | list[str] = ()) -> int:
+    """`sandbox_options`: arguments of `sync-assets sandbox esi` (--scale, --config, --corporations)."""
     sandbox_port = sandbox_port or _free_port()
     url = f"http://127.0.0.1:{sandbox_port}"
-    command = [sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port), "--auto-refresh"]
+    command = [sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port), "--auto-refresh",
+               *sandbox_options]
     sandbox = subprocess.Popen(command, env=env, start_new_session=True)  # stopped by us, after dagster dev
     try:
         _wait_for(f"{url}/status", sandbox)
