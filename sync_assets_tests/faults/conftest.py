@@ -1,5 +1,6 @@
 """Fixtures of the fault tests: databases kept until the secret scan, the session's secrets (SSO
-client secret, token key), the haystacks that scan reads, and the figures for docs/RELIABILITY.md.
+client secret, token key, IRIS API key), the haystacks that scan reads, the figures for
+docs/RELIABILITY.md, and IRIS tenants (the simulator behind a tap, in-process runs).
 
 Set SYNC_ASSETS_FAULT_RESULTS=<file.json> to have the figures and every test's outcome written at
 the end of the session (`python -m sync_assets_tests.faults.report` does, then renders Markdown).
@@ -7,8 +8,10 @@ the end of the session (`python -m sync_assets_tests.faults.report` does, then r
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import threading
 import os
 import secrets
 import time
@@ -128,6 +131,7 @@ class Haystacks:
     instances: list[dg.DagsterInstance] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)  # DAGSTER_HOMEs, logs: every file below is read
     texts: list[str] = field(default_factory=list)
+    iris_runs: int = 0  # IRIS runs made: the scan must see at least one (run alone, it makes some)
 
     def all_instances(self) -> list[dg.DagsterInstance]:
         from .helpers import INSTANCES
@@ -287,3 +291,134 @@ def corp_world(fault_databases: Callable[[str], str], session_secrets: SessionSe
             world = CorpWorld(sandbox, upstream, url, proxy, fault_databases("corp"), session_secrets, instance)
             world.choose = choose  # type: ignore[attr-defined]
             yield world
+
+
+# --- IRIS CRM: the simulator behind a tap, a database of its own, in-process runs -------------------
+
+IRIS_MONTH, IRIS_YEAR_MONTH = "2026-09-01", (2026, 9)
+IRIS_TODAY = (2026, 11, 20)
+
+
+@pytest.fixture(scope="session")
+def iris_key(haystacks: Haystacks) -> str:
+    """The IRIS API key every fault tenant uses (a user's token: a secret the scan searches for)."""
+    key = f"iris_live_{secrets.token_urlsafe(24)}"
+    haystacks.secrets.add(key)
+    return key
+
+
+class IrisTap:
+    """ASGI app in front of the IRIS simulator: records the path, status and content type of every
+    /api/v1 request, and lets a test rewrite 200 bodies (`rewrite(path, body) -> new body or None`)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.rewrite: Callable[[str, bytes], bytes | None] | None = None
+        self.rewritten: list[str] = []
+        self._seen: list[tuple[str, int, str]] = []
+        self._lock = threading.Lock()
+
+    def seen(self, contains: str = "") -> list[tuple[str, int, str]]:
+        """(path, status, content type) of the requests whose path contains `contains`, in order."""
+        with self._lock:
+            return [r for r in self._seen if contains in r[0]]
+
+    def count(self, contains: str = "", status: Callable[[int], bool] = lambda s: True) -> int:
+        return sum(1 for _, s, _ in self.seen(contains) if status(s))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+            self.rewritten.clear()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        path, start = scope["path"], {}
+
+        async def tapped(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)  # held until the body (which may be rewritten)
+                return
+            body, status = message.get("body", b""), start["status"]
+            rewrite = self.rewrite
+            new = rewrite(path, body) if rewrite is not None and status == 200 else None
+            ctype = next((v.decode() for k, v in start["headers"] if k.lower() == b"content-type"), "")
+            with self._lock:
+                self._seen.append((path, status, ctype))
+                if new is not None:
+                    self.rewritten.append(path)
+            if new is not None:
+                body = new
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, tapped)
+
+
+class IrisTenant:
+    """An IRIS simulator (behind an `IrisTap`) and the product's IRIS assets over HTTP into a
+    database of its own; runs in an ephemeral Dagster instance the secret scan reads."""
+
+    def __init__(self, sandbox: Any, tap: IrisTap, url: str, database_url: str, key: str, instance: dg.DagsterInstance,
+                 **resource: Any):
+        from sync_assets.apis.iris import IRIS, IRIS_DATASETS, IrisResource
+        from sync_assets.orchestration.apis import ApiDefinition
+        from sync_assets.orchestration.build import build_definitions
+        from sync_assets.warehouse import PostgresWarehouse
+
+        self.sandbox, self.world, self.tap, self.url, self.database_url = sandbox, sandbox.world, tap, url, database_url
+        self.key, self.instance = key, instance
+        self.warehouse = PostgresWarehouse(database_url=database_url)
+        # quick retries unless told otherwise: the product's attempts and rounds, without its waits
+        settings = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "retry_round_pause_s": 0.05, **resource}
+        self.iris = IrisResource(base_url=f"{url}/api/v1", api_key=key, budget_database_url=database_url, **settings)
+        self.datasets = IRIS_DATASETS
+        self.defs = build_definitions([ApiDefinition(IRIS, IRIS_DATASETS, self.iris)], self.warehouse)
+
+    @property
+    def engine(self) -> Any:
+        return self.warehouse.engine()
+
+    def asset(self, dataset: Any) -> dg.AssetsDefinition:
+        return self.defs.get_assets_def(dg.AssetKey(["iris", dataset.name]))
+
+    def sync(self, dataset: Any, partition: str | None = None, *, full_refresh: bool = False) -> dg.ExecuteInProcessResult:
+        from sync_assets.orchestration.assets import IO_MANAGER_KEY
+        from sync_assets.warehouse import SnapshotIOManager
+
+        HAYSTACKS.iris_runs += 1
+        asset = self.asset(dataset)
+        resources = {"iris": self.iris, "warehouse": self.warehouse, IO_MANAGER_KEY: SnapshotIOManager(warehouse=self.warehouse)}
+        config = {"ops": {asset.op.name: {"config": {"full_refresh": full_refresh}}}} if not dataset.derived_from else None
+        return dg.materialize([self.asset(d) for d in self.datasets], partition_key=partition, resources=resources,
+                              instance=self.instance, selection=[asset.key], raise_on_error=False, run_config=config)
+
+    def table(self, dataset: Any, partition: str | None = None) -> Any:
+        return self.warehouse.read_table(dataset, [partition] if partition else None)
+
+    def failed_items(self, dataset: Any) -> list[Any]:
+        return self.warehouse.failed_items(dataset.key)
+
+
+@pytest.fixture
+def iris_tenants(fault_databases: Callable[[str], str], iris_key: str, haystacks: Haystacks) -> Iterator[Callable[..., IrisTenant]]:
+    """Makes IRIS tenants (`merchants`, `resource` settings of IrisResource, simulator knobs); their
+    servers stop when the test ends."""
+    from datetime import date
+
+    from sync_assets.apis.iris.sandbox.app import IrisSandbox
+    from sync_assets.apis.sandbox_serving import serve_in_thread
+
+    with contextlib.ExitStack() as stack:
+        def make(merchants: int = 12, resource: dict[str, Any] | None = None, **knobs: Any) -> IrisTenant:
+            sandbox = IrisSandbox(api_keys={"team": iris_key}, merchants=merchants, today=date(*IRIS_TODAY), **knobs)
+            tap = IrisTap(sandbox.app)
+            url = stack.enter_context(serve_in_thread(tap, log_level="critical"))
+            instance = dg.DagsterInstance.ephemeral()
+            haystacks.instances.append(instance)
+            return IrisTenant(sandbox, tap, url, fault_databases("iris"), iris_key, instance, **(resource or {}))
+
+        yield make

@@ -6,22 +6,26 @@ exceptions or unencrypted columns. Searched: the event logs of every Dagster ins
 used (ephemeral ones, the CLI's sqlite DAGSTER_HOMEs, `dagster dev`'s Postgres storage), run and
 compute logs and every other file under those homes, the CLI and `dagster dev` output, every table
 of every database the suite created (data, sync state, budgets, tokens, Dagster's storage) and the
-PostgreSQL server log. Secrets: the SSO client secret and token key of the session and every
-refresh and access token any sandbox SSO issued.
+PostgreSQL server log. Secrets: the SSO client secret and token key of the session, every
+refresh and access token any sandbox SSO issued, and the IRIS API key (test_11_iris's runs, the
+killed CLI run's output and DAGSTER_HOME included).
 
-Run alone, it first makes the corporation world do a sync and a 403 (so there is something to scan).
+Run alone, it first makes the corporation world do a sync and a 403, and an IRIS tenant sync its
+merchants and a month with a failing merchant (so there is something to scan).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from sync_assets.apis.esi import datasets as declared
+from sync_assets.apis.iris.datasets import MERCHANTS, TRANSACTIONS
 
-from .conftest import CorpWorld, FaultReport, Haystacks
+from .conftest import IRIS_MONTH, IRIS_YEAR_MONTH, CorpWorld, FaultReport, Haystacks, IrisTenant
 
 CORP = 98000003
 
@@ -52,12 +56,13 @@ def _tables(url: str) -> list[str]:
 
 
 def test_no_secret_anywhere_after_the_fault_suite(haystacks: Haystacks, corp_world: CorpWorld, pg_server_url: str,
-                                                  fault_report: FaultReport) -> None:
+                                                  fault_report: FaultReport, iris_key: str,
+                                                  iris_tenants: Callable[..., IrisTenant]) -> None:
     entry = fault_report.entry(
         "8", "Secrets", invariant="6", main="secrets searched",
         injection=("after the whole suite: every event log, run/compute log, CLI and `dagster dev` output, file under the "
                    "DAGSTER_HOMEs, table of every database and the PostgreSQL server log, searched for the client secret, "
-                   "the token key and every refresh/access token issued."),
+                   "the token key, every refresh/access token issued and the IRIS API key."),
     )
     entry.tests.append("test_99_secrets.py::test_no_secret_anywhere_after_the_fault_suite")
     if not corp_world.characters:  # run alone: some token traffic, including a failure
@@ -66,8 +71,15 @@ def test_no_secret_anywhere_after_the_fault_suite(haystacks: Haystacks, corp_wor
         corp_world.sandbox.sso.set_roles(corp_world.characters[CORP], ["Accountant"])
         corp_world.expire(CORP)
         corp_world.sync([declared.MEMBER_TRACKING], CORP)
+    if not haystacks.iris_runs:  # run alone: IRIS traffic, including a failure recorded with its message
+        tenant = iris_tenants(merchants=6)
+        assert tenant.sync(MERCHANTS).success
+        tenant.sandbox.set_failing_merchants([next(m["mid"] for m in tenant.world.merchant_list()
+                                                   if tenant.world.transactions_for(m["mid"], *IRIS_YEAR_MONTH))])
+        tenant.sync(TRANSACTIONS, IRIS_MONTH)
 
     secrets = haystacks.all_secrets()
+    assert iris_key in secrets and haystacks.iris_runs > 0
     haystack: dict[str, list[str]] = {"event logs and run records": [], "tables": [], "outputs": list(haystacks.texts)}
     for instance in haystacks.all_instances():
         for run in instance.get_runs():
@@ -103,7 +115,7 @@ def test_no_secret_anywhere_after_the_fault_suite(haystacks: Haystacks, corp_wor
 
     sizes = {name: len(blob) for name, blob in blobs.items()}
     scanned = sum(sizes.values()) + sum(len(d) for d in file_bytes.values())
-    entry.tally("secrets searched").add("client secret + token key + refresh/access tokens issued", len(secrets))
+    entry.tally("secrets searched").add("client secret + token key + refresh/access tokens issued + IRIS API key", len(secrets))
     entry.tally("places searched").add(f"{len(haystacks.all_instances())} Dagster instances, {len(existing)} databases, "
                                        f"{len(files)} files, {len(haystacks.texts)} process outputs", 1)
     entry.tally("result").add(f"{len(leaks)} secrets found in {scanned / 1e6:.1f} MB", 1)
