@@ -163,14 +163,36 @@ def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int, sand
     command = [sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port), "--auto-refresh",
                *sandbox_options]
     sandbox = subprocess.Popen(command, env=env, start_new_session=True)  # stopped by us, after dagster dev
+    iris = None
     try:
         _wait_for(f"{url}/status", sandbox)
         env["SYNC_ASSETS_ESI_URL"] = url
         print(f"sync-assets: ESI sandbox at {url}", flush=True)
         _connect_demo_corporations(env, url)
+        iris = _start_iris_sandbox(env)
         return _run_dagster_dev(env, host, port)
     finally:
+        if iris is not None:
+            _stop(iris)
         _stop(sandbox)
+
+
+def _start_iris_sandbox(env: dict[str, str]) -> subprocess.Popen | None:
+    """The IRIS simulator and the settings pointing the IRIS datasets at it, unless SYNC_ASSETS_APIS
+    leaves IRIS out. Its key is the sandbox's own (not a secret: it opens nothing real)."""
+    chosen = env.get("SYNC_ASSETS_APIS", "").strip()
+    if chosen and "iris" not in {name.strip() for name in chosen.split(",")}:
+        return None
+    from .apis.iris.sandbox.app import DEFAULT_API_KEY
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "sync_assets.apis.iris.sandbox.server", "--port", str(port), "--merchants", "40"]
+    process = subprocess.Popen(command, env={**env, "IRIS_SANDBOX_API_KEYS": DEFAULT_API_KEY}, start_new_session=True)
+    _wait_for(f"{url}/_sandbox/state", process)
+    env.update(SYNC_ASSETS_IRIS_URL=f"{url}/api/v1", IRIS_API_KEY=DEFAULT_API_KEY)
+    print(f"sync-assets: IRIS sandbox at {url} (40 merchants since April 2024)", flush=True)
+    return process
 
 
 def _connect_demo_corporations(env: dict[str, str], url: str) -> None:

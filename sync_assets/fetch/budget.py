@@ -691,7 +691,7 @@ class PostgresBudget:
             with self._begin() as conn:
                 if failed and not repeat:
                     self._circuit_failure(conn, key, f"HTTP {status}" if status else "no response (timeout or connection error)")
-                elif self._circuit_dirty:
+                elif not failed and self._circuit_dirty:  # a repeat of a failed path is no success
                     conn.execute(text(f"DELETE FROM {SCHEMA}.api_latches WHERE latch = :l"), {"l": f"{key.api}/circuit"})
                     self._views.setdefault(key.api, _ApiView()).latches.pop(f"{key.api}/circuit", None)
                     self._circuit_dirty = False

@@ -11,6 +11,7 @@ from typing import Mapping
 import dagster as dg
 
 from ..apis.esi.sso import tokens
+from ..core.catalog import DATASETS_BY_KEY
 from ..core.datasets import Dataset
 from ..warehouse import PostgresWarehouse
 from .automation import EXPIRY_SENSOR_INTERVAL_S, SyncJob, run_tags, slot
@@ -96,13 +97,15 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
         health_events = []
         for dataset_key, (dataset, asset, _) in entries.items():
             synced = last_success(instance, asset.key, partitioned(dataset))
-            candidates += [(dataset_key, key, "new_partition", "first sync") for key in sorted(known[dataset_key], key=str) if key not in synced]
+            # every partition never synced, history windows too: what nobody synced is synced at once
+            candidates += [(dataset_key, key, "new_partition", "first sync") for key in sorted(every[dataset_key], key=str) if key not in synced]
             # per-partition health (the partitions_fresh check), reported when a partition changes state
             health = partition_health(dataset, asset.key, instance, now, synced)
             if reported.get(dataset_key) != health.fingerprint:
                 reported[dataset_key] = health.fingerprint
                 health_events.append(partition_health_evaluation(dataset, asset.key, health))
         requests, notes, blockers, seen = [], [], {}, set()
+        sources: dict[str, dict[str | None, datetime]] = {}
         for dataset_key, key, trigger, why in candidates:
             if (dataset_key, key) in seen:  # expired and never materialized (Dagster's storage was reset): once
                 continue
@@ -111,6 +114,9 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
             label = slot(dataset, key)
             if (dataset_key, key) in waiting:
                 notes.append(f"{label}: deferred until {waiting[dataset_key, key]:%H:%M:%S} UTC (API budget)")
+                continue
+            if (missing := _source_missing(dataset, key, instance, sources)) is not None:
+                notes.append(f"{label}: waiting for its source {missing} to be synced first")  # its slices come from there
                 continue
             if dataset.api not in blockers:
                 blockers[dataset.api] = api_blocker(dataset.api, now, warehouse, getattr(context.resources, dataset.api).server_status)
@@ -130,3 +136,16 @@ def build_expiry_sensor(entries: Mapping[str, tuple[Dataset, dg.AssetsDefinition
                                asset_events=health_events)
 
     return expiry_sensor
+
+
+def _source_missing(dataset: Dataset, key: str | None, instance: dg.DagsterInstance,
+                    cache: dict[str, dict[str | None, datetime]]) -> str | None:
+    """The slot of a sliced dataset's source partition never synced yet (its slices would be none:
+    an empty partition reported as synced), or None."""
+    if dataset.slices is None or dataset.slices.source is None:
+        return None
+    source = DATASETS_BY_KEY[dataset.slices.source]
+    if source.key not in cache:
+        cache[source.key] = last_success(instance, dg.AssetKey(source.key.split(".")), partitioned(source))
+    wanted = key if partitioned(source) else None
+    return None if wanted in cache[source.key] else slot(source, wanted)
