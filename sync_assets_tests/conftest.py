@@ -64,8 +64,8 @@ __all__ = ["create_database", "drop_database", "start_embedded_postgres"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), the fault suite stays on one worker: its session
-    fixtures gather every haystack the final secret scan searches, and its figures one report."""
+    """Under pytest-xdist (`--dist loadgroup`) each test file stays on one worker (module fixtures
+    carry state from test to test), and so does the whole fault suite: its session fixtures gather
+    every haystack the final secret scan searches, and its figures one report."""
     for item in items:
-        if "faults" in item.path.parts:
-            item.add_marker(pytest.mark.xdist_group("faults"))
+        item.add_marker(pytest.mark.xdist_group("faults" if "faults" in item.path.parts else item.path.name))

@@ -75,12 +75,18 @@ def test_a_403_storm_stops_before_the_error_limit_and_never_earns_a_420(database
 
 
 def test_repeated_server_errors_open_the_circuit_for_every_process(database_url: str) -> None:
+    """Failures of 8 different requests in a row open it (one request failing on every retry does not:
+    that is the item's failure, recorded as such; see test_iris_e2e and faults/test_11_iris)."""
     sandbox = EsiSandbox(regions={10000002: 1}, n_price_types=10, error_rate=1.0)
     with serve_in_thread(sandbox) as url:
         esi = EsiResource(base_url=url, budget_database_url=database_url, max_attempts=1)
-        for _ in range(8):
+        for _ in range(8):  # the same path again and again: one failing item, not an outage
             with pytest.raises(Exception):
                 esi._client().get_page("/markets/prices", {}, None, None, budget_key=BudgetKey("esi", None))
+        assert not PostgresBudget(esi._client().budget.engine, BudgetPolicy()).open_circuit("esi")
+        for region in range(10000001, 10000008):  # seven more paths fail: eight in all
+            with pytest.raises(Exception):
+                esi._client().get_page(f"/markets/{region}/orders", {}, None, None, budget_key=BudgetKey("esi", None))
         other_process = PostgresBudget(esi._client().budget.engine, BudgetPolicy())
         assert other_process.open_circuit("esi")
         before = sandbox.counters()["total"]["requests"]

@@ -435,7 +435,7 @@ def qualified_table_name(dataset: Dataset) -> str:
     url = os.environ.get("SYNC_ASSETS_DATABASE_URL", "")
     try:
         database = make_url(url).database if url else None
-    except ArgumentError:  # a bad URL fails the first run with a message naming the setting
+    except (ArgumentError, ValueError):  # a bad URL fails the first run with a message naming the setting
         database = None
     return ".".join(filter(None, (database, dataset.api, dataset.name)))
 
