@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
-from .tables import DDL_LOCK, META_SCHEMA, SYNC_STATE
+from .tables import META_SCHEMA, SYNC_STATE
 
 FAILURES = f"{META_SCHEMA}.sync_failures"
 FAILURES_DDL = f"""
@@ -46,14 +47,21 @@ _ready: set[tuple[str, str]] = set()  # (database URL, DDL) created in this proc
 
 
 def _ensure(conn: Connection, ddl: str) -> None:
-    """Create a bookkeeping table once per process, in its own committed transaction, serialized
-    across processes: concurrent CREATE TABLE IF NOT EXISTS collide in PostgreSQL's catalog."""
+    """Create a bookkeeping table once per process, in its own committed transaction. Two processes
+    doing so at the same instant collide in PostgreSQL's catalog (CREATE … IF NOT EXISTS is not
+    atomic): the loser tries again and finds it. No lock is taken: a run's open write transaction
+    may hold the data tables' DDL lock for as long as its walk lasts."""
     key = (conn.engine.url.render_as_string(hide_password=True), ddl)
     if key in _ready:
         return
-    with conn.engine.begin() as ddl_conn:
-        ddl_conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
-        ddl_conn.execute(text(ddl))
+    for attempt in range(3):
+        try:
+            with conn.engine.begin() as ddl_conn:
+                ddl_conn.execute(text(ddl))
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
     _ready.add(key)
 
 
