@@ -19,7 +19,7 @@ from sync_assets.orchestration.sensors import build_corporation_sensor
 def esi_api(esi: EsiResource | None = None, esi_auth: EsiAuthResource | None = None) -> ApiDefinition:
     """ESI wired from the environment (SYNC_ASSETS_ESI_URL, ESI_CLIENT_ID/SECRET, SYNC_ASSETS_TOKEN_KEY)."""
     esi = esi or EsiResource(base_url=os.environ.get(ESI.base_url_env) or DEFAULT_ESI_URL,
-                             budget_database_url=dg.EnvVar(DATABASE_URL_ENV), **budget_settings())
+                             budget_database_url=dg.EnvVar(DATABASE_URL_ENV), **budget_settings("esi"))
     esi_auth = esi_auth or EsiAuthResource(
         esi=esi,
         database_url=dg.EnvVar(DATABASE_URL_ENV),

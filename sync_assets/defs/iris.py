@@ -16,7 +16,7 @@ def iris_api(iris: IrisResource | None = None) -> ApiDefinition:
     """IRIS wired from the environment (SYNC_ASSETS_IRIS_URL: the tenant's `/api/v1`, IRIS_API_KEY)."""
     iris = iris or IrisResource(base_url=os.environ.get(IRIS.base_url_env) or IRIS.base_url,
                                 api_key=dg.EnvVar(IRIS.api_key.env),  # type: ignore[union-attr]
-                                budget_database_url=dg.EnvVar(DATABASE_URL_ENV), **budget_settings())
+                                budget_database_url=dg.EnvVar(DATABASE_URL_ENV), **budget_settings("iris"))
     return ApiDefinition(IRIS, IRIS_DATASETS, iris)
 
 

@@ -27,10 +27,21 @@ DATABASE_URL_ENV = "SYNC_ASSETS_DATABASE_URL"
 MAX_BUDGET_WAIT_ENV = "SYNC_ASSETS_MAX_BUDGET_WAIT_S"
 
 
-def budget_settings() -> dict[str, float]:
-    """Settings every API resource takes from the environment."""
-    raw = os.environ.get(MAX_BUDGET_WAIT_ENV, "").strip()
-    return {"max_budget_wait_s": float(raw)} if raw else {}
+TUNABLE = ("max_attempts", "backoff_initial_s", "backoff_max_s", "max_walks", "walk_deadline_s", "retry_round_pause_s",
+           "max_concurrency", "max_budget_wait_s", "rate_limit")
+
+
+def budget_settings(api: str | None = None) -> dict[str, str]:
+    """Settings an API resource takes from the environment: SYNC_ASSETS_MAX_BUDGET_WAIT_S for every
+    API, and SYNC_ASSETS_<API>__<SETTING> (e.g. SYNC_ASSETS_IRIS__MAX_ATTEMPTS=3) for one; the
+    resource validates them and names the field when one is wrong."""
+    settings: dict[str, str] = {}
+    if raw := os.environ.get(MAX_BUDGET_WAIT_ENV, "").strip():
+        settings["max_budget_wait_s"] = raw
+    for name in TUNABLE if api else ():
+        if raw := os.environ.get(f"SYNC_ASSETS_{api.upper()}__{name.upper()}", "").strip():  # type: ignore[union-attr]
+            settings[name] = raw
+    return settings
 
 
 def api_definitions(api: ApiDefinition) -> dg.Definitions:
