@@ -62,10 +62,3 @@ def database_url(pg_server_url: str) -> Iterator[str]:
 
 __all__ = ["create_database", "drop_database", "start_embedded_postgres"]
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`) each test file stays on one worker (module fixtures
-    carry state from test to test), and so does the whole fault suite: its session fixtures gather
-    every haystack the final secret scan searches, and its figures one report."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("faults" if "faults" in item.path.parts else item.path.name))
