@@ -857,6 +857,7 @@ def render(data: dict) -> str:
         "Problem statement it answers: *\"Measured here before: about 173 runs/hour and 0.40 CPU cores (≈1,440 CPU-s/hour) on this "
         "2-core machine kind, while only 13 of 32 asset partitions had ever been synced after an hour.\"*",
         "",
+        *summary(deps),
         head, sep,
         row("measured window", lambda d: f"{d['window']['seconds'] / 60:.1f} min ({d['window']['start'][11:16]}–{d['window']['end'][11:16]} UTC), "
             f"after {d['window']['warmup_seconds'] / 60:.1f} min warm-up"),
@@ -964,6 +965,34 @@ def render(data: dict) -> str:
         SECTION_END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def summary(deps: list[dict]) -> list[str]:
+    """One line before -> after of the headline figures (when both versions were measured)."""
+    by = {d["label"]: d for d in deps if d.get("cpu_seconds_per_hour") and d.get("runs") and d.get("partitions")}
+    if set(by) != {"before", "after"}:
+        return []
+    b, a = by["before"], by["after"]
+
+    def change(x: float, y: float) -> str:
+        return f"{y / x:.2f}×" if x else "—"
+
+    def per_run(d: dict) -> str:
+        return f"{d['cpu_seconds_per_hour']['deployment'] / d['runs']['per_hour']:.1f}" if d["runs"]["per_hour"] else "—"
+
+    def both(d: dict) -> float:
+        return d["cpu_seconds_per_hour"]["deployment"] + d["cpu_seconds_per_hour"]["postgres"]
+
+    return [
+        f"**Before → after**: runs/hour {_f(b['runs']['per_hour'])} → {_f(a['runs']['per_hour'])} "
+        f"({change(b['runs']['per_hour'], a['runs']['per_hour'])}); deployment CPU {_f(b['cpu_seconds_per_hour']['deployment'])} → "
+        f"{_f(a['cpu_seconds_per_hour']['deployment'])} CPU-s/hour ({b['cores']['deployment']:.2f} → {a['cores']['deployment']:.2f} cores, "
+        f"{change(b['cpu_seconds_per_hour']['deployment'], a['cpu_seconds_per_hour']['deployment'])}); with the embedded PostgreSQL "
+        f"{_f(both(b))} → {_f(both(a))} ({change(both(b), both(a))}); deployment CPU-s per run {per_run(b)} → {per_run(a)}; partitions ever synced {b['partitions']['synced']} → "
+        f"{a['partitions']['synced']} of {a['partitions']['partitions']}, fresh at the end {b['partitions']['fresh_bench']} → "
+        f"{a['partitions']['fresh_bench']}.",
+        "",
+    ]
 
 
 def write_section(path: Path, section: str) -> None:
