@@ -935,11 +935,10 @@ def render(data: dict) -> str:
         "whole CPU (with its own reaped children) to the parent's cutime/cstime, so runs and helpers that start and end between two "
         "samples are counted exactly (10 ms ticks). Only processes reparented to init before they die escape that chain; for them "
         "the last sample is added and the bound above (per orphan: one interval on every core) covers the rest. The window's CPU "
-        "is the difference of the totals at its two ends. The bench's own sampling cost "
-        + ", ".join(f"{d['label']} {d['machine_during_window']['bench_sampler_cpu_seconds']} CPU-s" for d in deps if d.get("machine_during_window"))
-        + " in the window, mean "
-        + ", ".join(f"{d['machine_during_window']['sample_mean_ms']} ms" for d in deps if d.get("machine_during_window"))
-        + " per sample) is not in any figure.",
+        "is the difference of the totals at its two ends. The bench's own sampling ("
+        + ", ".join(f"{d['label']} {d['machine_during_window']['bench_sampler_cpu_seconds']} CPU-s in the window, "
+                    f"{d['machine_during_window']['sample_mean_ms']} ms per sample" for d in deps if d.get("machine_during_window"))
+        + ") is not in any figure.",
         "- **Runs** are those *created* in the window (`runsOrError` with `createdAfter`/`createdBefore`, read after the window "
         "closed, so the GraphQL queries cost nothing inside it), by launcher tag (`dagster/schedule_name`, `dagster/sensor_name`, "
         "`dagster/backfill`, else other) and by their status when read.",
@@ -956,9 +955,13 @@ def render(data: dict) -> str:
         "and extrapolates it to the hour by up to 60/window times.",
         "- **Before's shutdown**: its demo does not stop on SIGTERM (the CLI forwards it to `dagster dev`, which hangs; fixed "
         "later), so the bench SIGKILLs what is left after the grace period and stops its embedded PostgreSQL itself.",
-        "- **Shared machine**: the deployments ran while other work ran on the same 2 cores (see the load average and busy cores "
-        "rows: busy cores include the deployment itself). Contention stretches runs (fewer finish per window, more overlap) and "
-        "scheduling delays; CPU-seconds are less affected than wall times, but not immune (cache misses, retries on timeouts).",
+        "- **Shared machine**: the deployments ran while other work (test suites, other benchmarks) ran on the same "
+        f"{m['cores']} cores, and not equally in both windows: 1-minute load average "
+        + ", ".join(f"{d['label']} {d['machine_during_window']['loadavg_1m_mean']} mean / {d['machine_during_window']['loadavg_1m_max']} max"
+                    for d in deps if d.get("machine_during_window"))
+        + " (busy cores include the deployment itself). Contention stretches runs; where automation skips a partition whose "
+        "run is still active (before) that also means fewer launches, so runs/hour under contention is a lower bound of the idle "
+        "machine's. CPU-seconds are less affected than wall times, but not immune (cache misses, retries on timeouts).",
         "- The sandbox runs with `--auto-refresh` (new data after every cache window, like ESI), full scale (The Forge 300 pages).",
         "- `make bench` rewrites RESULTS.md from its own results and drops this section; re-render it from the JSON with "
         "`.venv/bin/python -m bench.deployment --report bench/deployment.json --write bench/RESULTS.md`.",
