@@ -134,6 +134,9 @@ class Slices:
     columns: tuple[Column, ...]  # the extra path parameters; stored as table columns
     values: tuple[tuple[Any, ...], ...] = ()  # static values, one tuple per slice
     source: str | None = None  # or: key of the dataset whose table lists them (same partition)
+    # or: the partition's credential lists them (`Credential.scope` by column name: the marketplaces
+    # a seller sells in, as stored with its authorization)
+    from_credential: bool = False
     only_new: bool = False  # immutable payloads: skip slices whose rows are already stored
     # time-window datasets: the source's (first, last) date columns; a source row whose span does
     # not meet the window is no slice of it (a merchant closed before the month, or not yet open)
@@ -163,6 +166,21 @@ class Incremental:
     fixed: Mapping[str, str] = field(default_factory=dict)  # parameters that make it a filter ({"date_filter": "modified"})
     overlap: timedelta = timedelta(hours=1)
     full_cron: str | None = "23 3 * * 0"  # the periodic full pass (weekly), in the dataset's schedule zone
+    # APIs that refuse an unfiltered read (SP-API searchOrders needs an "after"): the first sync and
+    # full passes ask for what changed in this period before now instead of everything
+    first_since: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """Data made by a long-running report job (create, poll, download) instead of a GET: the API's
+    report runner (`ApiSpec.reports`) is asked for `report_type` over the request's time window (the
+    window's start/end parameters), for the credential's marketplaces. The document is a TSV whose
+    headers name the columns (`Column.source`, or the name with `-`/spaces for `_`)."""
+
+    report_type: str
+    options: Mapping[str, str] = field(default_factory=dict)  # reportOptions
+    day_first: bool = False  # slash dates are DD/MM/YYYY (EU/IN files)
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,7 @@ class Dataset:
     group: str | None = None  # Dagster asset group; the API name when None
     schedule_timezone: str = "UTC"  # the zone of `cron` (IRIS: 11:00 and 19:00 Europe/Dublin)
     incremental: Incremental | None = None
+    report: Report | None = None  # made by a report job, not read from a route
     # derived datasets (no API call): computed from the partitions of these datasets (same
     # partitions), read through the IO manager; `compute(inputs by key, scope) -> rows`
     derived_from: tuple[str, ...] = ()
@@ -272,8 +291,10 @@ class Dataset:
             raise ValueError(f"dataset {self.key}: the incremental cursor {self.incremental.cursor_column!r} is not a column")
         if bool(self.derived_from) != (self.compute is not None):
             raise ValueError(f"dataset {self.key}: a derived dataset names its inputs and its compute function")
-        if self.slices and bool(self.slices.values) == bool(self.slices.source):
-            raise ValueError(f"dataset {self.key}: slices take either static values or a source dataset")
+        if self.slices and sum((bool(self.slices.values), bool(self.slices.source), self.slices.from_credential)) != 1:
+            raise ValueError(f"dataset {self.key}: slices take static values, a source dataset or the credential's values")
+        if self.report and not (self.windows and self.windows.start_param and self.windows.end_param):
+            raise ValueError(f"dataset {self.key}: a report dataset asks for time windows (start and end parameters)")
 
 
 def _module_statement() -> tuple[str, int] | None:

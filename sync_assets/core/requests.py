@@ -67,7 +67,18 @@ def _request(dataset: Dataset, partition_key: str | None, params: dict[str, Any]
     suffix = "/".join(f"{k}={v}" for k, v in slice_params.items())
     state_key = "/".join(p for p in (partition_key or "", suffix) if p)
     label = f"{dataset.key}[{state_key}]" if state_key else dataset.key
-    return SliceRequest(path=path, state_key=state_key, context=context, label=label, version=version)
+    return SliceRequest(path=path, state_key=state_key, context=context, params=_query(dataset, merged), label=label,
+                        version=version)
+
+
+def _query(dataset: Dataset, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Fixed query parameters that name a partition or slice value ("{marketplace_id}"), filled in:
+    an API that takes the scope as a query parameter rather than in the path (SP-API)."""
+    templated = {name: value for name, value in dataset.query.items() if "{" in value}
+    try:
+        return {name: value.format(**values) for name, value in templated.items()}
+    except KeyError as missing:
+        raise ValueError(f"{dataset.key}: query parameter template needs {missing}, which neither the partition nor a slice gives") from None
 
 
 def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str | None, window_key: str | None,
@@ -102,6 +113,7 @@ def _window_requests(dataset: Dataset, windows: TimeWindows, partition_key: str 
                 context[windows.column.name] = span
             suffix = "/".join(f"{k}={v}" for k, v in values.items())
             state_key = "/".join(p for p in (span_key, suffix) if p)
-            requests.append(SliceRequest(path=route, state_key=state_key, context=context, params=windows.params(span),
+            params = {**windows.params(span), **_query(dataset, {**base, **merged})}
+            requests.append(SliceRequest(path=route, state_key=state_key, context=context, params=params,
                                          label=f"{dataset.key}[{state_key}]", version=version))
     return requests

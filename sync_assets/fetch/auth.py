@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Generator
+from typing import Any, Callable, Generator, Mapping
 
 import httpx
 
@@ -19,6 +19,12 @@ class Credential:
     principal: str  # rate-limit principal: a character, a seller, a key's fingerprint; never a secret
     # the character/seller behind it, for reporting refusals (a lost role) on the right credential
     owner: object = field(default=None, compare=False)
+    # the base URL this principal's requests go to (SP-API: the seller's regional endpoint); None:
+    # the resource's own
+    endpoint: str | None = None
+    # values the principal brings to the request plan, by column name (SP-API: a seller's
+    # marketplaces, the slices of a per-marketplace dataset); see `Slices.from_credential`
+    scope: Mapping[str, tuple[Any, ...]] = field(default_factory=dict, compare=False)
 
 
 class ApiKeyHeader(httpx.Auth):

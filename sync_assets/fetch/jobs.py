@@ -673,6 +673,7 @@ class SpApiReports:
         sleep: Callable[[float], None] = time.sleep,
         page_size: int = 100,
         max_pages: int = 10,
+        endpoint: str | None = None,
     ):
         self.http, self.principal, self.api_name, self.limits = http, principal, api, limits
         self._auth = auth if isinstance(auth, httpx.Auth) else None
@@ -683,6 +684,7 @@ class SpApiReports:
         self._sleep = sleep
         self.page_size, self.max_pages = page_size, max_pages
         self.url_refetches = 0  # document URLs that expired before they were used
+        self._endpoint = (endpoint or "").rstrip("/")  # the seller's regional endpoint; "": the client's base URL
 
     def close(self) -> None:
         if self._own_download:
@@ -696,7 +698,7 @@ class SpApiReports:
         return BudgetKey(self.api_name, operation, self.principal, declared=self.limits.get(operation))
 
     def _get(self, operation: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        response = self.http.get_page(path, params or {}, None, None, log=self.log, headers=self._headers,
+        response = self.http.get_page(self._endpoint + path, params or {}, None, None, log=self.log, headers=self._headers,
                                       budget_key=self.budget_key(operation), alive=self._alive, auth=self._auth,
                                       max_budget_wait_s=self._max_budget_wait_s)
         if not isinstance(response.data, dict):
@@ -743,7 +745,7 @@ class SpApiReports:
         }
         if request.options:
             spec["reportOptions"] = dict(request.options)
-        response = self.http.post_json(_REPORTS, spec, log=self.log, headers=self._headers,
+        response = self.http.post_json(self._endpoint + _REPORTS, spec, log=self.log, headers=self._headers,
                                        budget_key=self.budget_key("createReport"), alive=self._alive, auth=self._auth,
                                        max_budget_wait_s=self._max_budget_wait_s)
         report_id = response.data.get("reportId") if isinstance(response.data, dict) else None

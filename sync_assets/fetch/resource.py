@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 import dagster as dg
@@ -21,9 +21,9 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
 from ..core.datasets import Dataset, WriteMode
-from ..core.errors import ConfigurationError, MalformedPayload
+from ..core.errors import BudgetExhausted, ConfigurationError, MalformedPayload
 from ..core.limits import SlidingWindow
-from ..core.paging import FromId, NextToken, PageNumbers, Single
+from ..core.paging import FromId, NextToken, PageNumbers, Single, at_path
 from ..core.requests import SliceRequest
 from ..core.snapshot import FetchStats, Outcome, PageSink, Snapshot, Validators
 from ..core.windows import TimeRange
@@ -33,9 +33,11 @@ from .auth import ApiKeyHeader, Credential
 from .budget import BudgetKey, BudgetPolicy, PostgresBudget
 from .frames import empty_frame, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
+from .jobs import ReportJobs, ReportPending, ReportRequest
 from .pagination import FromIdWalker, NextTokenWalker, PageWalker, WalkLimits
 from .spec import ApiSpec
 
+REPORT_RECHECK_S = 300.0  # a report not finished in a run: the window is relaunched this much later
 DEFAULT_USER_AGENT = f"sync_assets/{__version__} (Dagster sync; python-httpx)"
 PUBLIC = "public"  # the budget principal of requests without a credential
 
@@ -69,6 +71,11 @@ class ApiResource(dg.ConfigurableResource):
         description="Longest a request waits for a shared budget (rate limit, error limit, 429 latch). Work the budget "
         "cannot pay for sooner is deferred: the run commits what it has, ends, and the expiry sensor relaunches it "
         "when the budget has refilled, so a spent bucket never holds a pool slot (env SYNC_ASSETS_MAX_BUDGET_WAIT_S).",
+    )
+    report_wait_s: float = Field(
+        default=900.0, ge=1.0, le=6 * 3600.0,
+        description="Report datasets: how long a run waits for the API to finish a report before it defers the window "
+        "(the job is kept and resumed when the run is relaunched, never requested again)",
     )
     budget_database_url: str | None = Field(
         default=None,
@@ -154,15 +161,22 @@ class ApiResource(dg.ConfigurableResource):
         if partial:
             query.update(_since(dataset, previous, now))  # type: ignore[arg-type]
             log.info(f"{label}: rows changed since {query[dataset.incremental.start_param]}")  # type: ignore[union-attr]
+        elif dataset.incremental is not None and dataset.incremental.first_since is not None:
+            query.update(_since(dataset, Validators(cursor=(now - dataset.incremental.first_since).isoformat()), now,
+                                overlap=False))
+            log.info(f"{label}: full read of what changed since {query[dataset.incremental.start_param]}")
+        path = request.path if credential is None or not credential.endpoint else credential.endpoint + request.path
+        if dataset.report is not None:
+            return self._report_snapshot(dataset, request, query, credential, log, stats, started)
         if isinstance(paginator, FromId):
-            walker = FromIdWalker(http, request.path, query, paginator=paginator, **common)
+            walker = FromIdWalker(http, path, query, paginator=paginator, **common)
             first_etag = previous.page_etags[0] if use_state and previous.page_etags else None  # type: ignore[union-attr]
             stop_at = int(previous.cursor) if use_state and previous.cursor else None  # type: ignore[union-attr]
             responses, frames = walker.walk(first_etag, stop_at)
         elif isinstance(paginator, NextToken):
-            responses, frames = NextTokenWalker(http, request.path, query, paginator=paginator, sink=sink, **common).walk()
+            responses, frames = NextTokenWalker(http, path, query, paginator=paginator, sink=sink, **common).walk()
         else:
-            walker = PageWalker(http, request.path, query, paginator=paginator, max_concurrency=self.max_concurrency,
+            walker = PageWalker(http, path, query, paginator=paginator, max_concurrency=self.max_concurrency,
                                 expiry_guard_s=self.expiry_guard_s, sink=sink, **common)
             result = walker.walk((previous.page_etags or None) if use_state else None)  # type: ignore[union-attr]
             responses, frames = result.responses, result.parsed
@@ -194,6 +208,45 @@ class ApiResource(dg.ConfigurableResource):
             f"{label}: snapshot of {snapshot.rows:,} rows in {stats.pages} responses, {stats.body_bytes / 1e6:.1f} MB, "
             f"{stats.retries} retries, {stats.duration_s:.2f}s"
         )
+        return snapshot
+
+    def _report_snapshot(self, dataset: Dataset, request: SliceRequest, query: dict[str, Any], credential: Credential | None,
+                         log: Log, stats: FetchStats, started: float) -> Snapshot:
+        """A report dataset's window: its job found, resumed or requested (persisted, so a crashed run's
+        report is polled again, never requested twice), waited for, downloaded and parsed. A report
+        still unfinished after `report_wait_s` defers the work (the job resumes on the relaunch);
+        CANCELLED is "no data": an empty snapshot, nothing written."""
+        declared, windows = dataset.report, dataset.windows
+        assert declared is not None and windows is not None and windows.start_param and windows.end_param
+        if self.spec.reports is None:
+            raise ConfigurationError(f"{dataset.key} is made by reports, but {self.spec.title} declares no report runner")
+        if not self.budget_database_url:
+            raise ConfigurationError(f"{dataset.key}: report jobs are kept in Postgres; set SYNC_ASSETS_DATABASE_URL")
+        marketplaces = tuple(credential.scope.get("marketplace_id", ())) if credential else ()
+        report_request = ReportRequest(
+            dataset=dataset.key, scope=request.state_key, report_type=declared.report_type,
+            start=_instant(query[windows.start_param]), end=_instant(query[windows.end_param]),
+            marketplace_ids=marketplaces, options=declared.options)
+        runner = self.spec.reports(self._client(), credential, log=log, max_budget_wait_s=self.max_budget_wait_s)
+        try:
+            jobs = ReportJobs(runner, engine_for(psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL")), log=log)
+            result = jobs.run(report_request, deadline_s=self.report_wait_s)
+        except ReportPending as exc:
+            raise BudgetExhausted(f"{exc}; resumed on the next run", retry_at=time.time() + REPORT_RECHECK_S) from None
+        finally:
+            close = getattr(runner, "close", None)
+            if close is not None:
+                close()
+        where = f"{request.label or dataset.key}: report {result.job.report_id}"
+        rows = result.rows(dataset.columns, where, day_first=declared.day_first)
+        if dataset.transform is not None:
+            rows = dataset.transform(rows)
+        frame = rows_to_frame(rows, dataset.columns, where)
+        stats.pages, stats.duration_s = 1, time.perf_counter() - started
+        snapshot = Snapshot(dataset.key, request.state_key, Outcome.CHANGED, Validators(cursor=result.job.report_id),
+                            stats=stats, context=request.context, frame=_assemble(dataset, request, [frame], stats))
+        log.info(f"{where}: {'no data (CANCELLED)' if result.no_data else f'{snapshot.rows:,} rows'} "
+                 f"in {stats.duration_s:.1f}s")
         return snapshot
 
     def budget_key(self, dataset: Dataset, credential: Credential | None = None) -> BudgetKey:
@@ -263,6 +316,10 @@ def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
     # partition would land outside the scope this sync replaces
     carried = [c.name for c in dataset.scope_columns if c.name in {col.name for col in dataset.columns}]
 
+    # nested payload fields named by path ("inventoryDetails.fulfillableQuantity") and no transform
+    # to flatten them: each record is read at its columns' paths
+    nested = [c for c in dataset.columns if c.source and c.source != "[]"] if dataset.transform is None else []
+
     def parse(page: int, data: Any) -> pd.DataFrame:
         where = f"{label} page {page}"
         if dataset.transform is not None:
@@ -270,6 +327,9 @@ def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
                 data = dataset.transform(data)
             except (TypeError, KeyError, ValueError, AttributeError) as exc:
                 raise MalformedPayload(f"{where}: unexpected payload shape ({type(exc).__name__}: {exc})") from None
+        elif nested and isinstance(data, list):
+            data = [{**record, **{c.name: at_path(record, c.source) for c in nested}} if isinstance(record, dict) else record
+                    for record in data]
         frame = rows_to_frame(data, dataset.columns, where)
         for name in carried:
             expected = request.context.get(name)
@@ -288,14 +348,16 @@ def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
     return parse
 
 
-def _since(dataset: Dataset, previous: Validators, now: datetime) -> dict[str, str]:
-    """The filter of an incremental read: changed since the stored cursor minus the overlap."""
+def _since(dataset: Dataset, previous: Validators, now: datetime, overlap: bool = True) -> dict[str, str]:
+    """The filter of an incremental read: changed since the stored cursor minus the overlap. An end
+    ("until") is sent as now minus the window rules' minimum age when the dataset has one."""
     incremental = dataset.incremental
     assert incremental is not None and previous.cursor
-    since = datetime.fromisoformat(previous.cursor) - incremental.overlap
+    since = datetime.fromisoformat(previous.cursor) - (incremental.overlap if overlap else timedelta(0))
     params = {**incremental.fixed, incremental.start_param: since.astimezone(timezone.utc).isoformat(timespec="seconds")}
     if incremental.end_param:
-        params[incremental.end_param] = now.astimezone(timezone.utc).isoformat(timespec="seconds")
+        until = now - (dataset.windows.min_age if dataset.windows else timedelta(0))
+        params[incremental.end_param] = until.astimezone(timezone.utc).isoformat(timespec="seconds")
     return params
 
 
@@ -341,3 +403,8 @@ def _assemble(dataset: Dataset, request: SliceRequest, frames: list[Any], stats:
     if stats.duplicates_dropped:
         frame = frame.loc[~duplicated].reset_index(drop=True)
     return frame
+
+
+def _instant(value: str) -> datetime:
+    """A window bound as the API is sent it (ISO 8601, "Z" or an offset), as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -7,7 +7,7 @@ API adds a spec and dataset declarations, nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 
@@ -16,6 +16,8 @@ from ..core.limits import PER_REQUEST, CostModel, RateLimit
 from .errors import ErrorClassifier
 from .limits import HeaderDialect, IrisHeaders
 
+# (client, credential, log=, max_budget_wait_s=) -> a ReportsApi (fetch.jobs) for report datasets
+ReportsFactory = Callable[..., Any]
 # (client) -> a reason to hold scheduled work (down, starting up, unreachable), or None
 StatusProbe = Callable[[httpx.Client], "str | None"]
 
@@ -45,9 +47,13 @@ class ApiSpec:
     rate_limit_headers: HeaderDialect = field(default_factory=IrisHeaders)
     error_limit: bool = False  # an API-wide error budget (ESI's X-ESI-Error-Limit-*, 420)
     api_key: ApiKeyAuth | None = None  # static credential of every request
+    # the variable whose presence means a deployment uses the API, when it has no key (SP-API: the
+    # application's LWA client id); an API with neither (ESI's public data) is always loaded
+    configured_by: str | None = None
     credentials_resource: str | None = None  # Dagster resource giving per-partition credentials (ESI SSO)
     status: StatusProbe | None = None
     downtime: Downtime | None = None
+    reports: ReportsFactory | None = None  # how report datasets (`Dataset.report`) are made (SP-API's Reports API)
 
     def declared_limit(self, group: str | None) -> RateLimit | None:
         if group is not None and group in self.limits:

@@ -43,8 +43,9 @@ APIS_ENV = "SYNC_ASSETS_APIS"
 
 def enabled(spec: ApiSpec, env: dict[str, str] | None = None) -> bool:
     """Whether the code location loads an API: named in SYNC_ASSETS_APIS (comma-separated) when that is
-    set, else when its key is configured (an API without a key, ESI, is always there)."""
+    set, else when its key (or `configured_by` variable) is set; an API with neither, ESI, is always there."""
     env = dict(os.environ) if env is None else env
     if chosen := env.get(APIS_ENV, "").strip():
         return spec.name in {name.strip() for name in chosen.split(",")}
-    return spec.api_key is None or bool(env.get(spec.api_key.env))
+    switch = spec.api_key.env if spec.api_key is not None else spec.configured_by
+    return switch is None or bool(env.get(switch))

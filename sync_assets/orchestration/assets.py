@@ -108,8 +108,11 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         api: ApiResource = getattr(context.resources, spec.name)
         # Credential first: a missing scope or role fails here, before any API call is spent.
         credentials = getattr(context.resources, credentials_key) if credentials_key else None
-        credential = credentials.credential_for(dataset, partition_key, context.log) if credentials else None
-        requests = plan_requests(dataset, partition_key, _slice_values(dataset, partition_key, warehouse, inputs.get(SOURCE_INPUT)))
+        # the credential is the partition key's (a seller's); a seller's month asks for the seller's
+        key_part = dataset.split_partition(partition_key)[0] if partition_key else None
+        credential = credentials.credential_for(dataset, key_part, context.log) if credentials else None
+        requests = plan_requests(dataset, partition_key,
+                                 _slice_values(dataset, partition_key, warehouse, inputs.get(SOURCE_INPUT), credential))
         if not config.full_refresh:
             requests = _changed(context, warehouse, dataset, requests)
         deferral: BudgetExhausted | None = None
@@ -154,7 +157,8 @@ def build_derived_asset(dataset: Dataset) -> dg.AssetsDefinition:
     sync's (a mirror replaces the partition's scope). Re-derived when an input partition changes
     (Declarative Automation: `eager`)."""
     names = [key.split(".", 1)[1] for key in dataset.derived_from]
-    ins = {name: dg.AssetIn(key=dg.AssetKey(key.split("."))) for name, key in zip(names, dataset.derived_from)}
+    ins = {name: dg.AssetIn(key=dg.AssetKey(key.split(".")), partition_mapping=_input_mapping(dataset, DATASETS_BY_KEY[key]))
+           for name, key in zip(names, dataset.derived_from)}
 
     def derive(context: dg.AssetExecutionContext, **inputs: pd.DataFrame):  # the ins arrive as keywords
         partition_key = context.partition_key if partitioned(dataset) else None
@@ -176,12 +180,30 @@ def build_derived_asset(dataset: Dataset) -> dg.AssetsDefinition:
         tags={"api": dataset.api, "write_mode": dataset.write_mode.value, "auth": "none", "partitioned_by": "time_window"
               if dataset.windows else "key" if dataset.partitioning else "none", "derived": "true"},
         owners=owners(dataset.api), required_resource_keys={"warehouse"},
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=_derive_when(dataset),
         metadata={"dagster/column_schema": table_schema(dataset), "dagster/table_name": qualified_table_name(dataset),
                   "dagster/storage_kind": "postgres", "write_mode": dataset.write_mode.value, **code_references(dataset)},
         check_specs=[dg.AssetCheckSpec(LAST_SYNC_CHECK, asset=dg.AssetKey([dataset.api, dataset.name]),
                                        description="Passes when the derivation succeeds; failed by the failure sensor otherwise.")],
     )(derive)
+
+
+def _input_mapping(dataset: Dataset, upstream: Dataset) -> dg.PartitionMapping | None:
+    """Same partitions by default; a dataset partitioned by key only (a seller) reads every window
+    of its key from inputs partitioned by key and window (a seller's months)."""
+    if dataset.partitioning and not dataset.windows and upstream.partitioning and upstream.windows:
+        return dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=upstream.partitioning.column.name)
+    return None
+
+
+def _derive_when(dataset: Dataset) -> dg.AutomationCondition:
+    """Re-derived when an input partition is updated. Reading every window of a key, it must not
+    wait for windows never synced (old history not backfilled): derived from what is there."""
+    eager = dg.AutomationCondition.eager()
+    inputs = [DATASETS_BY_KEY[key] for key in dataset.derived_from]
+    if any(_input_mapping(dataset, upstream) for upstream in inputs):
+        return eager.without(~dg.AutomationCondition.any_deps_missing())
+    return eager
 
 
 def _derived_description(dataset: Dataset) -> str:
@@ -324,11 +346,18 @@ def _stateless(dataset: Dataset) -> bool:
 
 
 def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: PostgresWarehouse,
-                  source: pd.DataFrame | None) -> list[dict] | None:
+                  source: pd.DataFrame | None, credential: Credential | None = None) -> list[dict] | None:
     """The slices of an upstream-sourced dataset: the source's rows in the same partition (as the IO
     manager loaded them) and, for time windows, only those active during the window; `only_new`
     drops those already stored."""
     slices = dataset.slices
+    if slices is not None and slices.from_credential:
+        if credential is None:
+            raise ValueError(f"{dataset.key}: slices come from the partition's credential, and there is none")
+        lists = [tuple(credential.scope.get(name, ())) for name in slices.names]
+        if not all(lists):
+            raise ValueError(f"{dataset.key}: the credential of {partition_key} gives no {', '.join(slices.names)}")
+        return [dict(zip(slices.names, values)) for values in zip(*lists)]
     if slices is None or slices.source is None or source is None:
         return None
     active = slices.active_between if dataset.windows is not None else None

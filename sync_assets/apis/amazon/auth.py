@@ -82,6 +82,7 @@ __all__ = [
 
 ACCESS_TOKEN_HEADER = "x-amz-access-token"
 DATABASE_URL_SETTING = "SYNC_ASSETS_DATABASE_URL"
+ENDPOINT_SETTING = "SYNC_ASSETS_AMAZON_URL"
 
 log = logging.getLogger("sync_assets.apis.amazon.auth")
 
@@ -154,6 +155,8 @@ class AmazonAuthResource(dg.ConfigurableResource):
                                repr=False)
     token_key: str = Field(description=f"Fernet key encrypting tokens at rest (env {KEY_SETTING})", repr=False)
     lwa_url: str = Field(default=DEFAULT_LWA_URL, description=f"LWA token endpoint (env {LWA_URL_SETTING})")
+    endpoint: str = Field(default="", description=f"One SP-API base URL for every seller (the offline sandbox, a proxy; "
+                          f"env {ENDPOINT_SETTING}). Empty: each seller's regional endpoint (NA, EU or FE, stored with it)")
 
     _lwa: LwaClient | None = PrivateAttr(default=None)
 
@@ -169,6 +172,7 @@ class AmazonAuthResource(dg.ConfigurableResource):
             client_secret=env.get(CLIENT_SECRET_SETTING) or "",
             token_key=env.get(KEY_SETTING) or "",
             lwa_url=env.get(LWA_URL_SETTING) or DEFAULT_LWA_URL,
+            endpoint=env.get(ENDPOINT_SETTING) or "",
         )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
@@ -213,6 +217,7 @@ class AmazonAuthResource(dg.ConfigurableResource):
             raise SellerNotUsable(f"{label}: SP-API datasets are partitioned by seller id; no partition key was given")
         seller_id = partition_key
         engine, cipher, lwa = self.engine(), self.cipher(), self.lwa()
+        seller = sellers.get_seller(engine, seller_id)
         current = access_token(engine, cipher, lwa, seller_id)
         # RefreshingToken calls this under its lock: `current` is the token the refused request carried
         holder = [current]
@@ -229,7 +234,9 @@ class AmazonAuthResource(dg.ConfigurableResource):
             raise LwaSecretExpired(detail)
 
         log.info(f"{label}[{seller_id}]: using the LWA authorization of seller {seller_id}")
-        return Credential(SpApiToken(token, on_secret_expired), principal=seller_id, owner=seller_id)
+        return Credential(SpApiToken(token, on_secret_expired), principal=seller_id, owner=seller_id,
+                          endpoint=(self.endpoint or seller.endpoint).rstrip("/"),
+                          scope={"marketplace_id": seller.marketplace_ids})
 
     def report_forbidden(self, credential: Credential, dataset: Dataset, detail: str) -> None:
         """SP-API refused a request of this seller with 403 after the auth flow's one refresh: an
