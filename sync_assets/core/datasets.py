@@ -181,6 +181,7 @@ class Report:
     report_type: str
     options: Mapping[str, str] = field(default_factory=dict)  # reportOptions
     day_first: bool = False  # slash dates are DD/MM/YYYY (EU/IN files)
+    computed: tuple[str, ...] = ()  # columns the dataset's transform adds (a row hash), not in the document
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from .auth import ApiKeyHeader, Credential
 from .budget import BudgetKey, BudgetPolicy, PostgresBudget
 from .frames import empty_frame, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
-from .jobs import ReportJobs, ReportPending, ReportRequest
+from .jobs import PollPolicy, ReportJobs, ReportPending, ReportRequest
 from .pagination import FromIdWalker, NextTokenWalker, PageWalker, WalkLimits
 from .spec import ApiSpec
 
@@ -77,6 +77,8 @@ class ApiResource(dg.ConfigurableResource):
         description="Report datasets: how long a run waits for the API to finish a report before it defers the window "
         "(the job is kept and resumed when the run is relaunched, never requested again)",
     )
+    report_poll_s: float = Field(default=5.0, gt=0, le=600.0,
+                                 description="Report datasets: the first wait between status checks (it grows to a minute)")
     budget_database_url: str | None = Field(
         default=None,
         description="Postgres holding the budgets shared by every process (rate-limit buckets, latches, circuit "
@@ -229,7 +231,8 @@ class ApiResource(dg.ConfigurableResource):
             marketplace_ids=marketplaces, options=declared.options)
         runner = self.spec.reports(self._client(), credential, log=log, max_budget_wait_s=self.max_budget_wait_s)
         try:
-            jobs = ReportJobs(runner, engine_for(psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL")), log=log)
+            jobs = ReportJobs(runner, engine_for(psycopg2_url(self.budget_database_url, "SYNC_ASSETS_DATABASE_URL")), log=log,
+                              poll=PollPolicy(initial_s=self.report_poll_s, max_s=max(60.0, self.report_poll_s)))
             result = jobs.run(report_request, deadline_s=self.report_wait_s)
         except ReportPending as exc:
             raise BudgetExhausted(f"{exc}; resumed on the next run", retry_at=time.time() + REPORT_RECHECK_S) from None
@@ -238,7 +241,8 @@ class ApiResource(dg.ConfigurableResource):
             if close is not None:
                 close()
         where = f"{request.label or dataset.key}: report {result.job.report_id}"
-        rows = result.rows(dataset.columns, where, day_first=declared.day_first)
+        in_document = [c for c in dataset.columns if c.name not in declared.computed]
+        rows = result.rows(in_document, where, day_first=declared.day_first)
         if dataset.transform is not None:
             rows = dataset.transform(rows)
         frame = rows_to_frame(rows, dataset.columns, where)

@@ -171,7 +171,7 @@ REIMBURSEMENTS = _amazon(
     "upserted on (reimbursement id, SKU, FNSKU) with a hash of the row. One report per window of a month (never one "
     "per day of history: the report has a cooldown of hours); the current month is asked again daily with a 3-day "
     "lookback. A job is kept per window, so a crashed run polls the same report.",
-    report=Report("GET_FBA_REIMBURSEMENTS_DATA"),
+    report=Report("GET_FBA_REIMBURSEMENTS_DATA", computed=("row_hash",)),
     windows=_months("dataStartTime", "dataEndTime", lookback=timedelta(days=3), refresh_last=1),
     transform=_row_hash,
     columns=(
@@ -214,7 +214,7 @@ INVENTORY_LEDGER = _amazon(
     "returns and the Adjustments (lost M, damaged E, found F) that reimbursement claims are made from. The report "
     "has no row id: `event_key` is a hash of the row's values plus its occurrence number among identical rows "
     "(reconciliation counts, which Amazon updates, are left out), so re-reading a window upserts the same rows.",
-    report=Report("GET_LEDGER_DETAIL_VIEW_DATA"),
+    report=Report("GET_LEDGER_DETAIL_VIEW_DATA", computed=("event_key",)),
     windows=_months("dataStartTime", "dataEndTime", lookback=timedelta(days=3), refresh_last=1),
     transform=_ledger_keys,
     columns=(
@@ -308,9 +308,9 @@ def reimbursement_claims(inputs: Mapping[str, pd.DataFrame], scope: Mapping[str,
         eligible, deadline = when + CLAIM_WAITING_PERIOD, when + CLAIM_FILING_WINDOW
         claims.append({
             "fnsku": row.fnsku, "reference_id": row.reference_id, "msku": row.msku, "asin": row.asin, "title": row.title,
-            "kind": kind, "event_time": when, "fulfillment_center": row.fulfillment_center, "units_lost": lost,
+            "kind": kind, "event_time": when.isoformat(), "fulfillment_center": row.fulfillment_center, "units_lost": lost,
             "units_found": recovered, "units_reimbursed": reimbursed, "units_owed": owed,
-            "eligible_from": eligible, "file_by": deadline,
+            "eligible_from": eligible.isoformat(), "file_by": deadline.isoformat(),
             "status": "waiting" if now < eligible else "fileable" if now <= deadline else "expired",
         })
     return claims
