@@ -12,12 +12,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from .runtime import PROJECT_DIR, URL_SETTINGS, Runtime, prepare_environment
 
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from .apis.amazon.auth import AmazonAuthResource
+    from .apis.amazon.sellers import SellerInfo
+
 STOP_TIMEOUT_S = 10.0  # after Ctrl-C, what is still running this long after SIGTERM is killed
+SP_API_REFRESH_TOKEN = "SP_API_REFRESH_TOKEN"  # `sync-assets amazon add-seller` reads it when set, else stdin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     token_commands.add_parser("add-token", help="store a refresh token read from stdin or ESI_REFRESH_TOKEN (headless)")
     token_commands.add_parser("tokens", help="list stored tokens (no secrets)")
 
+    amazon = commands.add_parser("amazon", help="SP-API sellers (Login with Amazon refresh tokens)")
+    seller_commands = amazon.add_subparsers(dest="action", required=True)
+    add_seller = seller_commands.add_parser(
+        "add-seller", help=f"store a seller's LWA refresh token read from stdin or {SP_API_REFRESH_TOKEN} (a real grant first)")
+    add_seller.add_argument("--seller-id", required=True, help="the selling partner id (merchant token), e.g. A2EXAMPLE12345")
+    add_seller.add_argument("--region", required=True, metavar="na|eu|fe", help="the SP-API region serving the seller")
+    add_seller.add_argument("--marketplace", action="append", required=True, metavar="ID",
+                            help="a marketplace id to sync, e.g. ATVPDKIKX0DER (repeat, or comma-separated)")
+    add_seller.add_argument("--refresh-token-env", metavar="NAME",
+                            help=f"read the refresh token from this variable (default {SP_API_REFRESH_TOKEN}, else stdin)")
+    sellers = seller_commands.add_parser("sellers", help="list stored sellers (no secrets)")
+    sellers.add_argument("--json", action="store_true", help="as JSON")
+
     commands.add_parser("env", help="start the embedded PostgreSQL if needed and print the exports `dg dev` needs: "
                         'eval "$(sync-assets env)" && dg dev')
     postgres = commands.add_parser("postgres", help="the embedded PostgreSQL in $DAGSTER_HOME/pgdata")
@@ -74,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"{prefix}{option}: {exc}")
     if args.command == "esi":
         return _esi_tokens(args)
+    if args.command == "amazon":
+        return _amazon_sellers(args)
     if args.command == "env":
         env = dict(os.environ)
         runtime = prepare_environment(env)  # the server keeps running: you asked for it (`sync-assets postgres stop`)
@@ -154,6 +177,157 @@ def _esi_tokens(args: argparse.Namespace) -> int:
         if runtime is not None and runtime.started_postgres:
             runtime.stop()
     return 0
+
+
+class _CommandError(Exception):
+    """A mistake in how a command was called: printed as one line, exit code 2."""
+
+
+def _amazon_sellers(args: argparse.Namespace) -> int:
+    """`sync-assets amazon add-seller | sellers`. Errors are one line on stderr and exit code 2;
+    no refresh token, access token, client secret or key is ever printed."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .apis.amazon.auth import AmazonAuthResource
+    from .core.errors import SyncError
+
+    env = dict(os.environ)
+    # DAGSTER_HOME set: the seller also becomes a partition of that instance (its database too, if embedded)
+    dagster = args.action == "add-seller" and bool(os.environ.get("DAGSTER_HOME"))
+    runtime = None
+    auth = None
+    try:
+        if not all(env.get(name) for name in (URL_SETTINGS if dagster else URL_SETTINGS[:1])):
+            runtime = prepare_environment(env, dagster=dagster)  # the embedded database; stopped after
+        auth = AmazonAuthResource.from_env(env)
+        if args.action == "add-seller":
+            _add_seller(args, auth, env, dagster)
+        else:
+            _print_sellers(auth.sellers(), as_json=args.json)
+    except (SyncError, ValueError, _CommandError) as exc:
+        print(f"sync-assets: {_one_line(str(exc), env)}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc)
+        print(f"sync-assets: the sellers database failed ({type(exc).__name__}: {_one_line(detail, env)})", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, EOFError):
+        print("\nsync-assets: cancelled", file=sys.stderr)
+        return 130
+    finally:
+        if auth is not None:
+            auth.close()
+        if runtime is not None and runtime.started_postgres:
+            runtime.stop()
+    return 0
+
+
+def _add_seller(args: argparse.Namespace, auth: AmazonAuthResource, env: dict[str, str], dagster: bool) -> None:
+    import getpass
+
+    from .apis.amazon.auth import KEY_SETTING
+    from .apis.amazon.sellers import SELLERS_PARTITIONS
+
+    auth.lwa()  # SP_API_CLIENT_ID, SP_API_CLIENT_SECRET, SP_API_LWA_URL: checked before the token is asked for
+    if not env.get(KEY_SETTING):
+        raise _CommandError(f"{KEY_SETTING} is not set: the Fernet key encrypting the sellers' tokens in Postgres; generate "
+                            "one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'")
+    auth.cipher()
+    name = args.refresh_token_env or SP_API_REFRESH_TOKEN
+    token = (env.get(name) or "").strip()
+    if not token and args.refresh_token_env:
+        raise _CommandError(f"{name} (--refresh-token-env) is not set or empty; it should hold the seller's LWA refresh token")
+    if not token and sys.stdin is not None:
+        token = (getpass.getpass(f"LWA refresh token of seller {args.seller_id} (not echoed): ")
+                 if sys.stdin.isatty() else sys.stdin.readline()).strip()
+    if not token:
+        raise _CommandError(f"no refresh token given: pipe it on stdin or set {SP_API_REFRESH_TOKEN}")
+    marketplaces = [m for value in args.marketplace for m in value.split(",")]
+    info = auth.add_seller(args.seller_id, token, args.region, marketplaces)
+    until = f", access token until {_utc(info.access_expires_at)} UTC" if info.access_expires_at else ""
+    print(f"Stored SP-API seller {info.seller_id}: region {info.region}, marketplaces {', '.join(info.marketplace_ids)}, "
+          f"status {info.status}{until}", flush=True)
+    if dagster:
+        _add_partition(env, SELLERS_PARTITIONS, info.seller_id)
+    else:
+        print(f"sync-assets: DAGSTER_HOME is not set: partition {info.seller_id} of {SELLERS_PARTITIONS} is left to "
+              "the sellers sensor", file=sys.stderr)
+
+
+def _add_partition(env: dict[str, str], partitions: str, key: str) -> None:
+    """Best effort: the seller as a dynamic partition of the Dagster instance in DAGSTER_HOME (the
+    sellers sensor adds it too, so a failure is only a note)."""
+    home = env.get("DAGSTER_HOME", "")
+    names = ("DAGSTER_HOME", "DAGSTER_PG_URL")
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        os.environ.update({name: env[name] for name in names if env.get(name)})  # dagster.yaml reads them from os.environ
+        from dagster import DagsterInstance
+
+        with DagsterInstance.get() as instance:
+            known = instance.has_dynamic_partition(partitions, key)
+            if not known:
+                instance.add_dynamic_partitions(partitions, [key])
+        print(f"sync-assets: partition {key} of {partitions} {'was there already' if known else 'added'} "
+              f"(Dagster instance in {home})", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a note, never a failure: the seller is stored
+        print(f"sync-assets: note: partition {key} of {partitions} not added to the Dagster instance in {home} "
+              f"({type(exc).__name__}: {_one_line(str(exc), env)}); the sellers sensor adds it", file=sys.stderr)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _print_sellers(sellers: list[SellerInfo], *, as_json: bool) -> None:
+    import json
+
+    from .apis.amazon.sellers import ADD_SELLER
+
+    if as_json:
+        def when(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        print(json.dumps([
+            {"seller_id": s.seller_id, "region": s.region, "endpoint": s.endpoint, "marketplace_ids": list(s.marketplace_ids),
+             "status": s.status, "status_detail": s.status_detail, "status_at": when(s.status_at),
+             "access_expires_at": when(s.access_expires_at), "last_grant_at": when(s.last_grant_at),
+             "created_at": when(s.created_at), "updated_at": when(s.updated_at)}
+            for s in sellers
+        ], indent=2))
+        return
+    if not sellers:
+        print(f"No SP-API sellers stored; add one with `{ADD_SELLER}`.")
+        return
+    header = ("seller", "region", "marketplaces", "status", "access until (UTC)", "last grant (UTC)")
+    rows = [(s.seller_id, s.region, ",".join(s.marketplace_ids) or "-", s.status, _utc(s.access_expires_at), _utc(s.last_grant_at))
+            for s in sellers]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for s in sellers:
+        if s.status != "valid" and s.status_detail:
+            print(f"{s.seller_id}: {s.status_detail}")
+
+
+def _utc(value: datetime | None) -> str:
+    from datetime import timezone
+
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _one_line(text: str, env: dict[str, str]) -> str:
+    """An error message on one line, database URLs redacted (a password in a URL is not echoed)."""
+    from .db.urls import redacted
+
+    line = " ".join(text.split())
+    for name in URL_SETTINGS:
+        url = env.get(name)
+        if url and url in line:
+            line = line.replace(url, redacted(url))
+    return line[:500]
 
 
 def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int, sandbox_options: tuple[str, ...] | list[str] = ()) -> int:

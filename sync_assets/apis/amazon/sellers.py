@@ -65,6 +65,8 @@ EXPIRY_MARGIN_S = 300
 #: while the same client id and secret are configured, and is tried again after this long anyway.
 APP_RECHECK_AFTER = timedelta(hours=1)
 ADD_SELLER = "sync-assets amazon add-seller"
+#: The Dagster dynamic partitions of seller-partitioned SP-API datasets (one key per seller id).
+SELLERS_PARTITIONS = "amazon_sellers"
 
 #: region -> (SP-API endpoint, sandbox endpoint) [SP-API developer guide]
 REGIONS: dict[str, tuple[str, str]] = {
