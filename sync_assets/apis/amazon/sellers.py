@@ -31,6 +31,7 @@ from ...core.errors import AuthFailed, FailureClass
 from ...warehouse.tables import DDL_LOCK, META_SCHEMA
 from ..esi.sso.crypto import TokenCipher
 from .lwa import CLIENT_SECRET_SETTING, LwaClient, LwaInvalidClient, LwaInvalidGrant
+from .datasets import SELLERS_PARTITIONS as DYNAMIC_PARTITIONS
 
 __all__ = [
     "ADD_SELLER",
@@ -66,7 +67,7 @@ EXPIRY_MARGIN_S = 300
 APP_RECHECK_AFTER = timedelta(hours=1)
 ADD_SELLER = "sync-assets amazon add-seller"
 #: The Dagster dynamic partitions of seller-partitioned SP-API datasets (one key per seller id).
-SELLERS_PARTITIONS = "amazon_sellers"
+SELLERS_PARTITIONS = DYNAMIC_PARTITIONS  # one Dagster dynamic partition per stored seller (declared with the datasets)
 
 #: region -> (SP-API endpoint, sandbox endpoint) [SP-API developer guide]
 REGIONS: dict[str, tuple[str, str]] = {
