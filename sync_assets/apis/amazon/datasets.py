@@ -234,15 +234,20 @@ INVENTORY_LEDGER = _amazon(
     cron="50 6 * * *",
 )
 
+# every includedData of searchOrders but the buyer's and recipient's personal data
+ORDER_DATA = ("PROCEEDS", "EXPENSE", "PROMOTION", "CANCELLATION", "FULFILLMENT", "PACKAGES", "TAX", "PAYMENT",
+              "FULFILLMENT_ORDERS")
+
 ORDERS = _amazon(
     "orders",
     "/orders/2026-01-01/orders",
     "Inventory and Order Tracking",
     description="Orders per seller and marketplace (searchOrders 2026-01-01, the replacement of getOrders), read "
     "incrementally on lastUpdatedAfter minus 30 minutes and upserted. At about one page per three minutes after the "
-    "burst, the shared budget paces the walk (no timeout). The first sync reads the last two years. Buyer and "
-    "recipient data are not requested; items, proceeds and fulfillment are kept whole (JSONB).",
-    query={"marketplaceIds": "{marketplace_id}", "includedData": "PROCEEDS,FULFILLMENT", "maxResultsPerPage": "100"},
+    "burst, the shared budget paces the walk (no timeout). The first sync reads the last two years. Every "
+    "includedData but BUYER and RECIPIENT (personal data: the buyer and recipient are not requested) is asked; items, "
+    "proceeds, fulfillment, packages, payment and tax are kept whole (JSONB).",
+    query={"marketplaceIds": "{marketplace_id}", "includedData": ",".join(ORDER_DATA), "maxResultsPerPage": "100"},
     paginator=NextToken(token_path="pagination.nextToken", param="paginationToken", records_path="orders"),
     slices=BY_MARKETPLACE,
     incremental=Incremental(cursor_column="last_updated_time", start_param="lastUpdatedAfter",
@@ -263,8 +268,12 @@ ORDERS = _amazon(
         Column("order_aliases", J, required=False, source="orderAliases"),
         Column("programs", J, required=False),
         Column("proceeds", J, required=False),
-        Column("fulfillment", J, required=False),
-        Column("order_items", J, required=False, source="orderItems"),
+        Column("fulfillment", J, required=False, description="status, fulfiller, ship-by, deliver-by and label windows"),
+        Column("order_items", J, required=False, source="orderItems",
+               description="items with product, proceeds, expense, promotion, cancellation and fulfillment data"),
+        Column("associated_orders", J, required=False, source="associatedOrders"),
+        Column("packages", J, required=False), Column("payment", J, required=False), Column("tax", J, required=False),
+        Column("fulfillment_orders", J, required=False, source="fulfillmentOrders"),
     ),
     primary_key=("seller_id", "order_id"),
     write_mode=WriteMode.UPSERT,
