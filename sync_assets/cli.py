@@ -337,17 +337,19 @@ def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int, sand
     command = [sys.executable, "-m", "sync_assets.cli", "sandbox", "esi", "--port", str(sandbox_port), "--auto-refresh",
                *sandbox_options]
     sandbox = subprocess.Popen(command, env=env, start_new_session=True)  # stopped by us, after dagster dev
-    iris = None
+    iris = amazon = None
     try:
         _wait_for(f"{url}/status", sandbox)
         env["SYNC_ASSETS_ESI_URL"] = url
         print(f"sync-assets: ESI sandbox at {url}", flush=True)
         _connect_demo_corporations(env, url)
         iris = _start_iris_sandbox(env)
+        amazon = _start_amazon_sandbox(env)
         return _run_dagster_dev(env, host, port)
     finally:
-        if iris is not None:
-            _stop(iris)
+        for process in (iris, amazon):
+            if process is not None:
+                _stop(process)
         _stop(sandbox)
 
 
@@ -366,6 +368,32 @@ def _start_iris_sandbox(env: dict[str, str]) -> subprocess.Popen | None:
     _wait_for(f"{url}/_sandbox/state", process)
     env.update(SYNC_ASSETS_IRIS_URL=f"{url}/api/v1", IRIS_API_KEY=DEFAULT_API_KEY)
     print(f"sync-assets: IRIS sandbox at {url} (40 merchants since April 2024)", flush=True)
+    return process
+
+
+def _start_amazon_sandbox(env: dict[str, str]) -> subprocess.Popen | None:
+    """The SP-API + LWA simulator (two sellers: US, and US + CA), the settings pointing the Amazon
+    datasets at it, and both sellers' authorizations stored as `amazon add-seller` stores them,
+    unless SYNC_ASSETS_APIS leaves Amazon out. The app credentials are the sandbox's own."""
+    chosen = env.get("SYNC_ASSETS_APIS", "").strip()
+    if chosen and "amazon" not in {name.strip() for name in chosen.split(",")}:
+        return None
+    from .apis.amazon.auth import AmazonAuthResource
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "sync_assets.apis.amazon.sandbox.server", "--port", str(port), "--scale", "small"]
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    _wait_for(f"{url}/_sandbox/config", process)
+    grant = httpx.get(f"{url}/_sandbox/credentials", timeout=30).json()
+    sellers = httpx.get(f"{url}/_sandbox/sellers", timeout=30).json()
+    env.update(SYNC_ASSETS_AMAZON_URL=url, SP_API_LWA_URL=f"{url}/auth/o2/token", SP_API_CLIENT_ID=grant["client_id"],
+               SP_API_CLIENT_SECRET=grant["client_secret"])
+    auth = AmazonAuthResource.from_env(env)
+    for seller_id, seller in sellers.items():
+        auth.add_seller(seller_id, grant["refresh_tokens"][seller_id], "na", seller["marketplaces"])
+    auth.close()
+    print(f"sync-assets: SP-API sandbox at {url} ({len(sellers)} sellers authorized)", flush=True)
     return process
 
 
