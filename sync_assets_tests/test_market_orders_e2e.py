@@ -123,6 +123,28 @@ def test_first_sync_of_the_forge_loads_every_order(database_url: str) -> None:
         assert any("300 pages loaded into the database while fetching" in m for m in messages)  # overlapped, not after
 
 
+def test_resync_after_expires_asks_page_one_only_while_the_snapshot_is_unchanged(harness: Harness) -> None:
+    """Page 1's 304 with the stored Last-Modified and a new Expires stands for the unchanged snapshot
+    (ESI: same Last-Modified, new Expires = unchanged content); once the snapshot is regenerated,
+    page 1 answers 200 and every page is fetched."""
+    harness.sandbox.configure(cache_seconds={"orders": 1})
+    first = harness.sync()
+    harness.wait_for_expiry()
+    harness.sandbox.reset_counters()
+    second = harness.sync()
+    meta, counters = metadata(second), harness.counters()
+    assert counters["status_304"] == 1 and counters["status_200"] == 0 and counters["body_bytes"] == 0
+    assert meta["outcome"] == "not_modified" and meta["requests"] == 1 and meta["rows_written"] == 0
+    assert data_version(second) == data_version(first)
+    stored = harness.warehouse.read_validators(MARKET_ORDERS, FORGE)
+    assert stored.expires_at > datetime.now(timezone.utc) and len(stored.page_etags) == harness.sandbox.page_count(int(FORGE))
+    harness.sandbox.refresh("orders", int(FORGE))  # a new snapshot: new Last-Modified, new data
+    harness.wait_for_expiry()
+    third = harness.sync()
+    assert metadata(third)["status_200"] == harness.sandbox.page_count(int(FORGE))
+    assert_same_rows(harness.table(), harness.expected_orders(), ["region_id", "order_id"])
+
+
 def test_resync_before_expires_does_not_ask_the_api(harness: Harness) -> None:
     first = harness.sync()
     before = harness.counters()
@@ -135,11 +157,12 @@ def test_resync_before_expires_does_not_ask_the_api(harness: Harness) -> None:
 
 
 def test_resync_after_expires_is_all_304_and_writes_nothing(harness: Harness) -> None:
+    """Past the periodic full walk (full_walk_every_s=0: every sync), every page is asked conditionally."""
     harness.sandbox.configure(cache_seconds={"orders": 1})
-    first = harness.sync()
+    first = harness.sync(full_walk_every_s=0)
     harness.wait_for_expiry()
     harness.sandbox.reset_counters()
-    second = harness.sync()
+    second = harness.sync(full_walk_every_s=0)
     meta, counters = metadata(second), harness.counters()
     pages = harness.sandbox.page_count(int(FORGE))
     assert counters["status_304"] == pages and counters["status_200"] == 0 and counters["body_bytes"] == 0

@@ -21,6 +21,9 @@ class Validators:
     last_modified: datetime | None = None
     expires_at: datetime | None = None
     cursor: str | None = None  # from_id walks: the newest id already stored
+    # when every page was last asked (a full walk, conditional or not): page 1 alone may stand for an
+    # unchanged snapshot only for a while after it (ApiResource.full_walk_every_s); not part of the version
+    walked_at: datetime | None = None
 
     @property
     def data_version(self) -> str:

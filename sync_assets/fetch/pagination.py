@@ -61,10 +61,31 @@ class WalkLimits:
 class WalkResult:
     responses: list[PageResponse]  # ordered by page, data released after parsing
     parsed: list[Any] = field(default_factory=list)  # parse(page, records) per page, 200 walks only
+    page_one_only: bool = False  # page 1's 304 stood for the whole unchanged snapshot (see `Unchanged`)
 
     @property
     def all_not_modified(self) -> bool:
         return all(r.status == 304 for r in self.responses)
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """When page 1 alone may stand for an unchanged snapshot: its 304 carries the stored
+    Last-Modified and a new Expires (later than the stored one), and no other page count than the
+    stored one. ESI documents that a response with a new Expires and the same Last-Modified has
+    unchanged content: the cache was renewed, not the snapshot; every page of a snapshot shares its
+    Last-Modified, and a snapshot fixes its page count (ESI's 304s do not repeat X-Pages; when one
+    does, it must match). A 304 without these (a stale edge cache: RFC 9110 does not require them)
+    proves nothing and the walk goes on conditionally; the caller still walks every page periodically."""
+
+    last_modified: datetime
+    expires_at: datetime | None
+    pages: int
+
+    def holds(self, first: PageResponse) -> bool:
+        return (first.status == 304 and first.last_modified is not None and first.last_modified == self.last_modified
+                and first.expires is not None and (self.expires_at is None or first.expires > self.expires_at)
+                and first.page_count in (None, self.pages))
 
 
 class WalkCancelled(Exception):
@@ -75,6 +96,11 @@ class _RestartUnconditionally(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class _NextSnapshot(Exception):
+    """Page 1 was about to expire and the walk waited for the API's next snapshot: walk again, still
+    conditionally (the new snapshot may well have the same pages: 304s cost no body)."""
 
 
 class _Walk:
@@ -169,14 +195,19 @@ class PageWalker(_Walk):
     def paginated(self) -> bool:
         return isinstance(self.paginator, PageNumbers)
 
-    def walk(self, etags: Sequence[str] | None) -> WalkResult:
-        """Fetch all pages, conditionally when `etags` (page i+1 at index i) are given."""
+    def walk(self, etags: Sequence[str] | None, unchanged: Unchanged | None = None) -> WalkResult:
+        """Fetch all pages, conditionally when `etags` (page i+1 at index i) are given; with
+        `unchanged`, page 1's 304 may stand for the whole snapshot (see `Unchanged`)."""
         reasons: list[str] = []
         max_walks = self.limits.max_walks
+        waited = False
         for attempt in range(1, max_walks + 1):
             self.stats.walks += 1
             try:
-                return self._walk_once(etags)
+                return self._walk_once(etags, unchanged if etags else None, may_wait=not waited)
+            except _NextSnapshot:
+                waited = True  # once: a second expiry that close is walked as it is
+                continue
             except (_RestartUnconditionally, InconsistentSnapshot, PageOutOfRange) as exc:
                 reason = getattr(exc, "reason", str(exc))
                 reasons.append(reason)
@@ -189,14 +220,18 @@ class PageWalker(_Walk):
             f"{self.label}: no consistent snapshot after {max_walks} walks ({'; '.join(reasons)}); nothing was written"
         )
 
-    def _walk_once(self, etags: Sequence[str] | None) -> WalkResult:
+    def _walk_once(self, etags: Sequence[str] | None, unchanged: Unchanged | None = None, may_wait: bool = True) -> WalkResult:
         first = self._first(etags[0] if etags else None)
         pages = self._page_count(first, etags)
-        if self._about_to_expire(first) and pages > 1:
+        if unchanged is not None and unchanged.holds(first):
+            self.log.info(f"{self.label}: page 1 not modified, same Last-Modified, new Expires: the {pages} pages are "
+                          "the stored snapshot (not asked)")
+            return WalkResult([first], [], page_one_only=True)
+        if may_wait and self._about_to_expire(first) and pages > 1:
             delay = (first.expires - _utcnow()).total_seconds() + 1.0  # type: ignore[operator]
             self.log.info(f"{self.label}: page 1 expires in {delay - 1:.1f}s; waiting for the next snapshot before walking {pages} pages")
             time.sleep(max(delay, 0.0))
-            raise _RestartUnconditionally("cache about to refresh")
+            raise _NextSnapshot()
         if etags is not None:
             if first.status == 200:
                 etags = None  # page 1 changed: a mixed walk would be refetched anyway

@@ -34,7 +34,7 @@ from .budget import BudgetKey, BudgetPolicy, PostgresBudget
 from .frames import empty_frame, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
 from .jobs import PollPolicy, ReportJobs, ReportPending, ReportRequest
-from .pagination import FromIdWalker, NextTokenWalker, PageWalker, WalkLimits
+from .pagination import FromIdWalker, NextTokenWalker, PageWalker, Unchanged, WalkLimits
 from .spec import ApiSpec
 
 REPORT_RECHECK_S = 300.0  # a report not finished in a run: the window is relaunched this much later
@@ -71,6 +71,12 @@ class ApiResource(dg.ConfigurableResource):
         description="Longest a request waits for a shared budget (rate limit, error limit, 429 latch). Work the budget "
         "cannot pay for sooner is deferred: the run commits what it has, ends, and the expiry sensor relaunches it "
         "when the budget has refilled, so a spent bucket never holds a pool slot (env SYNC_ASSETS_MAX_BUDGET_WAIT_S).",
+    )
+    full_walk_every_s: float = Field(
+        default=86400.0, ge=0.0, le=30 * 86400.0,
+        description="Paged snapshots: between walks of every page (conditional: unchanged pages cost a 304), page 1's "
+        "304 with the stored Last-Modified, a new Expires and the same page count stands for the whole snapshot "
+        "(1 request instead of one per page); at least this often every page is asked again. 0: every sync walks every page",
     )
     report_wait_s: float = Field(
         default=900.0, ge=1.0, le=6 * 3600.0,
@@ -180,20 +186,25 @@ class ApiResource(dg.ConfigurableResource):
         else:
             walker = PageWalker(http, path, query, paginator=paginator, max_concurrency=self.max_concurrency,
                                 expiry_guard_s=self.expiry_guard_s, sink=sink, **common)
-            result = walker.walk((previous.page_etags or None) if use_state else None)  # type: ignore[union-attr]
+            result = walker.walk((previous.page_etags or None) if use_state else None,  # type: ignore[union-attr]
+                                 self._unchanged(previous, now) if use_state else None)
             responses, frames = result.responses, result.parsed
         stats.pages = len(responses)
         stats.duration_s = time.perf_counter() - started
         if http.budget is not None:
             stats.budget_remaining = http.budget.remaining(key)
             stats.budget_wait_s = http.budget.waited_s
+        page_one_only = isinstance(paginator, (Single, PageNumbers)) and result.page_one_only
         validators = Validators(
-            # cursor walks revalidate only their first (newest) response; page walks every page
-            page_etags=tuple(r.etag or "" for r in (responses if isinstance(paginator, (Single, PageNumbers)) else responses[:1])),
+            # cursor walks revalidate only their first (newest) response; page walks every page (the
+            # stored ETags stand when page 1 stood for the unchanged snapshot)
+            page_etags=previous.page_etags if page_one_only else  # type: ignore[union-attr]
+            tuple(r.etag or "" for r in (responses if isinstance(paginator, (Single, PageNumbers)) else responses[:1])),
             # a 304 need not repeat Last-Modified: keep the stored one rather than lose it
             last_modified=responses[0].last_modified or (previous.last_modified if previous else None),
             expires_at=min((r.expires for r in responses if r.expires), default=None),
             cursor=request.version or _cursor(dataset, frames, previous),
+            walked_at=previous.walked_at if page_one_only else now,  # type: ignore[union-attr]
         )
         if all(r.status == 304 for r in responses):
             log.info(f"{label}: unchanged (all {stats.pages} responses 304); no body transferred")
@@ -252,6 +263,15 @@ class ApiResource(dg.ConfigurableResource):
         log.info(f"{where}: {'no data (CANCELLED)' if result.no_data else f'{snapshot.rows:,} rows'} "
                  f"in {stats.duration_s:.1f}s")
         return snapshot
+
+    def _unchanged(self, previous: Validators | None, now: datetime) -> Unchanged | None:
+        """Whether page 1's 304 may stand for the whole snapshot this time: only within
+        `full_walk_every_s` of the last walk of every page (which re-asks each page, conditionally),
+        and only for a stored multi-page snapshot with its Last-Modified."""
+        if (previous is None or len(previous.page_etags) < 2 or previous.last_modified is None or previous.walked_at is None
+                or (now - previous.walked_at).total_seconds() >= self.full_walk_every_s):
+            return None
+        return Unchanged(previous.last_modified, previous.expires_at, len(previous.page_etags))
 
     def budget_key(self, dataset: Dataset, credential: Credential | None = None) -> BudgetKey:
         """The shared bucket a dataset's requests spend: per rate-limit group and principal."""

@@ -28,7 +28,7 @@ MAX_BUDGET_WAIT_ENV = "SYNC_ASSETS_MAX_BUDGET_WAIT_S"
 
 
 TUNABLE = ("max_attempts", "backoff_initial_s", "backoff_max_s", "max_walks", "walk_deadline_s", "retry_round_pause_s",
-           "max_concurrency", "max_budget_wait_s", "rate_limit", "report_wait_s")
+           "max_concurrency", "max_budget_wait_s", "rate_limit", "report_wait_s", "full_walk_every_s")
 
 
 def budget_settings(api: str | None = None) -> dict[str, str]:

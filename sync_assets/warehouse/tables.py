@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS {SYNC_STATE} (
     PRIMARY KEY (dataset, partition_key)
 );
 ALTER TABLE {SYNC_STATE} ADD COLUMN IF NOT EXISTS cursor text;
+ALTER TABLE {SYNC_STATE} ADD COLUMN IF NOT EXISTS walked_at timestamptz;
 COMMENT ON TABLE {SYNC_STATE} IS
     'Validators (per-page ETags, Last-Modified, Expires) committed with the rows they describe';
 """
@@ -53,7 +54,7 @@ COMMENT ON TABLE {SYNC_STATE} IS
 # reader behind itself.
 
 def ensure_sync_state(conn: Connection) -> None:
-    if "cursor" in _columns(conn, META_SCHEMA, "sync_state"):
+    if "walked_at" in _columns(conn, META_SCHEMA, "sync_state"):
         return
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
     conn.execute(text(SYNC_STATE_DDL))

@@ -80,12 +80,12 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot, loade
 
 def read_validators(conn: Connection, dataset: Dataset, state_key: str | None) -> Validators | None:
     row = conn.execute(
-        text(f"SELECT page_etags, last_modified, expires_at, cursor FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p"),
+        text(f"SELECT page_etags, last_modified, expires_at, cursor, walked_at FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p"),
         {"d": dataset.key, "p": state_key or ""},
     ).first()
     if row is None:
         return None
-    return Validators(tuple(row.page_etags), row.last_modified, row.expires_at, row.cursor)
+    return Validators(tuple(row.page_etags), row.last_modified, row.expires_at, row.cursor, row.walked_at)
 
 
 def _stored_last_modified(conn: Connection, dataset: Dataset, partition: str) -> datetime | None:
@@ -273,9 +273,10 @@ def _save_state(conn: Connection, dataset: Dataset, partition: str, v: Validator
     conn.execute(
         text(
             f"INSERT INTO {SYNC_STATE} AS s (dataset, partition_key, page_etags, last_modified, expires_at, cursor,"
-            " data_version, row_count, last_checked_at, last_changed_at, last_success_at)"
-            " VALUES (:d, :p, CAST(:etags AS jsonb), :lm, :exp, :cursor, :dv, :rows, :now, :changed_at, :now)"
+            " walked_at, data_version, row_count, last_checked_at, last_changed_at, last_success_at)"
+            " VALUES (:d, :p, CAST(:etags AS jsonb), :lm, :exp, :cursor, :walked, :dv, :rows, :now, :changed_at, :now)"
             " ON CONFLICT (dataset, partition_key) DO UPDATE SET page_etags = EXCLUDED.page_etags, cursor = EXCLUDED.cursor,"
+            " walked_at = EXCLUDED.walked_at,"
             " last_modified = EXCLUDED.last_modified, expires_at = EXCLUDED.expires_at,"
             " data_version = EXCLUDED.data_version, row_count = EXCLUDED.row_count,"
             " last_checked_at = EXCLUDED.last_checked_at, last_success_at = EXCLUDED.last_success_at,"
@@ -283,6 +284,6 @@ def _save_state(conn: Connection, dataset: Dataset, partition: str, v: Validator
         ),
         {
             "d": dataset.key, "p": partition, "etags": json.dumps(list(v.page_etags)), "lm": v.last_modified,
-            "exp": v.expires_at, "cursor": v.cursor, "dv": v.data_version, "rows": total, "now": now, "changed_at": now if changed else None,
+            "exp": v.expires_at, "cursor": v.cursor, "walked": v.walked_at, "dv": v.data_version, "rows": total, "now": now, "changed_at": now if changed else None,
         },
     )
