@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Callable, Mapping, Protocol
 
-import pandas as pd
+from .lazy import pandas as pd  # imported when a run first uses it
 
 from .errors import BudgetExhausted
 

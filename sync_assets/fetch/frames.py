@@ -15,10 +15,8 @@ import re
 from operator import itemgetter
 from typing import Any, Sequence
 
-import numpy as np
 import orjson
-import pandas as pd
-import pyarrow as pa
+from ..core.lazy import numpy as np, pandas as pd, pyarrow as pa  # imported when a run first uses them
 
 from ..core.datasets import Column, ColumnType
 from ..core.errors import MalformedPayload
@@ -47,9 +45,7 @@ _EXACT: dict[ColumnType, frozenset[type]] = {
     ColumnType.DECIMAL: frozenset({str, int, float}),
 }
 _DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_ARROW_TIMESTAMP = pa.timestamp("us", tz="UTC")
-_TIMESTAMP_DTYPE = pd.DatetimeTZDtype("us", "UTC")
-_NAT = np.iinfo(np.int64).min  # NaT as int64
+_NAT = -(2**63)  # NaT as int64 (numpy's int64 minimum)
 _JSON_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
 
 
@@ -147,7 +143,7 @@ def _parse_times(values: Sequence[Any], column: Column, where: str) -> Any:
     datetime64[us] (dates). Arrow parses what ESI sends (`2026-07-23T12:12:48Z`, `2026-07-23`) in
     C++; anything else goes to pandas' ISO 8601 parser, and what it would turn into NaT or a clock
     reading ('', 'NaT', 'now', 'today') is refused."""
-    target = _ARROW_TIMESTAMP if column.type is ColumnType.TIMESTAMP else pa.date32()
+    target = pa.timestamp("us", tz="UTC") if column.type is ColumnType.TIMESTAMP else pa.date32()
     try:
         parsed = pa.array(values, type=pa.string()).cast(target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -160,7 +156,7 @@ def _parse_times(values: Sequence[Any], column: Column, where: str) -> Any:
     stamps = micros.to_numpy(zero_copy_only=False, writable=True).view("datetime64[us]")
     if column.type is ColumnType.DATE:
         return stamps
-    return pd.arrays.DatetimeArray._from_sequence(stamps, dtype=_TIMESTAMP_DTYPE)
+    return pd.arrays.DatetimeArray._from_sequence(stamps, dtype=pd.DatetimeTZDtype("us", "UTC"))
 
 
 def _parse_times_by_pandas(values: Sequence[Any], column: Column, where: str) -> Any:

@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-import pandas as pd
+from ..core.lazy import pandas as pd  # imported when a run first uses it
 from sqlalchemy import Connection, Engine, text
 
 from ..core.datasets import Column

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import dagster as dg
 import httpx
-import pandas as pd
+from ..core.lazy import pandas as pd  # imported when a run first uses it
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__

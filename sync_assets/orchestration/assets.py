@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
-import pandas as pd
+from ..core.lazy import pandas as pd  # imported when a run first uses it
 from pydantic import Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -102,7 +102,7 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
             )
         ],
     )
-    def sync(context: dg.AssetExecutionContext, config: SyncConfig, **inputs: pd.DataFrame):  # yields MaterializeResult(Snapshot[Set])
+    def sync(context: dg.AssetExecutionContext, config: SyncConfig, **inputs: Any):  # the source table's DataFrame  # yields MaterializeResult(Snapshot[Set])
         partition_key = context.partition_key if partitioned(dataset) else None
         warehouse: PostgresWarehouse = getattr(context.resources, "warehouse")
         api: ApiResource = getattr(context.resources, spec.name)
@@ -160,7 +160,7 @@ def build_derived_asset(dataset: Dataset) -> dg.AssetsDefinition:
     ins = {name: dg.AssetIn(key=dg.AssetKey(key.split(".")), partition_mapping=_input_mapping(dataset, DATASETS_BY_KEY[key]))
            for name, key in zip(names, dataset.derived_from)}
 
-    def derive(context: dg.AssetExecutionContext, **inputs: pd.DataFrame):  # the ins arrive as keywords
+    def derive(context: dg.AssetExecutionContext, **inputs: Any):  # the ins arrive as keywords
         partition_key = context.partition_key if partitioned(dataset) else None
         scope = partition_scope(dataset, partition_key)
         rows = dataset.compute(dict(zip(dataset.derived_from, (inputs[n] for n in names))), scope)  # type: ignore[misc]
@@ -346,7 +346,7 @@ def _stateless(dataset: Dataset) -> bool:
 
 
 def _slice_values(dataset: Dataset, partition_key: str | None, warehouse: PostgresWarehouse,
-                  source: pd.DataFrame | None, credential: Credential | None = None) -> list[dict] | None:
+                  source: "pd.DataFrame | None", credential: Credential | None = None) -> list[dict] | None:
     """The slices of an upstream-sourced dataset: the source's rows in the same partition (as the IO
     manager loaded them) and, for time windows, only those active during the window; `only_new`
     drops those already stored."""

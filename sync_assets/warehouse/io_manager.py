@@ -4,7 +4,7 @@
 import time
 
 import dagster as dg
-import pandas as pd
+from ..core.lazy import pandas as pd  # imported when a run first uses it
 
 from ..core.snapshot import Snapshot, SnapshotSet
 from ..core.catalog import dataset_for_asset_key
@@ -79,7 +79,7 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
                 f"(the others were committed): {failed}"
             ) from obj.failures[0].error
 
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+    def load_input(self, context: dg.InputContext) -> "pd.DataFrame":
         dataset = dataset_for_asset_key(context.asset_key.path)
         partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
         return self.warehouse.read_table(dataset, partitions)

@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Any, Iterator, Mapping
 
-import pandas as pd
+from ..core.lazy import pandas as pd  # imported when a run first uses it
 from sqlalchemy import Connection, Engine
 
 from ..core.datasets import Dataset

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 import dagster as dg
-import pandas as pd
+from ..core.lazy import pandas as pd  # imported when a run first uses it
 from pydantic import Field
 from sqlalchemy import Engine, make_url, text
 

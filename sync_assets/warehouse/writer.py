@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
+from ..core.lazy import pandas as pd, pyarrow as pa  # imported when a run first uses them
 from sqlalchemy import Connection, text
 
 from ..core.snapshot import Outcome, Snapshot, Validators
@@ -174,14 +172,16 @@ class _CsvStream:
     """A file for copy_expert: CSV of one batch of rows at a time (read() may return more than asked)."""
 
     def __init__(self, table: pa.Table):
+        import pyarrow.csv as pacsv  # a run's first COPY imports it, not the code location's load
+
         self._batches = iter(table.to_batches(max_chunksize=COPY_BATCH_ROWS))
-        self._options = pacsv.WriteOptions(include_header=False)
+        self._write_csv, self._options = pacsv.write_csv, pacsv.WriteOptions(include_header=False)
 
     def read(self, size: int = -1) -> bytes:
         for batch in self._batches:
             if batch.num_rows:
                 sink = pa.BufferOutputStream()
-                pacsv.write_csv(batch, sink, self._options)
+                self._write_csv(batch, sink, self._options)
                 return sink.getvalue().to_pybytes()
         return b""
 

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Mapping
 
-import pandas as pd
+from ...core.lazy import pandas as pd  # imported when a run first uses it
 
 from ...core.datasets import Auth, Column, ColumnType, Dataset, Incremental, Partitioning, Report, Slices, WriteMode
 from ...core.paging import NextToken

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any, Mapping
 
-import pandas as pd
+from ...core.lazy import pandas as pd  # imported when a run first uses it
 
 from ...core.datasets import Column, ColumnType, Dataset, Incremental, Slices, WriteMode
 from ...core.paging import PageNumbers
