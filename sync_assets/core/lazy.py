@@ -1,31 +1,41 @@
 """Heavy libraries imported when first used, not when the code location loads.
 
 Dagster's code server imports every definition to serve the UI and the daemon, but only runs build
-DataFrames; pandas (and numpy behind it) is most of what loading would otherwise import. The
-stdlib's `importlib.util.LazyLoader` defers a module's execution to its first attribute access, so
-`pd.DataFrame` in a run imports pandas then, and a process that never touches it never does.
+DataFrames; pandas (and numpy and pyarrow behind it) is most of what loading would otherwise
+import. `pandas` here is a stand-in module: the first attribute read (`pd.DataFrame`) imports the
+real one, under a lock, and every later read is the real module's. (The stdlib's
+`importlib.util.LazyLoader` does the same but is not thread-safe on Python 3.11: two page workers
+reading `pd.DataFrame` at once could see a half-initialised module.)
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
+import threading
 from types import ModuleType
+from typing import Any
+
+
+class _Deferred(ModuleType):
+    """A module imported on first attribute access; not registered in `sys.modules`, so `import
+    pandas` elsewhere is untouched and the real module is there only once someone used it."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.__dict__["_lock"] = threading.Lock()
+
+    def __getattr__(self, attr: str) -> Any:  # only for names not copied in yet
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)  # introspection (copy, pickle, doctest) does not import the module
+        with self.__dict__["_lock"]:
+            if "__file__" not in self.__dict__:
+                self.__dict__.update(importlib.import_module(self.__name__).__dict__)
+        return self.__dict__[attr] if attr in self.__dict__ else getattr(importlib.import_module(self.__name__), attr)
 
 
 def lazy(name: str) -> ModuleType:
-    """`name`, imported on first attribute access (or the module itself when already imported)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+    """`name`, imported on first attribute access."""
+    return _Deferred(name)
 
 
 numpy = lazy("numpy")
