@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 from .lazy import pandas as pd  # imported when a run first uses it
 
@@ -100,7 +100,10 @@ class PageSink(Protocol):
     """Takes each accepted page while the walk is still fetching (the warehouse loads it at once,
     overlapping the load with the walk). A restart voids every page put so far."""
 
-    def put(self, page: int, frame: pd.DataFrame) -> None: ...
+    def put(self, page: int, frame: pd.DataFrame) -> Any:
+        """Take the page; return what the walk keeps of it instead of the frame (a digest), or None
+        to keep the frame itself."""
+        ...
 
     def restart(self) -> None: ...
 
@@ -118,20 +121,14 @@ class Snapshot:
     staged: Any = None  # the pages already loaded while they were fetched (a PageSink's result), or None
     rows: int = 0  # rows of a CHANGED snapshot
     partial: bool = False  # an incremental read (rows changed since the cursor): upserted, nothing deleted
-    # a walk whose pages a PageSink loaded keeps them as they came: the frame is assembled (a
-    # second copy of every row) only if the writer needs it after all
-    pages: list[pd.DataFrame] | None = None
-    assemble: Callable[[list[pd.DataFrame]], pd.DataFrame] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.frame is not None and not self.rows:
             self.rows = len(self.frame)
 
     def table_frame(self) -> pd.DataFrame:
-        """The rows in table shape (context columns, one row per key), assembled on first use."""
-        if self.frame is None and self.pages is not None and self.assemble is not None:
-            pages, self.pages = self.pages, None
-            self.frame = self.assemble(pages)
+        """The rows in table shape (context columns, one row per key). A walk whose pages a sink
+        loaded holds none: they are in the database only."""
         if self.frame is None:
             raise ValueError(f"{self.dataset}[{self.state_key}]: a {self.outcome.value} snapshot carries no rows")
         return self.frame

@@ -357,12 +357,14 @@ class PageWalker(_Walk):
                 f"page {response.page} is from another snapshot (Last-Modified {response.last_modified} != {first.last_modified})"
             )
         if response.status == 200:
-            parsed[response.page] = frame = self.parse(response.page, self._records(response, self.paginator.records_path))
+            frame = self.parse(response.page, self._records(response, self.paginator.records_path))
             response.data = None
+            kept = None
             if self.sink is not None:
                 with self._sink_lock:
                     self._check_running(stop)
-                    self.sink.put(response.page, frame)
+                    kept = self.sink.put(response.page, frame)
+            parsed[response.page] = frame if kept is None else kept  # a sink's digest: the frame is freed
 
     def _about_to_expire(self, first: PageResponse) -> bool:
         if self.expiry_guard_s <= 0 or first.expires is None:
@@ -495,9 +497,9 @@ class NextTokenWalker(_Walk):
             responses.append(response)
             page = len(responses)
             frame = self.parse(page, self._records(response, decl.records_path))
-            frames.append(frame)
-            if self.sink is not None:
-                self.sink.put(page, frame)
+            kept = self.sink.put(page, frame) if self.sink is not None else None
+            frames.append(frame if kept is None else kept)  # a sink's digest: the frame is freed
+            del frame
             following = at_path(response.data, decl.token_path)
             response.data = None
             if not following:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 import dagster as dg
 import httpx
-from ..core.lazy import pandas as pd  # imported when a run first uses it
+from ..core.lazy import numpy as np, pandas as pd  # imported when a run first uses them
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
@@ -163,6 +164,8 @@ class ApiResource(dg.ConfigurableResource):
                                       budget_key=key, auth=credential.auth if credential else None,
                                       limits=WalkLimits(self.max_walks, self.walk_deadline_s, self.retry_round_pause_s))
         paginator = dataset.paginator
+        if sink is not None:
+            sink = _Digesting(sink, dataset)  # the loader takes each page's rows; the walk keeps a digest
         use_state = previous is not None and not full_refresh
         query = {**dataset.query, **request.params}
         partial = use_state and dataset.incremental is not None and bool(previous.cursor)  # type: ignore[union-attr]
@@ -211,9 +214,14 @@ class ApiResource(dg.ConfigurableResource):
             return Snapshot(dataset.key, request.state_key, Outcome.NOT_MODIFIED, validators, stats=stats, context=request.context)
         snapshot = Snapshot(dataset.key, request.state_key, Outcome.CHANGED, validators, stats=stats, context=request.context,
                             partial=partial)
-        if sink is not None and not _count_duplicates(dataset, frames, stats):
-            snapshot.pages, snapshot.rows = frames, sum(len(f) for f in frames)  # the sink has them: no second copy yet
-            snapshot.assemble = lambda pages: _assemble(dataset, request, pages, FetchStats())
+        if sink is not None:
+            # the loader has every page's rows; this process kept a digest of each (row count, key
+            # hashes, cursor): the rows live once, in the database
+            snapshot.rows = sum(d.rows for d in frames)
+            if _count_duplicates(dataset, frames, stats):  # a row on two pages: the loaded pages cannot be merged
+                log.warning(f"{label}: {stats.duplicates_dropped} rows appear on two pages (moved during the walk); "
+                            "fetching the snapshot again to write one copy of each")
+                return self.refetch(dataset, request, previous, credential=credential, log=log, full_refresh=full_refresh)
         else:
             snapshot.frame = _assemble(dataset, request, frames, stats)
             snapshot.rows = len(snapshot.frame)
@@ -222,6 +230,14 @@ class ApiResource(dg.ConfigurableResource):
             f"{stats.retries} retries, {stats.duration_s:.2f}s"
         )
         return snapshot
+
+    def refetch(self, dataset: Dataset, request: SliceRequest, previous: Validators | None, *,
+                credential: Credential | None = None, log: Log = DEFAULT_LOG, full_refresh: bool = False) -> Snapshot:
+        """The same request again, every page with its body (no ETags, no page-1 shortcut) and no
+        sink: the rows assembled in memory, duplicates dropped. For the rare walk whose pages could
+        not stay in the database only (a row on two pages, a failed load)."""
+        again = replace(previous, page_etags=(), expires_at=None) if previous is not None else None
+        return self.fetch_snapshot(dataset, request, again, credential=credential, log=log, full_refresh=full_refresh)
 
     def _report_snapshot(self, dataset: Dataset, request: SliceRequest, query: dict[str, Any], credential: Credential | None,
                          log: Log, stats: FetchStats, started: float) -> Snapshot:
@@ -388,7 +404,8 @@ def _since(dataset: Dataset, previous: Validators, now: datetime, overlap: bool 
 def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) -> str | None:
     if dataset.incremental is not None:  # the newest change synced (kept when nothing changed)
         column = dataset.incremental.cursor_column
-        newest = [f[column].max() for f in frames if len(f) and f[column].notna().any()]
+        newest = [f.cursor_max if isinstance(f, _PageDigest) else f[column].max() for f in frames
+                  if (f.cursor_max is not None if isinstance(f, _PageDigest) else len(f) and f[column].notna().any())]
         stored = datetime.fromisoformat(previous.cursor) if previous and previous.cursor else None
         candidates = [pd.Timestamp(t).to_pydatetime() for t in newest] + ([stored] if stored else [])
         return max(candidates).isoformat() if candidates else None
@@ -401,11 +418,47 @@ def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) ->
     return str(max(candidates)) if candidates else None
 
 
+def _payload_keys(dataset: Dataset) -> list[str]:
+    return [c for c in dataset.primary_key if c not in {col.name for col in dataset.context_columns}]
+
+
+@dataclass
+class _PageDigest:
+    """What a walk keeps of a page its sink took: enough to count rows, find a key on two pages and
+    advance an incremental cursor (8 bytes a row instead of the row)."""
+
+    rows: int
+    key_hashes: Any  # numpy uint64 array: one hash of the key columns per row
+    cursor_max: Any = None
+
+
+class _Digesting:
+    """A PageSink in front of another: forwards each page, hands the walk back a `_PageDigest`."""
+
+    def __init__(self, sink: PageSink, dataset: Dataset):
+        self._sink, self._keys = sink, _payload_keys(dataset)
+        self._cursor = dataset.incremental.cursor_column if dataset.incremental else None
+
+    def put(self, page: int, frame: pd.DataFrame) -> _PageDigest:
+        hashes = pd.util.hash_pandas_object(frame[self._keys], index=False).to_numpy() if self._keys and len(frame) else None
+        cursor = frame[self._cursor].max() if self._cursor and len(frame) and frame[self._cursor].notna().any() else None
+        self._sink.put(page, frame)
+        return _PageDigest(len(frame), hashes, cursor)
+
+    def restart(self) -> None:
+        self._sink.restart()
+
+
 def _count_duplicates(dataset: Dataset, frames: list[Any], stats: FetchStats) -> int:
-    """Rows whose key another page repeats (a row moved during the walk), from the key columns only."""
-    keys = [c for c in dataset.primary_key if c not in {col.name for col in dataset.context_columns}]
+    """Rows whose key another page repeats (a row moved during the walk), from the key columns
+    only (or their hashes, for pages a sink took: a collision costs a refetch, never a lost row)."""
+    keys = _payload_keys(dataset)
     if not frames or not keys:
         return 0
+    if isinstance(frames[0], _PageDigest):
+        hashes = [d.key_hashes for d in frames if d.key_hashes is not None]
+        stats.duplicates_dropped = int(pd.Series(np.concatenate(hashes)).duplicated().sum()) if hashes else 0
+        return stats.duplicates_dropped
     stats.duplicates_dropped = int(pd.concat([f[keys] for f in frames], ignore_index=True).duplicated(keep="last").sum())
     return stats.duplicates_dropped
 

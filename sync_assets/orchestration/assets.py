@@ -239,10 +239,13 @@ def _fetch(context, api: ApiResource, warehouse, dataset: Dataset, request: Slic
             context.log.info(f"{request.label or dataset.key}: {loader.pages} pages loaded into the database while "
                              f"fetching" + (f" (emptied and reloaded {loader.restarts}x as the walk restarted)" if loader.restarts else ""))
         else:
-            if loader.error is not None:
-                context.log.warning(f"{request.label or dataset.key}: loading pages during the walk failed "
-                                    f"({type(loader.error).__name__}); writing the snapshot after it instead")
             loader.abort()
+            if snapshot.changed and snapshot.frame is None:  # its rows went to the failed load only
+                context.log.warning(f"{request.label or dataset.key}: loading pages during the walk failed "
+                                    f"({type(loader.error).__name__ if loader.error else 'not started'}); fetching the "
+                                    "snapshot again and writing it after the walk instead")
+                snapshot = api.refetch(dataset, request, previous, credential=credential, log=context.log,
+                                       full_refresh=config.full_refresh)
     return snapshot
 
 
