@@ -149,7 +149,8 @@ def render(data: dict[str, Any], wall_s: float | None) -> str:
         "| # | fault | invariants | faults injected (runs / cases) | tests | result |",
         "|---|---|---|---|---|---|",
     ]
-    faults = data.get("faults", {})
+    # in the faults' numeric order (1, 2, ... 10, 11), not as strings sort (1, 11, 12, 2)
+    faults = dict(sorted(data.get("faults", {}).items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0])))
     for key, fault in faults.items():
         own = _own_tests(fault, tests)
         ok = sum(t["outcome"] == "passed" for t in own.values())
