@@ -41,3 +41,9 @@ def test_the_run_queue_gives_a_single_asset_run_its_slot() -> None:
     assert slot_for_run(tagged) is None  # already has one
     several = dg.DagsterRun(job_name="__ASSET_JOB", run_id="r3", asset_selection=frozenset({orders, dg.AssetKey(["esi", "market_prices"])}))
     assert slot_for_run(several) is None
+    # a sync job started through the API with only a partition tag (DagsterGraphQLClient.submit_job_execution):
+    # the job's own tags name the dataset
+    job_tags = defs.resolve_job_def(job_name(MARKET_ORDERS)).run_tags
+    client = dg.DagsterRun(job_name=job_name(MARKET_ORDERS), run_id="r4", tags={**job_tags, "dagster/partition": "10000043"})
+    assert slot_for_run(client) == "esi.market_orders[10000043]"
+    assert slot_for_run(dg.DagsterRun(job_name="other", run_id="r5", tags={"dagster/partition": "x"})) is None

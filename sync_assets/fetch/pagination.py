@@ -110,14 +110,14 @@ class _Walk:
     def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, parse: ParsePage, stats: FetchStats,
                  log: Log, label: str, headers: Mapping[str, str] | None = None, budget_key: Any = None,
                  auth: httpx.Auth | None = None, limits: WalkLimits = WalkLimits(),
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, cancelled: threading.Event | None = None):
         self.http, self.path, self.params = http, path, params
         self.parse, self.stats, self.log, self.label = parse, stats, log, label
         self.headers, self.budget_key, self.auth, self.limits = headers, budget_key, auth, limits
         self._clock = clock
         self._started = clock()
         self._stats_lock = threading.Lock()
-        self._cancelled = threading.Event()
+        self._cancelled = cancelled or threading.Event()  # shared: the caller may stop several walks at once
 
     def cancel(self) -> None:
         """Stop the walk from another thread: no request starts after this, no retry is waited for."""

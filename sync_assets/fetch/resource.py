@@ -10,6 +10,7 @@ An API's resource is a subclass that names its spec:
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -141,6 +142,7 @@ class ApiResource(dg.ConfigurableResource):
         full_refresh: bool = False,
         log: Log = DEFAULT_LOG,
         sink: PageSink | None = None,
+        cancel: threading.Event | None = None,
     ) -> Snapshot:
         """One complete, consistent snapshot of one request of `dataset`, or an error.
 
@@ -150,6 +152,7 @@ class ApiResource(dg.ConfigurableResource):
         - `full_refresh` ignores stored validators and Expires (unconditional GETs).
         - `credential`: the per-partition credential (a character's token); never logged.
         - `sink`: takes each accepted page of a walk as it lands (see PageSink).
+        - `cancel`: set from another thread, it stops the walk (no further request, no wait).
         """
         label = request.label or dataset.key
         now = datetime.now(timezone.utc)
@@ -162,7 +165,8 @@ class ApiResource(dg.ConfigurableResource):
         key = self.budget_key(dataset, credential)
         common: dict[str, Any] = dict(parse=_page_parser(dataset, request, label), stats=stats, log=log, label=label,
                                       budget_key=key, auth=credential.auth if credential else None,
-                                      limits=WalkLimits(self.max_walks, self.walk_deadline_s, self.retry_round_pause_s))
+                                      limits=WalkLimits(self.max_walks, self.walk_deadline_s, self.retry_round_pause_s),
+                                      cancelled=cancel)
         paginator = dataset.paginator
         if sink is not None:
             sink = _Digesting(sink, dataset)  # the loader takes each page's rows; the walk keeps a digest

@@ -215,12 +215,13 @@ def _derived_description(dataset: Dataset) -> str:
 
 
 def _fetch(context, api: ApiResource, warehouse, dataset: Dataset, request: SliceRequest, credentials,
-           credential: Credential | None, config: SyncConfig, load_while_fetching: bool = False) -> Snapshot:
+           credential: Credential | None, config: SyncConfig, load_while_fetching: bool = False,
+           cancel: threading.Event | None = None) -> Snapshot:
     previous = None if _stateless(dataset) else warehouse.read_validators(dataset, request.state_key)
     loader = warehouse.page_loader(dataset, request.state_key, request.context) if load_while_fetching else None
     try:
         snapshot = api.fetch_snapshot(dataset, request, previous, credential=credential, full_refresh=config.full_refresh,
-                                      log=context.log, sink=loader)
+                                      log=context.log, sink=loader, cancel=cancel)
     except Forbidden as exc:
         if loader is not None:
             loader.abort()
@@ -259,7 +260,8 @@ def _fetch_slices(context, api, warehouse, dataset, requests, credentials, crede
     held = {f.item: f for f in warehouse.failed_items(dataset.key, partition_key)
             if f.retry_at > datetime.now(timezone.utc)}
     context.log.info(f"{dataset.key}: {len(requests)} requests to make" + (f", {len(held)} backed off after failing" if held else ""))
-    stop = threading.Event()
+    stop = threading.Event()  # no further slice starts (a spent budget, refused credentials)
+    interrupted = threading.Event()  # the walks in flight stop too (the run is being stopped)
 
     def fetch(request: SliceRequest) -> Snapshot | None:
         if stop.is_set():
@@ -268,7 +270,7 @@ def _fetch_slices(context, api, warehouse, dataset, requests, credentials, crede
             raise RetryLater(f"{request.label}: failed {item.attempts}x, not asked again before "
                              f"{item.retry_at:%Y-%m-%d %H:%M:%S} UTC; last error: {item.message[:300]}")
         try:
-            return _fetch(context, api, warehouse, dataset, request, credentials, credential, config)
+            return _fetch(context, api, warehouse, dataset, request, credentials, credential, config, cancel=interrupted)
         except BudgetExhausted as exc:
             if exc.retry_at is not None:
                 stop.set()  # every later slice would be refused by the same budget
@@ -277,7 +279,8 @@ def _fetch_slices(context, api, warehouse, dataset, requests, credentials, crede
             stop.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=max(1, min(api.max_concurrency, len(requests)))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(api.max_concurrency, len(requests))), thread_name_prefix="slice")
+    try:
         futures = {pool.submit(fetch, r): r for r in requests}
         for future, request in futures.items():
             try:
@@ -301,6 +304,14 @@ def _fetch_slices(context, api, warehouse, dataset, requests, credentials, crede
                 batch.deferred.append(request.state_key)
             else:
                 batch.snapshots.append(snapshot)
+    except BaseException:
+        # the run is being stopped (a cancel from the UI or the API interrupts this thread) or a
+        # slice stopped it: queued slices are dropped and the walks in flight stop at their next
+        # request or wait, instead of the run waiting for every slice to finish
+        interrupted.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     _record_items(warehouse, dataset, partition_key, batch)
     return batch
 

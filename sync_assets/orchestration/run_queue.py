@@ -14,15 +14,26 @@ import dagster as dg
 
 SLOT_TAG = "sync_assets/slot"  # defined here: every Dagster process loads this module with the instance, not the code location
 PARTITION_TAG = "dagster/partition"
+DATASET_TAG = "sync_assets/dataset"  # a sync job's own tag (orchestration/automation.py)
 
 
 def slot_for_run(run: dg.DagsterRun) -> str | None:
     """The slot of a run that materializes exactly one asset and has no slot yet, else None (a run of
-    several assets holds no single slot: its assets' own runs may overlap it)."""
-    if SLOT_TAG in run.tags or not run.asset_selection or len(run.asset_selection) != 1:
+    several assets holds no single slot: its assets' own runs may overlap it). A sync job launched
+    through the API without an asset selection (`submit_job_execution(job, tags={"dagster/partition":
+    ...})`) names its dataset in the job's own tag."""
+    if SLOT_TAG in run.tags:
         return None
-    [key] = run.asset_selection
-    dataset, partition = ".".join(key.path), run.tags.get(PARTITION_TAG)
+    if run.asset_selection:
+        if len(run.asset_selection) != 1:
+            return None
+        [key] = run.asset_selection
+        dataset = ".".join(key.path)
+    elif DATASET_TAG in run.tags:
+        dataset = run.tags[DATASET_TAG]
+    else:
+        return None
+    partition = run.tags.get(PARTITION_TAG)
     return f"{dataset}[{partition}]" if partition else dataset
 
 
