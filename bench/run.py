@@ -2,17 +2,18 @@
 
     .venv/bin/python -m bench.run --write bench/RESULTS.md            # what `make bench` runs
     .venv/bin/python -m bench.run --quick                              # smoke test (small sizes, 1 run)
+    .venv/bin/python -m bench.run --workloads F:full,M,API --reps 1 --quick --write /tmp/b/RESULTS.md   # parts alone
 
 One embedded PostgreSQL (pgserver) and one ESI sandbox (its own process, over HTTP on 127.0.0.1)
 serve every system; every measured system runs as its own process under `/usr/bin/time -v`
 (whole-process wall time, CPU time and peak RSS), systems are interleaved (the order rotates each
 repetition) and every figure is the median of `--repeat` runs. See the generated RESULTS.md for
 the method, the results, the targets and the profiles; raw runs go to results.json and the
-pyinstrument trees to profiles/, next to the report (bench/ for the canonical run). ~20 min on
+pyinstrument trees to profiles/, next to the report (bench/ for the canonical run). ~25-30 min on
 2 cores, plus about a minute per repetition for the F-5xx walk (paced by ESI's error limit) and up
 to 90 s for a no-headers walk that crawls (killed at its timeout, reported as a lower bound);
-`--only`, `--repeat`, `--dlt-default-runs`, `--dlt-latency`, `--dlt-default-m` trade time for
-coverage. A run that hangs is killed, reported with the query Postgres was running, and not
+`--only`/`--workloads`, `--systems`, `--repeat`/`--reps`, `--dlt-default-runs`, `--dlt-latency`,
+`--no-dlt-default-m` trade time for coverage. A run that hangs is killed, reported with the query Postgres was running, and not
 repeated. Not part of the test suite.
 
 Workloads
@@ -31,12 +32,18 @@ Workloads
         walk), 420s (must be 0)
   M     1,000,000 corporation assets (1000 pages, SSO token) - peak RSS and time; the same at
         250,000 assets to check that memory grows only with the DataFrame
+  API   the SP-API and IRIS walks against their own sandboxes at their declared limits: one
+        in-process materialization each (amazon/inventory_summaries of the US + CA seller at
+        Amazon's real rates; iris/merchants with the sandbox and the resource on the same small
+        plan, --iris-limit); page-walk time vs the bound the limit allows (target <= 1.1x), 429s
 Systems
   sync_cli     `dagster asset materialize -m sync_assets.definitions` (whole process, in_process executor)
   sync_inproc  in-process `dagster.materialize` of the same asset (bench.workers sync)
   dlt_csv      a Dagster asset running dlt's rest_api source, merge, loader_file_format="csv" (COPY)
   dlt_default  the same with dlt's default loader file format (INSERT VALUES); once per workload by
                default, only to show that csv is dlt's faster configuration
+  dlt_script_csv, dlt_script_default  the same dlt pipeline as a plain script, no Dagster
+               (`python bench/dlt_pipeline.py`; F full and M)
   floor        concurrent fetch(+orjson parse) only, and COPY only (bench.workers floor)
   dagster      a trivial asset materialized the same way (Dagster's own fixed cost)
   sync_inproc_nobudget  diagnostic: sync_inproc without the Postgres-shared API budget
@@ -48,6 +55,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -73,8 +81,13 @@ FORGE = 10000002
 CORP_M, CORP_M4 = 98000001, 98000002  # 1,000,000 and 250,000 assets (ids differ modulo 97)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 ISSUER = "login.eveonline.com"
+IRIS_KEY = "iris-bench-key"  # the IRIS sandbox's accepted X-API-KEY (offline: not a secret)
 # F variants measured in the F full rotation, reported as workloads of their own (system sync_inproc)
 VARIANTS = {"sync_inproc_noheaders": "F-noheaders", "sync_inproc_storm": "F-5xx"}
+# dlt systems: (loader file format, plain script?): inside a Dagster asset (bench/dlt_defs.py) or as
+# a plain script (bench/dlt_pipeline.py), both on bench/dlt_source.py
+DLT_SYSTEMS = {"dlt_csv": ("csv", False), "dlt_default": ("default", False),
+               "dlt_script_csv": ("csv", True), "dlt_script_default": ("default", True)}
 
 
 # =============================================================================== measuring processes
@@ -164,18 +177,21 @@ def _free_port() -> int:
 class Sandbox:
     """The ESI sandbox in its own process (it must not share our GIL), knobs via its admin API."""
 
+    module = "sync_assets.apis.esi.sandbox.server"  # its `run(port=..., **kwargs)` serves until killed
+    ready = "/_sandbox/state"  # an admin route that answers once it serves
+
     def __init__(self, workdir: Path, name: str, **kwargs: Any):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        code = f"from sync_assets.apis.esi.sandbox.server import run; run(port={self.port}, **{kwargs!r})"
+        code = f"from {self.module} import run; run(port={self.port}, **{kwargs!r})"
         self.log = open(workdir / f"sandbox_{name}.log", "ab")
         self.process = subprocess.Popen([PY, "-c", code], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sandbox exited with {self.process.returncode}; see {self.log.name}")
             try:
-                httpx.get(f"{self.url}/_sandbox/state", timeout=2).raise_for_status()
+                httpx.get(f"{self.url}{self.ready}", timeout=2).raise_for_status()
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline:
@@ -210,6 +226,55 @@ class Sandbox:
         self.log.close()
 
 
+class AmazonSandboxProcess(Sandbox):
+    """The SP-API + LWA sandbox (sync_assets.apis.amazon.sandbox) in its own process. Its counters
+    are per (seller, operation): `counters(op)` sums an operation over the sellers."""
+
+    module = "sync_assets.apis.amazon.sandbox.server"
+    ready = "/_sandbox/config"
+
+    def counters(self, route: str) -> dict:
+        data = self.client.get("/_sandbox/counters").raise_for_status().json()
+        out: dict[str, Any] = {"requests": 0, "status_429": 0, "statuses": {}, "peak_per_second": 0.0, "sellers": []}
+        for key, c in data.get("operations", {}).items():
+            seller, _, op = key.partition("|")
+            if op != route:
+                continue
+            out["sellers"].append(seller)
+            out["requests"] += c["requests"]
+            out["status_429"] += c["throttled"]
+            out["peak_per_second"] = max(out["peak_per_second"], c.get("peak_per_second", 0.0))
+            for status, n in c.get("statuses", {}).items():
+                out["statuses"][status] = out["statuses"].get(status, 0) + n
+        out["status_200"] = out["statuses"].get("200", 0)
+        out["throttled_all_operations"] = data.get("throttled")
+        out["lwa"] = data.get("lwa")
+        return out
+
+
+class IrisSandboxProcess(Sandbox):
+    """The IRIS CRM sandbox (sync_assets.apis.iris.sandbox) in its own process. Its counters are
+    per API key: `counters(route)` sums the route over the keys; the 429s are the keys' (its
+    limiter is one window per key, shared by every route)."""
+
+    module = "sync_assets.apis.iris.sandbox.server"
+
+    def counters(self, route: str) -> dict:
+        data = self.client.get("/_sandbox/counters").raise_for_status().json()
+        out: dict[str, Any] = {"requests": 0, "route_requests": 0, "status_429": 0, "statuses": {}, "max_in_window": 0,
+                               "max_in_sliding_window": 0}
+        for c in data.values():
+            out["requests"] += c["requests"]
+            out["route_requests"] += c.get("routes", {}).get(route, 0)
+            out["status_429"] += c["rate_limited"]
+            out["max_in_window"] = max(out["max_in_window"], c["max_in_window"])
+            out["max_in_sliding_window"] = max(out["max_in_sliding_window"], c["max_in_sliding_window"])
+            for status, n in c.get("statuses", {}).items():
+                out["statuses"][status] = out["statuses"].get(status, 0) + n
+        out["status_200"] = out["statuses"].get("200", 0)
+        return out
+
+
 # =============================================================================== the harness
 
 
@@ -240,6 +305,7 @@ class Bench:
         self.base_env.update(DAGSTER_HOME=str(self.dagster_home), DAGSTER_PG_URL=self.dagster_pg, PYTHONUNBUFFERED="1",
                              RUNTIME__DLTHUB_TELEMETRY="false")
         self.sandbox: Sandbox | None = None
+        self.amazon: dict[str, Any] | None = None  # the SP-API sandbox's app credentials and the synced seller
         from sync_assets.apis.esi import EsiResource
 
         self.budget_field = "budget_database_url" in EsiResource.model_fields  # the shared API budget exists
@@ -329,6 +395,8 @@ class Bench:
         exceeds them is hung, e.g. on a slow query, and is reported as such."""
         if run.workload == "M":
             return 900.0 if run.system.startswith("dlt") else 420.0
+        if run.workload == "API":  # paced walks of 10-40 s at the declared limits
+            return 600.0
         if run.system.startswith("dlt"):
             return 400.0
         if run.workload == "F-5xx":  # paced by ESI's error limit (100 errors / 60 s): a minute or two
@@ -370,10 +438,10 @@ class Bench:
             run.ok, run.error = False, "run did not succeed"
         return run
 
-    def sync_inproc(self, run: Run, db: str, asset: str, partition: str, route: str, extra: dict[str, str] | None = None,
+    def sync_inproc(self, run: Run, db: str, asset: str, partition: str | None, route: str, extra: dict[str, str] | None = None,
                     profile: str | None = None, serial: bool = False, profile_limit: float | None = None) -> Run:
         out = self.work / f"result_{self.counter + 1}.json"
-        cmd = [PY, "-m", "bench.workers", "sync", "--asset", asset, "--partition", partition, "--out", str(out)]
+        cmd = [PY, "-m", "bench.workers", "sync", "--asset", asset, *(["--partition", partition] if partition else []), "--out", str(out)]
         if profile:
             cmd += ["--profile", profile]
             if profile_limit:
@@ -398,7 +466,10 @@ class Bench:
             return out
 
     def dlt(self, run: Run, db_name: str, fmt: str, path: str, params: dict, primary_key: str, table: str,
-            route: str, token: str | None = None) -> Run:
+            route: str, token: str | None = None, script: bool = False) -> Run:
+        """dlt's rest_api source into `db_name`: inside a Dagster asset (bench/dlt_defs.py, materialized
+        like sync_cli) or, `script`, as a plain script (`python bench/dlt_pipeline.py`, no Dagster);
+        both run bench/dlt_source.py with the same configuration."""
         assert self.sandbox
         out = self.work / f"result_{self.counter + 1}.json"
         env = dict(
@@ -409,7 +480,10 @@ class Bench:
         )
         if token:
             env["BENCH_DLT_TOKEN"] = token
-        cmd = [DAGSTER, "asset", "materialize", "-m", "bench.dlt_defs", "--select", "dlt_sync", "--config-json", json.dumps(IN_PROCESS)]
+        if script:
+            cmd = [PY, "bench/dlt_pipeline.py"]  # cwd: the repository root
+        else:
+            cmd = [DAGSTER, "asset", "materialize", "-m", "bench.dlt_defs", "--select", "dlt_sync", "--config-json", json.dumps(IN_PROCESS)]
         self.measure(run, cmd, env, route, out)
         if run.ok:
             url = self.database(db_name)
@@ -417,6 +491,16 @@ class Bench:
             with contextlib.suppress(Exception):  # rows of the last load (dlt keeps its staging table)
                 run.inner["rows_loaded"] = self.sql(url, f"SELECT count(*) FROM esi_dlt_staging.{table}")[0][0]
         return run
+
+    def dlt_system(self, run: Run, system: str, db_name: str, **kwargs: Any) -> Run:
+        """One of DLT_SYSTEMS: dlt_csv, dlt_default (inside Dagster), dlt_script_csv, dlt_script_default."""
+        fmt, script = DLT_SYSTEMS[system]
+        return self.dlt(run, db_name, fmt, script=script, **kwargs)
+
+    def selected(self, systems: list[str]) -> list[str]:
+        """`--systems`: the F full and M rotations keep only the systems named (all by default)."""
+        chosen = self.args.systems
+        return [s for s in systems if not chosen or s in chosen]
 
     def floor(self, run: Run, db: str | None, path: str, params: dict, dataset: str, context: dict, route: str,
               token: str | None = None) -> Run:
@@ -506,7 +590,7 @@ class Bench:
         dbs = {s: self.fresh_database(f"f{rep}_{s}")
                for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor", "sync_inproc_noheaders", "sync_inproc_storm")}
         runs: dict[str, Run] = {}
-        dlt_dbs = {s: f"f{rep}_{s}" for s in ("dlt_csv", "dlt_default")}
+        dlt_dbs = {s: f"f{rep}_{s}" for s in DLT_SYSTEMS}
         for name in dlt_dbs.values():
             self.fresh_database(name)
 
@@ -522,35 +606,42 @@ class Bench:
                 # diagnostic A/B: the same without the Postgres-shared API budget (one transaction per request)
                 "sync_inproc_nobudget": lambda: self.sync_inproc(r, dbs["sync_inproc_nobudget"], asset, part, "orders",
                                                                  {"BENCH_ESI_OVERRIDES": json.dumps({"budget_database_url": None})}),
-                "dlt_csv": lambda: self.dlt(r, dlt_dbs["dlt_csv"], "csv", route="orders", **dlt_orders),
-                "dlt_default": lambda: self.dlt(r, dlt_dbs["dlt_default"], "default", route="orders", **dlt_orders),
+                # dlt inside a Dagster asset and as a plain script, each with csv (COPY) and its default (INSERT)
+                **{name: (lambda name=name: self.dlt_system(r, name, dlt_dbs[name], route="orders", **dlt_orders)) for name in DLT_SYSTEMS},
                 "floor": lambda: self.floor(r, dbs["floor"], dataset="esi.market_orders", context={"region_id": FORGE}, route="orders", **orders),
                 "dagster": lambda: self.dagster_fixed(r, "postgres", "in_process"),
                 "dagster_multiprocess": lambda: self.dagster_fixed(r, "postgres", "multiprocess"),
                 "dagster_sqlite": lambda: self.dagster_fixed(r, "sqlite", "in_process"),
             }[system]
 
-        systems = ["sync_cli", "sync_inproc", "dlt_csv", "floor", "dagster", "sync_inproc_noheaders", "sync_inproc_storm"]
+        systems = ["sync_cli", "sync_inproc", "dlt_csv", "dlt_script_csv", "floor", "dagster", "sync_inproc_noheaders", "sync_inproc_storm"]
         if self.budget_field:
             systems.append("sync_inproc_nobudget")
         if rep < self.args.dlt_default_runs:  # only to show which dlt configuration is the faster
-            systems.append("dlt_default")
+            systems += ["dlt_default", "dlt_script_default"]
         if rep == 0:  # what the executor and the storage choice cost (reported, not compared)
             systems += ["dagster_multiprocess", "dagster_sqlite"]
-        for system in rotate(systems, rep):
+        for system in rotate(self.selected(systems), rep):
             full(system)()
         # exact data: every table of the snapshot (generation 0) against the sandbox's row count and
         # against the with-headers, error-free walk (before the re-syncs change anything)
         snapshot_rows = self.snapshot_rows(FORGE)
         for system in ("sync_inproc", "sync_inproc_noheaders", "sync_inproc_storm"):
+            if system not in runs:
+                continue
             r = runs[system]
             r.inner["snapshot_rows"] = snapshot_rows
             r.inner.update(self.table_fingerprint(dbs[system], FORGE))
+        f_dbs = [f"f{rep}_{s}" for s in (*dbs, *DLT_SYSTEMS)]
+        if self.args.f_full_only:  # --only F:full: the full-sync rotation alone
+            for name in f_dbs:
+                self.drop_database(name)
+            return
 
         def resync(phase: str, system: str) -> None:
             r = Run("F", system, phase, rep)
-            if system.startswith("dlt"):
-                self.dlt(r, dlt_dbs[system], system.removeprefix("dlt_"), route="orders", **dlt_orders)
+            if system in DLT_SYSTEMS:
+                self.dlt_system(r, system, dlt_dbs[system], route="orders", **dlt_orders)
                 return
             if phase != "unchanged_cached":
                 self.expire(dbs[system])
@@ -594,9 +685,7 @@ class Bench:
         r = self.sync_inproc(Run("RL", "sync_inproc", "full", rep), db, asset, part, "orders")
         r.inner["rate"] = rate
         sandbox.configure(rate_limit_window=900, rate_limit_tokens={"market-order": 10**9})
-        for name in [*(f"f{rep}_{s}" for s in ("sync_cli", "sync_inproc", "sync_inproc_nobudget", "floor", "dlt_csv", "dlt_default",
-                                                "sync_inproc_noheaders", "sync_inproc_storm")),
-                     *(f"f100_{rep}_{s}" for s in ("sync_cli", "sync_inproc")), f"rl_{rep}"]:
+        for name in [*f_dbs, *(f"f100_{rep}_{s}" for s in ("sync_cli", "sync_inproc")), f"rl_{rep}"]:
             self.drop_database(name)
 
     def sync_no_headers(self, run: Run, db: str, asset: str, partition: str) -> Run:
@@ -683,10 +772,10 @@ class Bench:
             return dict(path=f"/corporations/{corp}/assets", params={})
 
         dlt_assets = dict(path=f"corporations/{CORP_M}/assets", params={}, primary_key="item_id", table="corporation_assets")
-        systems = ["sync_cli", "sync_inproc", "dlt_csv", "floor", "sync_inproc_quarter"]
-        if self.args.dlt_default_m and rep == 0:  # ~2.5 min; F already shows which dlt configuration is faster
-            systems.append("dlt_default")
-        for system in rotate(systems, rep):
+        systems = ["sync_cli", "sync_inproc", "dlt_csv", "dlt_script_csv", "floor", "sync_inproc_quarter"]
+        if self.args.dlt_default_m and rep == 0:  # ~2.5 min each; only to show which dlt configuration is faster
+            systems += ["dlt_default", "dlt_script_default"]
+        for system in rotate(self.selected(systems), rep):
             r = Run("M", system, "full", rep)
             name = f"m{rep}_{system}"
             db = self.fresh_database(name)
@@ -698,8 +787,89 @@ class Bench:
                 self.floor(r, db, dataset="esi.corporation_assets", context={"corporation_id": CORP_M}, route="assets",
                            token=self.access_token(CORP_M), **assets_of(CORP_M))
             else:
-                self.dlt(r, name, system.removeprefix("dlt_"), route="assets", token=self.access_token(CORP_M), **dlt_assets)
+                self.dlt_system(r, system, name, route="assets", token=self.access_token(CORP_M), **dlt_assets)
             self.drop_database(name)
+
+    # ------------------------------------------------------------------ API: SP-API and IRIS walks at their limits
+
+    def amazon_sandbox(self) -> AmazonSandboxProcess:
+        """The SP-API sandbox at Amazon's real rates (rate_scale=1); the seller with the most
+        marketplaces (US + CA) is the one synced."""
+        if self.sandbox:
+            self.sandbox.stop()
+        sandbox = self.sandbox = AmazonSandboxProcess(self.work, "amazon", scale=_scale(self.args.amazon_scale), rate_scale=1.0)
+        grant = sandbox.client.get("/_sandbox/credentials").raise_for_status().json()
+        sellers = sandbox.client.get("/_sandbox/sellers").raise_for_status().json()
+        seller_id, seller = max(sellers.items(), key=lambda kv: (len(kv[1]["marketplaces"]), kv[0]))
+        self.amazon = {"seller_id": seller_id, "seller": seller, "client_id": grant["client_id"],
+                       "client_secret": grant["client_secret"], "refresh_token": grant["refresh_tokens"][seller_id]}
+        return sandbox
+
+    def api_amazon(self, rep: int) -> Run:
+        """amazon/inventory_summaries of the US + CA seller: one walk per marketplace (50 SKUs a page,
+        next tokens), both on the seller's getInventorySummaries bucket (2/s, burst 2)."""
+        from sync_assets.apis.amazon.auth import AmazonAuthResource
+        from sync_assets.apis.amazon.sandbox.limits import RATE_TABLE
+        from sync_assets.apis.amazon.spec import OPERATION_LIMITS
+
+        assert self.sandbox and self.amazon
+        a, op = self.amazon, "getInventorySummaries"
+        name = f"api{rep}_amazon"
+        db = self.fresh_database(name)
+        env = {"SYNC_ASSETS_APIS": "amazon", "SYNC_ASSETS_AMAZON_URL": self.sandbox.url, "SP_API_LWA_URL": f"{self.sandbox.url}/auth/o2/token",
+               "SP_API_CLIENT_ID": a["client_id"], "SP_API_CLIENT_SECRET": a["client_secret"], "SYNC_ASSETS_TOKEN_KEY": self.token_key,
+               "BENCH_PREIMPORT": self.args.api_preimport, "BENCH_FETCH_SPANS": "1"}
+        auth = AmazonAuthResource.from_env(dict(env, SYNC_ASSETS_DATABASE_URL=db))
+        try:  # what `sync-assets amazon add-seller` stores (one LWA grant, before the timed run)
+            auth.add_seller(a["seller_id"], a["refresh_token"], "na", a["seller"]["marketplaces"])
+        finally:
+            auth.close()
+        knobs = self.sandbox.client.get("/_sandbox/config").raise_for_status().json()
+        r = Run("API", "sync_inproc", "amazon/inventory_summaries", rep)
+        self.sync_inproc(r, db, "amazon/inventory_summaries", a["seller_id"], op, env)
+        declared, served = OPERATION_LIMITS[op], RATE_TABLE[op]
+        r.inner["api"] = {
+            **_budget_policy(),
+            "api": "SP-API", "operation": op, "seller_id": a["seller_id"], "marketplaces": a["seller"]["marketplaces"],
+            "inventory": a["seller"].get("inventory"), "page_size": knobs.get("inventory_page_size"), "kind": "token_bucket",
+            "rate": declared.rate, "burst": declared.burst,
+            "sandbox_rate": served.rate * float(knobs.get("rate_scale", 1.0)), "sandbox_burst": served.burst,
+            "pages": r.server.get("status_200"),
+        }
+        self.drop_database(name)
+        return r
+
+    def iris_sandbox(self) -> IrisSandboxProcess:
+        """The IRIS sandbox with a small plan (--iris-limit N/S) so that a walk of many pages must pace."""
+        if self.sandbox:
+            self.sandbox.stop()
+        capacity, window = self.args.iris_limit.split("/")
+        self.sandbox = IrisSandboxProcess(self.work, "iris", api_keys={"bench": IRIS_KEY}, merchants=self.args.iris_merchants,
+                                          rate_limit=int(capacity), rate_limit_window=float(window))
+        return self.sandbox
+
+    def api_iris(self, rep: int) -> Run:
+        """iris/merchants (1000 a page), the resource configured with the same plan as the sandbox's
+        (SYNC_ASSETS_IRIS__RATE_LIMIT): one sliding window per key."""
+        assert self.sandbox
+        name = f"api{rep}_iris"
+        db = self.fresh_database(name)
+        env = {"SYNC_ASSETS_APIS": "iris", "SYNC_ASSETS_IRIS_URL": f"{self.sandbox.url}/api/v1", "IRIS_API_KEY": IRIS_KEY,
+               "SYNC_ASSETS_IRIS__RATE_LIMIT": self.args.iris_limit, "BENCH_PREIMPORT": self.args.api_preimport,
+               "BENCH_FETCH_SPANS": "1"}
+        knobs = self.sandbox.client.get("/_sandbox/config").raise_for_status().json()
+        r = Run("API", "sync_inproc", "iris/merchants", rep)
+        self.sync_inproc(r, db, "iris/merchants", None, "merchants", env)
+        capacity, window = self.args.iris_limit.split("/")
+        r.inner["api"] = {
+            **_budget_policy(),
+            "api": "IRIS", "route": "merchants", "merchants": self.args.iris_merchants, "page_size": 1000, "kind": "sliding_window",
+            "capacity": int(capacity), "window_s": float(window),
+            "sandbox_capacity": knobs.get("rate_limit"), "sandbox_window_s": knobs.get("rate_limit_window"),
+            "pages": r.server.get("status_200"),
+        }
+        self.drop_database(name)
+        return r
 
     def profiles(self) -> None:
         """pyinstrument of sync_assets' hot paths (in-process, not timed runs)."""
@@ -739,6 +909,20 @@ class Bench:
             self.drop_database(name)
 
 
+def _budget_policy() -> dict[str, float]:
+    """The product's own margins on a declared limit (its BudgetPolicy defaults): what it allows itself."""
+    try:
+        from sync_assets.fetch.budget import BudgetPolicy
+    except ImportError:
+        return {}
+    policy = BudgetPolicy()
+    return {name: getattr(policy, name) for name in ("safety_margin", "clock_slack_s", "clock_slack_share") if hasattr(policy, name)}
+
+
+def _scale(text: str) -> str | int:
+    return int(text) if str(text).isdigit() else text
+
+
 def rotate(items: list[str], rep: int) -> list[str]:
     k = rep % len(items)
     return items[k:] + items[:k]
@@ -762,15 +946,26 @@ def _tail(path: Path, lines: int = 6) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", type=Path, help="write the Markdown report here (e.g. bench/RESULTS.md)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median reported)")
+    parser.add_argument("--repeat", "--reps", type=int, default=3, help="runs per measurement (median reported)")
     parser.add_argument("--pages", type=int, default=300, help="The Forge pages (1000 orders each)")
     parser.add_argument("--assets", type=int, default=1_000_000, help="corporation assets of workload M (1000 per page)")
     parser.add_argument("--rate", type=int, default=30, help="RL: requests per second the sandbox allows")
-    parser.add_argument("--only", default="F,M,profile", help="comma-separated workloads: F (includes F-100 and RL), M, profile")
+    parser.add_argument("--only", "--workloads", default="F,M,API,profile",
+                        help="comma-separated workloads: F (includes F-100, RL, F-noheaders and F-5xx), F:full (only F's full-sync "
+                             "rotation), M, API (the SP-API and IRIS walks), profile")
+    parser.add_argument("--systems", help="comma-separated systems: the F full and M rotations run only these (e.g. "
+                                          "sync_cli,dlt_csv,dlt_default,dlt_script_csv,dlt_script_default); default all")
+    parser.add_argument("--amazon-scale", default="full", help="API: SP-API sandbox scale (full: 2000 SKUs per marketplace)")
+    parser.add_argument("--iris-merchants", type=int, default=100_000, help="API: IRIS sandbox merchants (1000 a page)")
+    parser.add_argument("--api-preimport", default="", help="API: modules the worker imports before the timed "
+                        "materialization (diagnostics, e.g. pandas; the report says so); default none")
+    parser.add_argument("--iris-limit", default="20/5", help="API: IRIS plan '<requests>/<seconds>', the sandbox's and the "
+                                                           "resource's (SYNC_ASSETS_IRIS__RATE_LIMIT) alike")
     parser.add_argument("--dlt-default-runs", type=int, default=1,
                         help="runs of dlt's default configuration per workload (it is slower than csv; only picks the best)")
     parser.add_argument("--dlt-latency", action="store_true", help="also run dlt_csv once under F-100 (~50 s)")
-    parser.add_argument("--dlt-default-m", action="store_true", help="also run dlt's default configuration once on M (~2.5 min)")
+    parser.add_argument("--dlt-default-m", action=argparse.BooleanOptionalAction, default=True,
+                        help="run dlt's default configuration once on M, inside Dagster and as a plain script (~2.5 min each)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 30 pages, 50,000 assets, 1 run")
     parser.add_argument("--chart", type=Path, help="chart PNG (default: docs/bench_results.png for bench/RESULTS.md, "
                                                     "else next to the report); docs/bench_memory.png is written beside it")
@@ -782,6 +977,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.pages, args.assets, args.repeat = min(args.pages, 30), min(args.assets, 50_000), 1
     only = {w.strip() for w in args.only.split(",")}
+    unknown = only - {"F", "F:full", "M", "API", "profile"}
+    if unknown:
+        parser.error(f"--only: unknown workload(s) {sorted(unknown)}")
+    args.f_full_only = "F:full" in only and "F" not in only
+    args.systems = {s.strip() for s in args.systems.split(",")} if args.systems else None
+    if not re.fullmatch(r"\d+/\d+(\.\d+)?", args.iris_limit):
+        parser.error("--iris-limit: '<requests>/<seconds>', e.g. 10/5")
     workdir = Path(tempfile.mkdtemp(prefix="sync-assets-bench-"))
     # profiles (text trees) go next to the report they are quoted in
     args.profiles = (args.write.parent if args.write else workdir) / "profiles"
@@ -791,12 +993,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         for rep in range(args.repeat):
-            if "F" in only:
+            if "F" in only or "F:full" in only:
                 bench.workload_f(rep)
         if "M" in only:
             bench.m_sandbox()
             for rep in range(args.repeat):
                 bench.workload_m(rep)
+        if "API" in only:
+            bench.amazon_sandbox()
+            for rep in range(args.repeat):
+                bench.api_amazon(rep)
+            bench.iris_sandbox()
+            for rep in range(args.repeat):
+                bench.api_iris(rep)
         if "profile" in only:
             bench.profiles()
     except Exception:
@@ -807,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - bench.started
     from . import report
 
-    raw = {"args": {k: str(v) for k, v in vars(args).items()}, "elapsed_s": elapsed, "load_before": bench.load_before,
+    raw = {"args": {k: str(v) for k, v in vars(args).items() if k != "systems"} | {"systems": sorted(args.systems or [])}, "elapsed_s": elapsed, "load_before": bench.load_before,
            "finished_at": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "load_after": os.getloadavg(), "runs": [asdict(r) for r in bench.runs]}
     results = (args.write.parent if args.write else workdir) / "results.json"
@@ -843,6 +1052,9 @@ def rerender(args: argparse.Namespace) -> int:
     saved = raw["args"]
     for name in ("pages", "assets", "rate", "repeat"):
         setattr(args, name, int(saved[name]))
+    for name, default in (("iris_limit", "20/5"), ("amazon_scale", "full"), ("iris_merchants", "100000"), ("api_preimport", "")):
+        setattr(args, name, saved.get(name, default))
+    args.iris_merchants = int(args.iris_merchants)
     args.quick = saved.get("quick") == "True"
     runs = [Run(**r) for r in raw["runs"]]
     text = report.render(runs, args, raw["elapsed_s"], tuple(raw["load_before"]), tuple(raw["load_after"]), chart=args.chart,

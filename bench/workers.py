@@ -1,7 +1,8 @@
 """Benchmark workers: each runs in its own process (started by bench.run under /usr/bin/time -v)
 and writes one JSON result file.
 
-    python -m bench.workers sync  --asset esi/market_orders --partition 10000002 --out F   (env as for `dagster`)
+    python -m bench.workers sync  --asset esi/market_orders --partition 10000002 --out F   (env as for `dagster`;
+                                  no --partition for an unpartitioned asset)
     python -m bench.workers floor --esi-url URL --path /markets/10000002/orders --params '{"order_type":"all"}' \
                                   --database-url URL --dataset esi.market_orders --context '{"region_id": 10000002}' --out F
 
@@ -11,6 +12,10 @@ checks and resources (sync_assets.definitions, configured by the same environmen
 trivial asset, so Dagster's first-call costs (lazy imports, instance setup) are not charged to
 the sync. `--profile PREFIX` wraps the timed call in pyinstrument and writes PREFIX.txt (and the HTML tree into
 $BENCH_PROFILE_HTML_DIR when set);
+$BENCH_FETCH_SPANS=1 times every snapshot walk (ApiResource.fetch_snapshot, one per slice) and
+reports the span from the first start to the last end (fetch_span_seconds);
+$BENCH_PREIMPORT (comma-separated modules, diagnostics only) imports them before the timed call, e.g.
+`pandas` when the product's lazy import of it fails under concurrent first use;
 `--serial-fetch` runs the page walk's thread pool inline, so that a (main-thread) profiler sees
 where the fetch CPU goes. `--profile-limit S` cuts a profiled run after S seconds (SIGALRM in the
 profiled main thread): the tree of what it did so far is written and the process exits, so that a
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib
 import json
 import os
 import resource
@@ -145,9 +151,12 @@ def sync(args: argparse.Namespace) -> None:
         if unknown:
             raise SystemExit(f"BENCH_ESI_OVERRIDES: {type(esi).__name__} has no field(s) {sorted(unknown)}")
         resources["esi"] = type(esi)(**{**{name: getattr(esi, name) for name in fields}, **overrides})
+    preimported = [m for m in (os.environ.get("BENCH_PREIMPORT") or "").split(",") if m]  # diagnostics only
+    for module in preimported:
+        importlib.import_module(module)
     instance = dg.DagsterInstance.ephemeral()
     dynamic = getattr(asset.partitions_def, "name", None) if isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition) else None
-    if dynamic:
+    if dynamic and args.partition:
         instance.add_dynamic_partitions(dynamic, [args.partition])
 
     @dg.asset(name="bench_warmup")
@@ -162,6 +171,7 @@ def sync(args: argparse.Namespace) -> None:
         import sync_assets.fetch.pagination as pagination
 
         pagination.ThreadPoolExecutor = _InlineExecutor  # type: ignore[assignment,misc]
+    spans = _time_fetch_snapshots() if os.environ.get("BENCH_FETCH_SPANS") else []
     rss_before = _rss_bytes()
     sampler = _RssSampler()
     profiler = None
@@ -201,14 +211,51 @@ def sync(args: argparse.Namespace) -> None:
         "rss_trace": sampler.trace(),
         **frame_info,
     }
+    if preimported:
+        out["preimported"] = preimported
+    if spans:  # every snapshot's walk (one per slice), relative to the materialization's start
+        out["fetch_spans"] = [(round(a - started, 3), round(b - started, 3)) for a, b in spans]
+        out["fetch_span_seconds"] = max(b for _, b in spans) - min(a for a, _ in spans)
     events = result.get_asset_materialization_events()
     if events:
         out["metadata"] = {k: _plain(getattr(v, "value", v)) for k, v in events[0].materialization.metadata.items()}
     if not result.success:
-        out["error"] = "; ".join(
-            e.step_failure_data.error.message.strip().splitlines()[0] for e in result.get_step_failure_events() if e.step_failure_data.error
-        )
+        out["error"] = "; ".join(_error_text(e.step_failure_data.error) for e in result.get_step_failure_events() if e.step_failure_data.error)
     _write(args.out, out)
+
+
+def _time_fetch_snapshots() -> list[tuple[float, float]]:
+    """(start, end) perf_counter of every ApiResource.fetch_snapshot call from now on: a sliced
+    dataset walks once per slice (concurrently) and its metadata has no walk time of its own; the
+    walk is the span from the first start to the last end. Bench-side wrapper, product untouched."""
+    import functools
+
+    from sync_assets.fetch.resource import ApiResource
+
+    spans: list[tuple[float, float]] = []
+    original = ApiResource.fetch_snapshot
+
+    @functools.wraps(original)
+    def timed(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            spans.append((started, time.perf_counter()))
+
+    ApiResource.fetch_snapshot = timed  # type: ignore[method-assign]
+    return spans
+
+
+def _error_text(error: Any) -> str:
+    """The first line of a step's error and of its root cause (Dagster wraps the user's exception)."""
+    text = error.message.strip().splitlines()[0]
+    cause = error
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    if cause is not error:
+        text += " caused by " + cause.message.strip().splitlines()[0]
+    return text
 
 
 def _write_profile(prefix: str, profiler: Any, note: str = "") -> None:
@@ -327,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = parser.add_subparsers(dest="job", required=True)
     s = jobs.add_parser("sync")
     s.add_argument("--asset", required=True, help="asset key, e.g. esi/market_orders")
-    s.add_argument("--partition", required=True)
+    s.add_argument("--partition", help="partition key (none for an unpartitioned asset, e.g. iris/merchants)")
     s.add_argument("--profile", help="write the pyinstrument tree to PREFIX.txt")
     s.add_argument("--profile-limit", type=float, help="with --profile: stop after this many seconds, keeping the tree so far")
     s.add_argument("--serial-fetch", action="store_true")
