@@ -463,8 +463,8 @@ class PostgresBudget:
         """Sleep until a charged request's turn. False (its tokens are given up) when a latch set
         meanwhile holds the bucket now: the caller waits for that like any other request."""
         key = reservation.key
-        if seconds >= 0.25:
-            log.warning(f"{key.api}: waiting {seconds:.1f}s for this request's turn in rate-limit bucket {key.group or key.api}")
+        if seconds >= 0.25:  # pacing at the declared rate is the plan, not a problem: info, not a warning
+            log.info(f"{key.api}: waiting {seconds:.1f}s for this request's turn in rate-limit bucket {key.group or key.api}")
         self.waited_s += seconds
         try:
             sleep(seconds)

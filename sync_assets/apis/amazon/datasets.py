@@ -26,6 +26,9 @@ T, D, M = ColumnType.TIMESTAMP, ColumnType.DATE, ColumnType.DECIMAL
 
 SELLERS_PARTITIONS = "amazon_sellers"  # the dynamic partitions: one per stored seller
 HISTORY_START = date(2025, 1, 1)  # the first monthly partition of the windowed datasets
+# Finances next tokens die after about 25 minutes (selling-partner-api-models issue #562):
+# a walk slower than that, or a token refused as expired, restarts from the first page
+FINANCES_TOKEN_S = 25 * 60.0
 MIN_AGE = timedelta(minutes=2)  # finance and report windows end at least 2 minutes before now
 MAX_SPAN = timedelta(days=180)  # a wider finance window answers NOTHING (not an error): never asked
 # the reimbursement policy: units lost or damaged in a warehouse are usually found or reimbursed by
@@ -92,10 +95,12 @@ FINANCIAL_EVENT_GROUPS = _amazon(
     "Finance and Accounting",
     description="Settlement groups (listFinancialEventGroups, Finances v0: not deprecated) by the month they started. "
     "Groups stay Open about two weeks and change until they close: the last seven months (180 days) are re-read on "
-    "every sync and upserted.",
+    "every sync and upserted (a group still Open after that is not re-read).",
     query={"MaxResultsPerPage": "100"},
-    paginator=NextToken(token_path="payload.NextToken", param="NextToken", records_path="payload.FinancialEventGroupList"),
-    windows=_months("FinancialEventGroupStartedAfter", "FinancialEventGroupStartedBefore", refresh_last=7),
+    paginator=NextToken(token_path="payload.NextToken", param="NextToken", records_path="payload.FinancialEventGroupList",
+                        lifetime_s=FINANCES_TOKEN_S),
+    windows=_months("FinancialEventGroupStartedAfter", "FinancialEventGroupStartedBefore", refresh_last=7,
+                    column=Column("group_start", T)),
     rate_limit_group="listFinancialEventGroups",
     columns=(
         Column("financial_event_group_id", S, source="FinancialEventGroupId"),
@@ -126,8 +131,10 @@ FINANCIAL_TRANSACTIONS = _amazon(
     "Windows end at least 2 minutes before now and are never wider than 180 days (a wider one answers nothing); the "
     "last two months are re-read with a 2-day lookback for late postings and DEFERRED -> RELEASED changes. "
     "Breakdowns, items, contexts and related identifiers are kept whole (JSONB).",
-    paginator=NextToken(token_path="payload.nextToken", param="nextToken", records_path="payload.transactions"),
-    windows=_months("postedAfter", "postedBefore", lookback=timedelta(days=2), refresh_last=2),
+    paginator=NextToken(token_path="payload.nextToken", param="nextToken", records_path="payload.transactions",
+                        lifetime_s=FINANCES_TOKEN_S),
+    windows=_months("postedAfter", "postedBefore", lookback=timedelta(days=2), refresh_last=2,
+                    column=Column("posted_date", T)),
     rate_limit_group="listTransactions",
     columns=(
         Column("transaction_id", S, source="transactionId"),
@@ -172,7 +179,8 @@ REIMBURSEMENTS = _amazon(
     "per day of history: the report has a cooldown of hours); the current month is asked again daily with a 3-day "
     "lookback. A job is kept per window, so a crashed run polls the same report.",
     report=Report("GET_FBA_REIMBURSEMENTS_DATA", computed=("row_hash",)),
-    windows=_months("dataStartTime", "dataEndTime", lookback=timedelta(days=3), refresh_last=1),
+    windows=_months("dataStartTime", "dataEndTime", lookback=timedelta(days=3), refresh_last=1,
+                    column=Column("approval_date", T)),
     transform=_row_hash,
     columns=(
         Column("approval_date", T), Column("reimbursement_id", S), Column("case_id", S, required=False),
@@ -215,7 +223,8 @@ INVENTORY_LEDGER = _amazon(
     "has no row id: `event_key` is a hash of the row's values plus its occurrence number among identical rows "
     "(reconciliation counts, which Amazon updates, are left out), so re-reading a window upserts the same rows.",
     report=Report("GET_LEDGER_DETAIL_VIEW_DATA", computed=("event_key",)),
-    windows=_months("dataStartTime", "dataEndTime", lookback=timedelta(days=3), refresh_last=1),
+    windows=_months("dataStartTime", "dataEndTime", lookback=timedelta(days=3), refresh_last=1,
+                    column=Column("date_and_time", T)),
     transform=_ledger_keys,
     columns=(
         Column("date", D, source="Date", formats=("%m/%d/%Y",)), Column("fnsku", S), Column("asin", S, required=False),
@@ -248,7 +257,8 @@ ORDERS = _amazon(
     "includedData but BUYER and RECIPIENT (personal data: the buyer and recipient are not requested) is asked; items, "
     "proceeds, fulfillment, packages, payment and tax are kept whole (JSONB).",
     query={"marketplaceIds": "{marketplace_id}", "includedData": ",".join(ORDER_DATA), "maxResultsPerPage": "100"},
-    paginator=NextToken(token_path="pagination.nextToken", param="paginationToken", records_path="orders"),
+    paginator=NextToken(token_path="pagination.nextToken", param="paginationToken", records_path="orders",
+                        lifetime_s=24 * 3600.0),  # the model: "The token will expire after 24 hours"
     slices=BY_MARKETPLACE,
     incremental=Incremental(cursor_column="last_updated_time", start_param="lastUpdatedAfter",
                             overlap=timedelta(minutes=30), full_cron=None, first_since=timedelta(days=730)),
