@@ -353,19 +353,30 @@ def _run_demo(env: dict[str, str], host: str, port: int, sandbox_port: int, sand
         _stop(sandbox)
 
 
+def _left_out(env: dict[str, str], api: str) -> bool:
+    """SYNC_ASSETS_APIS is set and does not name `api`."""
+    chosen = env.get("SYNC_ASSETS_APIS", "").strip()
+    return bool(chosen) and api not in {name.strip() for name in chosen.split(",")}
+
+
+def _serve_sandbox(module: str, options: list[str], ready: str, env: dict[str, str]) -> tuple[str, subprocess.Popen]:
+    """A sandbox server on a free port, in its own session (stopped by us), once `ready` answers."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *options], env=env, start_new_session=True)
+    _wait_for(f"{url}{ready}", process)
+    return url, process
+
+
 def _start_iris_sandbox(env: dict[str, str]) -> subprocess.Popen | None:
     """The IRIS simulator and the settings pointing the IRIS datasets at it, unless SYNC_ASSETS_APIS
     leaves IRIS out. Its key is the sandbox's own (not a secret: it opens nothing real)."""
-    chosen = env.get("SYNC_ASSETS_APIS", "").strip()
-    if chosen and "iris" not in {name.strip() for name in chosen.split(",")}:
+    if _left_out(env, "iris"):
         return None
     from .apis.iris.sandbox.app import DEFAULT_API_KEY
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "sync_assets.apis.iris.sandbox.server", "--port", str(port), "--merchants", "40"]
-    process = subprocess.Popen(command, env={**env, "IRIS_SANDBOX_API_KEYS": DEFAULT_API_KEY}, start_new_session=True)
-    _wait_for(f"{url}/_sandbox/state", process)
+    url, process = _serve_sandbox("sync_assets.apis.iris.sandbox.server", ["--merchants", "40"], "/_sandbox/state",
+                                  {**env, "IRIS_SANDBOX_API_KEYS": DEFAULT_API_KEY})
     env.update(SYNC_ASSETS_IRIS_URL=f"{url}/api/v1", IRIS_API_KEY=DEFAULT_API_KEY)
     print(f"sync-assets: IRIS sandbox at {url} (40 merchants since April 2024)", flush=True)
     return process
@@ -375,16 +386,11 @@ def _start_amazon_sandbox(env: dict[str, str]) -> subprocess.Popen | None:
     """The SP-API + LWA simulator (two sellers: US, and US + CA), the settings pointing the Amazon
     datasets at it, and both sellers' authorizations stored as `amazon add-seller` stores them,
     unless SYNC_ASSETS_APIS leaves Amazon out. The app credentials are the sandbox's own."""
-    chosen = env.get("SYNC_ASSETS_APIS", "").strip()
-    if chosen and "amazon" not in {name.strip() for name in chosen.split(",")}:
+    if _left_out(env, "amazon"):
         return None
     from .apis.amazon.auth import AmazonAuthResource
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "sync_assets.apis.amazon.sandbox.server", "--port", str(port), "--scale", "small"]
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    _wait_for(f"{url}/_sandbox/config", process)
+    url, process = _serve_sandbox("sync_assets.apis.amazon.sandbox.server", ["--scale", "small"], "/_sandbox/config", env)
     grant = httpx.get(f"{url}/_sandbox/credentials", timeout=30).json()
     sellers = httpx.get(f"{url}/_sandbox/sellers", timeout=30).json()
     env.update(SYNC_ASSETS_AMAZON_URL=url, SP_API_LWA_URL=f"{url}/auth/o2/token", SP_API_CLIENT_ID=grant["client_id"],

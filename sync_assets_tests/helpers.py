@@ -10,7 +10,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import dagster as dg
 import httpx
@@ -61,3 +61,13 @@ def dagster_dev(env: Mapping[str, str], log: Path, timeout_s: float = 240) -> It
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def resolve_ref(spec: dict, schema: dict) -> dict:
+    """An OpenAPI/Swagger schema with its `$ref`s followed ("#/definitions/X", "#/components/schemas/X")."""
+    while "$ref" in schema:
+        node: Any = spec
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema

@@ -18,6 +18,8 @@ from sync_assets.core.datasets import ColumnType, Dataset
 from sync_assets.core.paging import NextToken
 from sync_assets.fetch.tsv import _key as header_key
 
+from .helpers import resolve_ref
+
 MODELS = Path(__file__).resolve().parent / "data" / "spapi"
 MODEL_OF = {  # route -> model file
     "/fba/inventory/v1/summaries": "fbaInventory.json",
@@ -41,18 +43,9 @@ def model(name: str) -> dict:
     return json.loads((MODELS / name).read_text())
 
 
-def resolve(spec: dict, schema: dict) -> dict:
-    while "$ref" in schema:
-        node: Any = spec
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        schema = node
-    return schema
-
-
 def field_paths(spec: dict, schema: dict, prefix: str = "") -> Iterator[str]:
     """Payload paths the model declares: objects are walked, arrays are leaves."""
-    schema = resolve(spec, schema)
+    schema = resolve_ref(spec, schema)
     if schema.get("type") == "object" or "properties" in schema:
         for name, sub in schema.get("properties", {}).items():
             yield from field_paths(spec, sub, f"{prefix}.{name}" if prefix else name)
@@ -62,11 +55,11 @@ def field_paths(spec: dict, schema: dict, prefix: str = "") -> Iterator[str]:
 
 def record_schema(spec: dict, route: str, records_path: str) -> dict:
     """The schema of one record: the 200 response walked down `records_path` to its array's items."""
-    schema = resolve(spec, spec["paths"][route]["get"]["responses"]["200"]["schema"])
+    schema = resolve_ref(spec, spec["paths"][route]["get"]["responses"]["200"]["schema"])
     for part in records_path.split("."):
-        schema = resolve(spec, schema["properties"][part])
+        schema = resolve_ref(spec, schema["properties"][part])
     assert schema.get("type") == "array", f"{route} {records_path} is not an array"
-    return resolve(spec, schema["items"])
+    return resolve_ref(spec, schema["items"])
 
 
 @pytest.mark.parametrize("dataset", [d for d in SYNCED if d.report is None], ids=lambda d: d.key)

@@ -12,6 +12,8 @@ import yaml
 from sync_assets.apis.esi.datasets import ESI_DATASETS
 from sync_assets.core.datasets import ColumnType, Dataset
 
+from .helpers import resolve_ref
+
 SPEC = Path(__file__).resolve().parent / "data" / "openapi-2026-08-18.yaml"
 
 
@@ -20,20 +22,11 @@ def spec() -> dict:
     return yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def resolve(spec: dict, schema: dict) -> dict:
-    while "$ref" in schema:
-        node: Any = spec
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        schema = node
-    return schema
-
-
 def field_paths(spec: dict, schema: dict, prefix: str = "") -> Iterator[str]:
     """Payload paths the spec declares: objects are walked, arrays of objects are leaves."""
-    schema = resolve(spec, schema)
+    schema = resolve_ref(spec, schema)
     if schema.get("type") == "array":
-        items = resolve(spec, schema.get("items", {}))
+        items = resolve_ref(spec, schema.get("items", {}))
         if items.get("type") == "object" and not prefix:
             yield from field_paths(spec, items)
         else:
@@ -48,7 +41,7 @@ def field_paths(spec: dict, schema: dict, prefix: str = "") -> Iterator[str]:
 
 def response_schema(spec: dict, route: str) -> dict:
     operation = spec["paths"][route]["get"]
-    return resolve(spec, operation["responses"]["200"])["content"]["application/json"]["schema"]
+    return resolve_ref(spec, operation["responses"]["200"])["content"]["application/json"]["schema"]
 
 
 @pytest.mark.parametrize("dataset", ESI_DATASETS, ids=lambda d: d.key)
@@ -64,11 +57,11 @@ def test_every_spec_field_has_a_column_or_a_jsonb_home(spec: dict, dataset: Data
 
 @pytest.mark.parametrize("dataset", ESI_DATASETS, ids=lambda d: d.key)
 def test_columns_come_from_the_spec_and_required_matches(spec: dict, dataset: Dataset) -> None:
-    schema = resolve(spec, response_schema(spec, dataset.route))
+    schema = resolve_ref(spec, response_schema(spec, dataset.route))
     paths = set(field_paths(spec, schema))
     unknown = [c.name for c in dataset.columns if (c.source or c.name) not in paths]
     assert unknown == [], f"{dataset.key}: columns not in the spec: {unknown}"
-    item = resolve(spec, schema.get("items", {})) if schema.get("type") == "array" else schema
+    item = resolve_ref(spec, schema.get("items", {})) if schema.get("type") == "array" else schema
     required = set(item.get("required", []))
     for column in dataset.columns:
         top = (column.source or column.name).split(".")[0]

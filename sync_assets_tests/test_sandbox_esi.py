@@ -35,6 +35,8 @@ from sync_assets.apis.esi.sandbox import (
     serve_in_thread,
 )
 
+from .helpers import resolve_ref
+
 FORGE, DOMAIN, HEIMATAR = 10000002, 10000043, 10000030
 SMALL_REGIONS = {FORGE: 4, DOMAIN: 2}
 OPP = 50  # orders per page in the small sandboxes
@@ -68,18 +70,9 @@ def _operation(spec: dict, operation_id: str) -> dict:
     raise KeyError(operation_id)
 
 
-def _resolve(spec: dict, schema: dict) -> dict:
-    while "$ref" in schema:
-        node: Any = spec
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        schema = node
-    return schema
-
-
 def _response_schema(spec: dict, operation_id: str) -> dict:
     op = _operation(spec, operation_id)
-    return _resolve(spec, op["responses"]["200"]["content"]["application/json"]["schema"])
+    return resolve_ref(spec, op["responses"]["200"]["content"]["application/json"]["schema"])
 
 
 _DATE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -109,14 +102,14 @@ def _check_value(name: str, value: Any, schema: dict) -> None:
 
 
 def _check_object(obj: Any, schema: dict, spec: dict, *, optional: frozenset[str] = frozenset()) -> None:
-    schema = _resolve(spec, schema)
+    schema = resolve_ref(spec, schema)
     assert schema["type"] == "object" and isinstance(obj, dict)
     props = schema["properties"]
     assert set(obj) <= set(props), f"unknown fields {set(obj) - set(props)}"
     missing = set(schema.get("required", ())) - set(obj) - optional
     assert not missing, f"required fields missing: {missing}"
     for k, v in obj.items():
-        _check_value(k, v, _resolve(spec, props[k]))
+        _check_value(k, v, resolve_ref(spec, props[k]))
 
 
 # --------------------------------------------------------------------------------------
@@ -182,7 +175,7 @@ def test_orders_match_spec_schema(serve, spec) -> None:
     sandbox, client = serve()
     item = _response_schema(spec, "GetMarketsRegionIdOrders")
     assert item["type"] == "array"
-    inner = _resolve(spec, item["items"])
+    inner = resolve_ref(spec, item["items"])
     assert tuple(inner["properties"]) == ORDER_FIELDS
     assert tuple(inner["properties"]["range"]["enum"]) == RANGE_VALUES
 

@@ -30,6 +30,8 @@ from sync_assets.apis.iris.sandbox.laravel import url_window
 from sync_assets.apis.iris.sandbox.server import KEYS_ENV, build_parser, main, sandbox_kwargs
 from sync_assets.apis.sandbox_serving import serve_in_thread
 
+from .helpers import resolve_ref
+
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "iris-openapi-v1.23.0.yaml"
 TODAY = date(2025, 7, 16)
 KEY, OTHER_KEY = "test-key-sync", "test-key-other"
@@ -137,20 +139,11 @@ def relaxed_components(components: dict) -> dict:
     return c
 
 
-def _resolve(spec: dict, node: dict) -> dict:
-    while "$ref" in node:
-        target: Any = spec
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
 def to_json_schema(spec: dict, node: Any) -> Any:
     """OpenAPI 3.0 schema -> JSON Schema (draft 4), ``allOf`` of objects merged into one closed object."""
-    node = _resolve(spec, node)
+    node = resolve_ref(spec, node)
     if "allOf" in node:
-        parts = [_resolve(spec, p) for p in node["allOf"]]
+        parts = [resolve_ref(spec, p) for p in node["allOf"]]
         node = {"type": "object", "properties": {k: v for p in parts for k, v in p.get("properties", {}).items()}}
     out: dict[str, Any] = {}
     for key, value in node.items():
@@ -184,7 +177,7 @@ def _checker() -> jsonschema.FormatChecker:
 
 def validator(spec: dict, spec_path: str, status: str = "200") -> jsonschema.Draft4Validator:
     responses = spec["paths"][spec_path]["get"]["responses"]
-    response = _resolve(spec, responses.get(int(status)) or responses[status])  # YAML reads `200:` as an int
+    response = resolve_ref(spec, responses.get(int(status)) or responses[status])  # YAML reads `200:` as an int
     schema = to_json_schema(spec, response["content"]["application/json"]["schema"])
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema, format_checker=_checker())

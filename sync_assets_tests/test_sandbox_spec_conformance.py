@@ -30,6 +30,8 @@ from sync_assets.apis.esi.sandbox.corporation import CORP_ROUTES, CORPORATION_RO
 from sync_assets.apis.esi.sandbox.esi import ALL_ROUTES, DEFAULT_CACHE_SECONDS, RATE_LIMIT_GROUPS, EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 
+from .helpers import resolve_ref
+
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "openapi-2026-08-18.yaml"
 FORGE = 10000002
 CORPS = (98000001, 98000002)
@@ -46,20 +48,11 @@ def spec() -> dict:
     return yaml.load(SPEC_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def _resolve(spec: dict, node: dict) -> dict:
-    while "$ref" in node:
-        target: Any = spec
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
 def to_json_schema(spec: dict, node: Any) -> Any:
     """OpenAPI 3.0 schema object -> JSON Schema (draft 4 semantics)."""
     if not isinstance(node, dict):
         return node
-    node = _resolve(spec, node)
+    node = resolve_ref(spec, node)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("example", "description", "nullable", "title", "deprecated", "readOnly", "writeOnly") or key.startswith("x-"):
@@ -259,7 +252,7 @@ def test_route_table_matches_the_spec(spec: dict, kind: str) -> None:
     rl = op.get("x-rate-limit")
     assert route.rate_limit == ((rl["group"], rl["max-tokens"]) if rl else None)
     assert RATE_LIMIT_GROUPS.get(kind) == route.rate_limit
-    query = {p["name"] for p in (_resolve(spec, p) for p in op.get("parameters", [])) if p["in"] == "query"}
+    query = {p["name"] for p in (resolve_ref(spec, p) for p in op.get("parameters", [])) if p["in"] == "query"}
     assert ("page" in query) == route.paged
     if kind == "wallet_transactions":
         assert "from_id" in query
@@ -277,10 +270,10 @@ def test_market_route_table_matches_the_spec(spec: dict) -> None:
 
 
 def _props(spec: dict, kind: str) -> dict:
-    schema = _resolve(spec, _operation(spec, kind)["responses"]["200"]["content"]["application/json"]["schema"])
+    schema = resolve_ref(spec, _operation(spec, kind)["responses"]["200"]["content"]["application/json"]["schema"])
     if schema.get("type") == "array":
-        schema = _resolve(spec, schema["items"])
-    return {k: _resolve(spec, v) for k, v in schema.get("properties", {}).items()}
+        schema = resolve_ref(spec, schema["items"])
+    return {k: resolve_ref(spec, v) for k, v in schema.get("properties", {}).items()}
 
 
 def test_sandbox_enums_are_spec_enums(spec: dict) -> None:
