@@ -13,9 +13,8 @@ that sensor, the other from the application (GraphQL `addDynamicPartition`, righ
 it). Every number read from Dagster is compared with PostgreSQL and with the sandbox's world.
 
 A cancel is tested mid-walk (each SP-API answer delayed): the run ends CANCELED with nothing written.
-It takes effect when the seller's marketplace walks in flight end, not at once: those walks run in
-worker threads, the run's main thread waits on them (`_fetch_slices`) and Dagster's SIGINT is taken
-by another thread, so the interrupt is raised only once a walk returns."""
+The seller's marketplace walks run in worker threads; the interrupt stops them at their next request
+or wait (`_fetch_slices`), it does not wait for them to finish."""
 
 from __future__ import annotations
 
@@ -307,13 +306,10 @@ def test_a_sync_cancelled_mid_walk_writes_nothing_and_the_next_one_completes(dep
         run_id = app.start("orders", seller)
         deployment.wait(lambda: sb.requests(seller, "searchOrders") > requests, "the run's first searchOrders")
         assert app.status(run_id) == DagsterRunStatus.STARTED
-        cancelled_at = time.monotonic()
         app.cancel(run_id)
         assert deployment.finished(run_id, 60) == DagsterRunStatus.CANCELED
-        took = time.monotonic() - cancelled_at
     finally:
         sb.configure(latency=0.0)
-    assert took < LATENCY_S + 20, took  # (the walk in flight ends first: see the module's docstring)
     assert app.row_counts(run_id) == {}  # no materialization
     assert (deployment.orders_fingerprint(seller), deployment.sync_states("orders", seller)) == before  # nothing written
     assert [(r["runId"], r["status"]) for r in app.history("orders", seller)] == [(run_id, "CANCELED"), (first, "SUCCESS")]
