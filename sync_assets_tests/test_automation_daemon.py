@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,21 +24,13 @@ from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.runtime import write_instance_yaml
 
+from .helpers import dagster_dev
 from .conftest import create_database, drop_database
 
-ROOT = Path(__file__).resolve().parent.parent
 FORGE, DOMAIN = "10000002", "10000043"
 REGIONS = {10000002: 30, 10000043: 2, 10000032: 2, 10000030: 2, 10000042: 2}
 ORDERS_JOB = "sync_esi_market_orders"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Deployment:
@@ -138,34 +128,13 @@ def deployment(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     sandbox = EsiSandbox(regions=REGIONS, n_price_types=500, orders_per_page=200)
     sandbox.configure(latency=3.0)  # runs long enough (each a few requests) that runs of different slots overlap
     log = home.parent / "dagster.log"
-    with serve_in_thread(sandbox) as esi_url, open(log, "w") as out:
+    with serve_in_thread(sandbox) as esi_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_ASSETS_", "DAGSTER_", "ESI_"))}
         env.update(DAGSTER_HOME=str(home), DAGSTER_PG_URL=dagster_url, SYNC_ASSETS_DATABASE_URL=data_url,
                    SYNC_ASSETS_ESI_URL=esi_url, SYNC_ASSETS_EXPIRY_MARGIN_S="1",
                    SYNC_ASSETS_CRON__ESI__MARKET_ORDERS="* * * * *")  # a tick every minute: the floor is exercised
-        port = _free_port()
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(ROOT / "workspace.yaml"), "-p", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deployment = Deployment(f"http://127.0.0.1:{port}", data_url, sandbox, log)
-        try:
-            def up() -> bool:
-                assert process.poll() is None, log.read_text()[-4000:]
-                try:
-                    return httpx.get(f"{deployment.url}/server_info", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            deployment.wait(up, "the webserver", 240)
-            yield deployment
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        with dagster_dev(env, log) as url:
+            yield Deployment(url, data_url, sandbox, log)
     drop_database(pg_server_url, data_url)
     drop_database(pg_server_url, dagster_url)
 

@@ -6,14 +6,9 @@ other months complete; after the fault clears, re-running the failed months reco
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from datetime import date
-from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -21,10 +16,10 @@ from sync_assets.apis.iris.sandbox.app import IrisSandbox
 from sync_assets.apis.sandbox_serving import serve_in_thread
 from sync_assets.runtime import write_instance_yaml
 
+from .helpers import dagster_dev
 from .conftest import create_database, drop_database
-from .test_automation_daemon import FINISHED, Deployment, _free_port, _tags
+from .test_automation_daemon import FINISHED, Deployment, _tags
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "iris_backfill_7c1d-key"
 TODAY = date(2026, 11, 20)
 
@@ -48,36 +43,15 @@ def deployment(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     data_url, dagster_url = create_database(pg_server_url, "data"), create_database(pg_server_url, "dagster")
     sandbox = IrisSandbox(api_keys={"team": KEY}, merchants=6, today=TODAY)
     log = home.parent / "dagster.log"
-    with serve_in_thread(sandbox) as iris_url, open(log, "w") as out:
+    with serve_in_thread(sandbox) as iris_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_ASSETS_", "DAGSTER_", "ESI_", "IRIS_"))}
         env.update(DAGSTER_HOME=str(home), DAGSTER_PG_URL=dagster_url, SYNC_ASSETS_DATABASE_URL=data_url,
                    SYNC_ASSETS_APIS="iris", SYNC_ASSETS_IRIS_URL=f"{iris_url}/api/v1", IRIS_API_KEY=KEY,
                    # a merchant that always fails costs every retry of every round: few and short ones here
                    SYNC_ASSETS_IRIS__MAX_ATTEMPTS="2", SYNC_ASSETS_IRIS__BACKOFF_MAX_S="0.2",
                    SYNC_ASSETS_IRIS__RETRY_ROUND_PAUSE_S="0")
-        port = _free_port()
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(ROOT / "workspace.yaml"), "-p", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deployment = Deployment(f"http://127.0.0.1:{port}", data_url, sandbox, log)  # type: ignore[arg-type]
-        try:
-            def up() -> bool:
-                assert process.poll() is None, log.read_text()[-4000:]
-                try:
-                    return httpx.get(f"{deployment.url}/server_info", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            deployment.wait(up, "the webserver", 240)
-            yield deployment
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        with dagster_dev(env, log) as url:
+            yield Deployment(url, data_url, sandbox, log)  # type: ignore[arg-type]
     assert KEY not in log.read_text()  # the key never reached dagster dev's output
     drop_database(pg_server_url, data_url)
     drop_database(pg_server_url, dagster_url)
