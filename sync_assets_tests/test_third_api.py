@@ -89,6 +89,7 @@ class WidgetsServer:
         self.sales = [{"sale_id": m * 100 + d, "sold_at": f"2026-{m:02d}-{d:02d}T12:00:00+01:00", "amount": f"{d}.50"}
                       for m in (9, 10, 11) for d in range(1, 26)]
         self.requests: list[tuple[str, str, str | None]] = []
+        self.settle: tuple[int, int, list[dict[str, Any]]] | None = None  # (after N widget pages, shop, its widgets then)
         self.lock = threading.Lock()
         self.app = Starlette(routes=[Route("/shops/{shop_id:int}/widgets", self.widgets), Route("/sales", self.sales_route)])
 
@@ -107,6 +108,9 @@ class WidgetsServer:
         data = items[(page - 1) * per_page : page * per_page]
         body = {"data": [{**w, "price": float(w["price"])} for w in data],
                 "meta": {"current_page": page, "last_page": last_page, "per_page": per_page, "total": len(items)}}
+        with self.lock:
+            if self.settle is not None and sum(path.endswith("/widgets") for path, _, _ in self.requests) >= self.settle[0]:
+                self.shops[self.settle[1]], self.settle = self.settle[2], None  # the data moves on after this answer
         return JSONResponse(body, headers={"X-RateLimit-Limit": "500", "X-RateLimit-Remaining": "499"})
 
 
@@ -215,3 +219,24 @@ def test_a_monthly_dataset_asks_each_month_and_mirrors_it_alone(widgets_api, dat
     engine.dispose()
     assert by_month == {"2026-10": 24, "2026-11": 25}  # October mirrored, November untouched, September never asked
     assert total == str(sum(d + 0.5 for d in range(1, 26)) - 3.5) + "0"  # exact NUMERIC from "12.50"-style strings
+
+
+def test_a_row_on_two_pages_is_written_once_from_a_second_walk(widgets_api, database_url: str) -> None:
+    """Pages load into the database while they are fetched and the walk keeps only digests; a key on
+    two pages (a row that moved during the walk) makes the walk fetch the snapshot once more, whole,
+    and write that: the pages loaded the first time are rolled back, never merged. The row has
+    settled by the second walk, so the second walk alone holds no duplicate."""
+    server, url = widgets_api
+    instance = dg.DagsterInstance.ephemeral()
+    clean = list(server.shops[1])
+    for attempt, price in enumerate((1.5, 2.0)):  # the partition's first sync (COPY straight into the table), then a re-sync (the stage)
+        widgets = [{**w, "price": f"{w['id'] * price:.2f}"} for w in clean]
+        server.shops[1] = widgets[:25] + [{**widgets[24], "price": "99.00"}] + widgets[25:]  # widget 25 ends page 1, starts page 2
+        server.requests.clear()
+        server.settle = (3, 1, widgets)  # after the first walk's 3 pages
+        result = sync(definitions(url, database_url), "1", instance)
+        assert result.success, attempt
+        assert rows(database_url) == [(1, i, i * price) for i in range(1, 61)]
+        assert len([q for path, q, _ in server.requests if path == "/shops/1/widgets"]) == 2 * 3  # two walks of 3 pages
+        said = " ".join(str(e.user_message) for e in instance.all_logs(result.run_id))
+        assert "rows appear on two pages" in said and "fetching the snapshot again" in said

@@ -233,9 +233,10 @@ def _fetch(context, api: ApiResource, warehouse, dataset: Dataset, request: Slic
             loader.abort()
         raise
     if loader is not None:
-        # pages that repeat a key (a row moved during the walk) were loaded twice: the writer loads
-        # the de-duplicated frame instead
-        if snapshot.changed and not snapshot.stats.duplicates_dropped and loader.finish():
+        # the pages are in the loader's transaction unless the resource had to fetch the snapshot
+        # again whole (a row on two pages): then it carries the de-duplicated frame, and what the
+        # loader holds (the first walk, the row twice) is rolled back
+        if snapshot.changed and snapshot.frame is None and loader.finish():
             snapshot.staged = loader
             context.log.info(f"{request.label or dataset.key}: {loader.pages} pages loaded into the database while "
                              f"fetching" + (f" (emptied and reloaded {loader.restarts}x as the walk restarted)" if loader.restarts else ""))
