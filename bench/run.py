@@ -498,7 +498,7 @@ class Bench:
         return self.dlt(run, db_name, fmt, script=script, **kwargs)
 
     def selected(self, systems: list[str]) -> list[str]:
-        """`--systems`: the F full and M rotations keep only the systems named (all by default)."""
+        """`--systems`: the F and M rotations keep only the systems named (all by default)."""
         chosen = self.args.systems
         return [s for s in systems if not chosen or s in chosen]
 
@@ -653,10 +653,10 @@ class Bench:
         # unchanged: before Expires sync_assets does not ask at all (what most schedule ticks cost:
         # measured as a whole process); after it, every page is 304
         resync("unchanged_cached", "sync_cli")
-        for system in rotate(["sync_cli", "sync_inproc", "dlt_csv"] + (["sync_inproc_nobudget"] if self.budget_field else []), rep):
+        for system in rotate(self.selected(["sync_cli", "sync_inproc", "dlt_csv"] + (["sync_inproc_nobudget"] if self.budget_field else [])), rep):
             resync("unchanged", system)
         sandbox.post("refresh", {"route": "orders", "region_id": FORGE})
-        for system in rotate(["sync_cli", "sync_inproc", "dlt_csv"], rep):
+        for system in rotate(self.selected(["sync_cli", "sync_inproc", "dlt_csv"]), rep):
             resync("refreshed", system)
 
         # F-100: the same snapshot (generation 1) behind 100 ms per request, into empty tables
