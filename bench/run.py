@@ -765,6 +765,8 @@ class Bench:
         return sandbox
 
     def workload_m(self, rep: int) -> None:
+        from .workers import read_back
+
         assert self.sandbox
         asset = "esi/corporation_assets"
 
@@ -783,6 +785,8 @@ class Bench:
                 corp = CORP_M4 if system == "sync_inproc_quarter" else CORP_M
                 self.connect_director(db, corp)
                 (self.sync_cli if system == "sync_cli" else self.sync_inproc)(r, db, asset, str(corp), "assets", self.sso_env())
+                if system != "sync_cli" and r.ok:  # the data's own DataFrame, read back after the measured process
+                    r.inner.update(read_back(db, "esi.corporation_assets", {"corporation_id": corp}, self.work / f"frame_{name}.json"))
             elif system == "floor":
                 self.floor(r, db, dataset="esi.corporation_assets", context={"corporation_id": CORP_M}, route="assets",
                            token=self.access_token(CORP_M), **assets_of(CORP_M))

@@ -21,6 +21,14 @@ where the fetch CPU goes. `--profile-limit S` cuts a profiled run after S second
 profiled main thread): the tree of what it did so far is written and the process exits, so that a
 crawling walk still leaves its profile.
 
+`frame` reads a synced partition back (after the measured run, in its own process, so that nothing
+of it reaches the sync's peak RSS) into the DataFrame of the data itself: the table's rows of the
+scope, every table column with the dtype sync_assets gives it (its own `rows_to_frame`), and reports
+that frame's `memory_usage(deep=True)` as frame_rows / frame_bytes:
+
+    python -m bench.workers frame --database-url URL --dataset esi.corporation_assets \
+                                  --scope '{"corporation_id": 98000001}' --out F
+
 `floor` measures the physical floor on this machine, with no sync_assets code on the hot path:
   fetch       every page fetched by `--concurrency` threads over keep-alive http.client
               connections (bytes only)
@@ -126,15 +134,11 @@ def sync(args: argparse.Namespace) -> None:
     base_io = resources[io_key]
 
     class RecordingIOManager(type(base_io)):  # type: ignore[misc,valid-type]
-        """The project's IO manager; also records the size of the DataFrame it is handed."""
+        """The project's IO manager; also records the process's memory when the snapshot reaches it.
+        (The size of the data itself is not taken here: the snapshot need not hold it, pages may be
+        loaded while fetching; bench.run reads the synced rows back afterwards, `frame` below.)"""
 
         def handle_output(self, context, obj) -> None:  # type: ignore[override]
-            frame = getattr(obj, "frame", None)
-            # pages loaded during the walk are handed over as they came (no assembled frame): their sum
-            frames = [frame] if frame is not None else list(getattr(obj, "pages", None) or [])
-            if frames:
-                frame_info["frame_rows"] = sum(len(f) for f in frames)
-                frame_info["frame_bytes"] = int(sum(f.memory_usage(deep=True).sum() for f in frames))
             frame_info["rss_at_write"] = _rss_bytes()
             frame_info["write_started_at"] = round(time.perf_counter() - sampler.t0, 3)
             frame_info["peak_rss_before_write"] = _peak_rss_bytes()  # the fetch and the DataFrame assembly
@@ -270,6 +274,79 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
+# --------------------------------------------------------------------------- the data's own size
+
+
+def frame(args: argparse.Namespace) -> None:
+    """The DataFrame of the synced data itself: the scope's rows read back from the table (as JSON,
+    as the API sent them), converted by sync_assets' own rows_to_frame with the dataset's table
+    columns and dtypes, in one frame; its deep memory usage is what a sync holding the whole
+    snapshot in memory would have to hold at least."""
+    import orjson
+    import pandas as pd
+    from sqlalchemy import create_engine
+
+    from sync_assets.apis.esi.datasets import ESI_DATASETS  # noqa: F401 (registers them)
+    from sync_assets.core.catalog import DATASETS_BY_KEY
+    from sync_assets.db.urls import psycopg2_url
+    from sync_assets.fetch.frames import rows_to_frame
+    from sync_assets.warehouse.tables import qi, table_name
+
+    started = time.perf_counter()
+    dataset = DATASETS_BY_KEY[args.dataset]
+    columns = dataset.table_columns
+    scope = json.loads(args.scope)
+    where = " AND ".join(f"{qi(name)} = %s" for name in scope) or "TRUE"
+    query = (f"SELECT row_to_json(t)::text FROM (SELECT {', '.join(qi(c.name) for c in columns)} "
+             f"FROM {table_name(dataset)} WHERE {where}) t")
+    engine = create_engine(psycopg2_url(args.database_url, "frame"))
+    raw = engine.raw_connection()
+    chunks = []
+    try:
+        cursor = raw.cursor(name="bench_frame")  # server-side: streamed in chunks
+        cursor.itersize = args.chunk
+        cursor.execute(query, list(scope.values()))
+        while True:
+            rows = cursor.fetchmany(args.chunk)
+            if not rows:
+                break
+            chunks.append(rows_to_frame([orjson.loads(r[0]) for r in rows], columns, "read back"))
+        cursor.close()
+    finally:
+        raw.close()
+        engine.dispose()
+    data = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0] if chunks else None
+    del chunks
+    if data is None:
+        from sync_assets.fetch.frames import empty_frame
+
+        data = empty_frame(columns)
+    _write(args.out, {"ok": True, "frame_rows": len(data), "frame_bytes": int(data.memory_usage(deep=True).sum()),
+                      "frame_dtypes": {name: str(dtype) for name, dtype in data.dtypes.items()},
+                      "frame_read_seconds": time.perf_counter() - started})
+
+
+def read_back(database_url: str, dataset: str, scope: dict[str, Any], out: Path, env: dict[str, str] | None = None,
+              timeout: float = 600) -> dict[str, Any]:
+    """bench.run's side of `frame`: run it in its own process (not under /usr/bin/time, after the
+    measured run) and return frame_rows / frame_bytes, or frame_error saying why not."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "bench.workers", "frame", "--database-url", database_url, "--dataset", dataset,
+           "--scope", json.dumps(scope), "--out", str(out)]
+    try:
+        done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"frame_error": f"read-back timed out after {timeout:.0f} s"}
+    if done.returncode != 0 or not out.exists():
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        return {"frame_error": f"read-back failed (exit {done.returncode}): {tail[:400]}"}
+    result = json.loads(out.read_text())
+    result.pop("ok", None)
+    return result
+
+
 # --------------------------------------------------------------------------- physical floors
 
 
@@ -379,6 +456,12 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--profile-limit", type=float, help="with --profile: stop after this many seconds, keeping the tree so far")
     s.add_argument("--serial-fetch", action="store_true")
     s.add_argument("--out", required=True)
+    b = jobs.add_parser("frame")
+    b.add_argument("--database-url", required=True)
+    b.add_argument("--dataset", required=True, help="e.g. esi.corporation_assets")
+    b.add_argument("--scope", default="{}", help="the partition's scope columns, e.g. {\"corporation_id\": 98000001}")
+    b.add_argument("--chunk", type=int, default=100_000, help="rows fetched and converted at a time")
+    b.add_argument("--out", required=True)
     f = jobs.add_parser("floor")
     f.add_argument("--esi-url", required=True)
     f.add_argument("--path", required=True)
@@ -390,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--context", default="{}", help="context columns, e.g. {\"region_id\": 10000002}")
     f.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    {"sync": sync, "floor": floor}[args.job](args)
+    {"sync": sync, "frame": frame, "floor": floor}[args.job](args)
 
 
 if __name__ == "__main__":
