@@ -18,6 +18,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from ..core.errors import ApiUnreachable, ErrorLimited, HttpStatusError, MalformedPayload, RateLimited, TransientHttpError
 from .errors import ErrorClassifier
 from .log import DEFAULT_LOG, Log
+from .transport import PooledTransport
 
 if TYPE_CHECKING:
     from .budget import BudgetKey, PostgresBudget
@@ -119,7 +120,7 @@ class ApiHttpClient:
             headers=dict(headers),
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
+            transport=transport or PooledTransport(max_connections),
             auth=auth,  # the API's own key, when every request carries it
         )
 

@@ -41,6 +41,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
+from .transport import PooledTransport
 from ..core.lazy import pandas as pd  # imported when a run first uses it
 from sqlalchemy import Connection, Engine, text
 
@@ -680,7 +681,7 @@ class SpApiReports:
         self._headers = dict(auth) if auth is not None and not isinstance(auth, httpx.Auth) else None
         self.log, self._alive, self._max_budget_wait_s = log, alive, max_budget_wait_s
         self._own_download = download is None
-        self._download = download or httpx.Client(timeout=download_timeout, follow_redirects=True)
+        self._download = download or httpx.Client(timeout=download_timeout, follow_redirects=True, transport=PooledTransport())
         self._sleep = sleep
         self.page_size, self.max_pages = page_size, max_pages
         self.url_refetches = 0  # document URLs that expired before they were used

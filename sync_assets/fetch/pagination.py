@@ -383,6 +383,7 @@ class _Progress:
         self.lock = threading.Lock()
 
     def done(self, response: PageResponse) -> None:
+        line = None
         with self.lock:
             self.count += 1
             self.bytes += response.body_bytes
@@ -391,10 +392,9 @@ class _Progress:
             else:
                 self.n304 += 1
             if self.count % self.batch == 0 or self.count == self.pages:
-                self.log.info(
-                    f"{self.label}: page {self.count}/{self.pages} "
-                    f"({self.n200}×200, {self.n304}×304, {self.bytes / 1e6:.1f} MB)"
-                )
+                line = f"{self.label}: page {self.count}/{self.pages} ({self.n200}×200, {self.n304}×304, {self.bytes / 1e6:.1f} MB)"
+        if line:  # logged outside the lock: a run's log handler writes an event, other pages must not wait for it
+            self.log.info(line)
 
 
 class FromIdWalker(_Walk):

@@ -45,7 +45,7 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot, loade
     if snapshot.outcome is Outcome.CACHE_VALID:  # the API was not asked: nothing new to record
         return WriteResult(table_name(dataset), total=_count(conn, dataset, snapshot))
     _lock_partition(conn, dataset, partition)
-    stored = _stored_last_modified(conn, dataset, partition)
+    stored, stored_rows = _stored_state(conn, dataset, partition)
     new_lm = snapshot.validators.last_modified
     if stored is not None and new_lm is not None and new_lm < stored:
         if loaded is not None:
@@ -70,7 +70,8 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot, loade
             if dataset.write_mode is WriteMode.MIRROR and snapshot.max_delete_share is not None and not snapshot.partial:
                 _guard_mirror(conn, dataset, snapshot)
             counts = _merge(conn, dataset, snapshot.context, deletes=not snapshot.partial)
-    total = _count(conn, dataset, snapshot)
+    # nothing written: the scope holds what the last write counted (under this same lock)
+    total = stored_rows if not snapshot.changed and stored_rows is not None else _count(conn, dataset, snapshot)
     if not (dataset.slices and dataset.slices.only_new):  # immutable items need no validators
         _save_state(conn, dataset, partition, snapshot.validators, total, changed=snapshot.changed)
     return WriteResult(table_name(dataset), total=total, **counts)
@@ -86,11 +87,13 @@ def read_validators(conn: Connection, dataset: Dataset, state_key: str | None) -
     return Validators(tuple(row.page_etags), row.last_modified, row.expires_at, row.cursor, row.walked_at)
 
 
-def _stored_last_modified(conn: Connection, dataset: Dataset, partition: str) -> datetime | None:
-    return conn.execute(
-        text(f"SELECT last_modified FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p FOR UPDATE"),
+def _stored_state(conn: Connection, dataset: Dataset, partition: str) -> tuple[datetime | None, int | None]:
+    """The partition's stored Last-Modified and row count, its state row locked for this transaction."""
+    row = conn.execute(
+        text(f"SELECT last_modified, row_count FROM {SYNC_STATE} WHERE dataset = :d AND partition_key = :p FOR UPDATE"),
         {"d": dataset.key, "p": partition},
-    ).scalar()
+    ).first()
+    return (row.last_modified, row.row_count) if row is not None else (None, None)
 
 
 def _copy_straight_in(conn: Connection, dataset: Dataset, context: Mapping[str, Any]) -> bool:
@@ -119,7 +122,7 @@ def _lock_partition(conn: Connection, dataset: Dataset, partition: str) -> None:
 
 def begin_load(conn: Connection, dataset: Dataset, partition: str, context: Mapping[str, Any]) -> Loaded:
     _lock_partition(conn, dataset, partition)
-    _stored_last_modified(conn, dataset, partition)  # locks in write_snapshot's order: state row, then table
+    _stored_state(conn, dataset, partition)  # locks in write_snapshot's order: state row, then table
     loaded = Loaded(straight=_copy_straight_in(conn, dataset, context))
     if not loaded.straight:
         _create_stage(conn, dataset)

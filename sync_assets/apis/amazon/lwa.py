@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from ...fetch.transport import PooledTransport
 from ...core.errors import AuthFailed, FailureClass
 
 __all__ = [
@@ -156,7 +157,7 @@ class LwaClient:
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             headers={"User-Agent": "sync_assets/0.1 (Language=Python; LWA client; httpx)", "Accept": "application/json"},
-            transport=transport,
+            transport=transport or PooledTransport(),
         )
         self._lock = threading.Lock()
         self.grants = 0  # successful grants by this client (tests, metrics)

@@ -21,6 +21,7 @@ import httpx
 import jwt
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from ....fetch.transport import PooledTransport
 from .errors import (
     LOGIN_AGAIN,
     InvalidAccessToken,
@@ -123,7 +124,7 @@ class EveSso:
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             headers={"User-Agent": "sync_assets/0.1 (EVE SSO client; httpx)", "Accept": "application/json"},
-            transport=transport,
+            transport=transport or PooledTransport(),
         )
         self._lock = threading.Lock()
         self._metadata: dict[str, Any] | None = None
