@@ -652,7 +652,8 @@ class Bench:
 
         # unchanged: before Expires sync_assets does not ask at all (what most schedule ticks cost:
         # measured as a whole process); after it, every page is 304
-        resync("unchanged_cached", "sync_cli")
+        if self.selected(["sync_cli"]):
+            resync("unchanged_cached", "sync_cli")
         for system in rotate(self.selected(["sync_cli", "sync_inproc", "dlt_csv"] + (["sync_inproc_nobudget"] if self.budget_field else [])), rep):
             resync("unchanged", system)
         sandbox.post("refresh", {"route": "orders", "region_id": FORGE})
