@@ -220,3 +220,42 @@ def test_pages_from_different_snapshots_fail_after_bounded_walks() -> None:
     with pytest.raises(InconsistentSnapshot, match="no consistent snapshot after 3 walks"):
         w.walk(None)
     assert stats.walks == 3
+
+
+def test_pages_being_parsed_do_not_hold_request_slots() -> None:
+    """At most `max_concurrency` requests are in flight, and a page being parsed does not hold one
+    of them: while pages wait in the parser, the walk keeps asking for the next ones."""
+    import threading
+
+    rec, api = Recorder(), FakePagedApi(40)
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+    release = threading.Event()
+    requested_while_parsing = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            threading.Event().wait(0.005)
+            return api.handler(request)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    def parse(page: int, data):
+        if page in (2, 3, 4, 5) and not release.wait(30):  # four pages stuck in the parser (max_concurrency is 4)
+            raise AssertionError("no page was fetched while four were being parsed")
+        elif page > 5 and not release.is_set():
+            requested_while_parsing.append(page)
+            if len(requested_while_parsing) == 4:
+                release.set()
+        return data
+
+    stats = FetchStats()
+    w = PageWalker(client(handler, rec), "/p", {}, paginator=X_PAGES, max_concurrency=4, limits=WalkLimits(max_walks=1),
+                   expiry_guard_s=0, parse=parse, stats=stats, log=rec, label="test")
+    result = w.walk(None)
+    assert [p[0]["n"] for p in result.parsed] == list(range(1, 41))
+    assert peak[0] <= 4  # never more requests at once than max_concurrency
+    assert len(requested_while_parsing) >= 4  # pages were fetched and parsed while four sat in the parser

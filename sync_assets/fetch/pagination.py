@@ -267,13 +267,19 @@ class PageWalker(_Walk):
         # workers start no further request or retry, and nothing waits for the requests in flight
         # (their answers are ignored). A walk restarted after a moved snapshot gets a fresh flag.
         stop = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, pages - 1), thread_name_prefix="page")
+        # More workers than requests in flight: a page being parsed and loaded does not hold one of
+        # the `max_concurrency` request slots, so the connections stay busy. A quarter more is
+        # enough (The Forge behind 100 ms: walk 5.0-5.4 s with none, 4.75-4.86 s with a quarter,
+        # 4.77 s with twice as many) and costs ~5 MB of peak memory instead of ~25 MB.
+        in_flight = threading.BoundedSemaphore(self.max_concurrency)
+        workers = self.max_concurrency + max(1, self.max_concurrency // 4)
+        pool = ThreadPoolExecutor(max_workers=min(workers, pages - 1), thread_name_prefix="page")
         pending, round_, idle = list(range(2, pages + 1)), 0, 0
         try:
             while pending:
                 futures: dict[Future, int] = {
                     pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop,
-                                round_ > 0): page
+                                in_flight, round_ > 0): page
                     for page in pending
                 }
                 failed: dict[int, BaseException] = {}
@@ -299,9 +305,15 @@ class PageWalker(_Walk):
             raise
         pool.shutdown(wait=True)  # every page is done: the workers are idle
 
-    def _fetch_and_accept(self, first, page, pages, etag, parsed, stop: threading.Event, retrying: bool = False) -> PageResponse:
-        self._check_running(stop)
-        response = self._fetch(page, etag, stop, retrying)
+    def _fetch_and_accept(self, first, page, pages, etag, parsed, stop: threading.Event, in_flight: threading.BoundedSemaphore,
+                          retrying: bool = False) -> PageResponse:
+        while not in_flight.acquire(timeout=0.5):  # a stopped walk's queued workers leave without asking
+            self._check_running(stop)
+        try:
+            self._check_running(stop)
+            response = self._fetch(page, etag, stop, retrying)
+        finally:
+            in_flight.release()
         self._check_running(stop)  # a failed walk parses nothing more
         self._accept(first, response, pages, parsed, stop)
         return response
