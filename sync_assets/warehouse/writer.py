@@ -158,7 +158,7 @@ def _copy(conn: Connection, target: str, dataset: Dataset, frame: pd.DataFrame) 
     read back as UTC: the transaction's time zone is set to UTC first (SET LOCAL: this transaction
     only)."""
     names = [c.name for c in dataset.table_columns]
-    table = pa.Table.from_pandas(frame[names], preserve_index=False)
+    table = pa.Table.from_pandas(frame, columns=names, preserve_index=False)  # frame[names] would copy the frame first
     for i, field in enumerate(table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
