@@ -15,6 +15,9 @@
   :meth:`IrisWorld.republish` changes a published month.
 
 Every ``*_api``/``*_for`` method returns fresh dicts shaped exactly as the API serves them.
+A merchant's served JSON (:meth:`Merchant.api_json`) and the matches of a ``/merchants`` query
+(:meth:`IrisWorld.merchant_query`) are cached until a merchant changes (any attribute assignment)
+or is added, so a page costs its slice and a join, not a scan of every merchant.
 Mutations (:meth:`IrisWorld.close_merchant`, :meth:`~IrisWorld.add_merchant`,
 :meth:`~IrisWorld.modify_merchant`, :meth:`~IrisWorld.republish`) only touch the current month or
 later, so published months never change behind a reader's back.
@@ -32,8 +35,10 @@ import time
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 from zoneinfo import ZoneInfo
+
+import orjson
 
 __all__ = [
     "AGENTS",
@@ -61,6 +66,10 @@ DEFAULT_TIMEZONE = "America/New_York"
 DEFAULT_MERCHANTS = 300
 ONE_DAY = timedelta(days=1)
 _MONTH_CACHE = 4096  # generated (merchant, month)s kept; regenerating one is cheap and identical
+_QUERY_CACHE = 32  # merchant list queries (filters and order) kept while no merchant changes
+#: Bumped by every assignment to a :class:`Merchant` attribute: cached merchant queries are only
+#: valid for the value they were computed at (a list, so the class can bump it in place).
+_MERCHANT_EDITS = [0]
 
 
 def us_date(d: date | None) -> str | None:
@@ -214,6 +223,14 @@ class Merchant:
     interchange_rate: float
     batch_span: tuple[date, date] | None  # first and last batch day
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Any change drops the served JSON cached by :meth:`api_json` and the world's merchant
+        queries (see :meth:`IrisWorld.merchant_query`): edits need not go through the world."""
+        d = self.__dict__
+        d[name] = value
+        d.pop("_api_json", None)
+        _MERCHANT_EDITS[0] += 1
+
     @property
     def status(self) -> str:
         return "Closed" if self.closed else "Open"
@@ -243,6 +260,13 @@ class Merchant:
     def api(self) -> dict[str, Any]:
         """An item of ``GET /merchants``."""
         return {**self.general_api(), "leads": list(self.leads)}
+
+    def api_json(self) -> bytes:
+        """:meth:`api` as JSON (orjson), cached on the merchant until one of its attributes changes."""
+        cached = self.__dict__.get("_api_json")
+        if cached is None:
+            cached = self.__dict__["_api_json"] = orjson.dumps(self.api())  # not through __setattr__
+        return cached
 
     def detail_api(self) -> dict[str, Any]:
         """``GET /merchants/{merchantNumber}``: general, processor demographics (free-form strings), leads."""
@@ -367,6 +391,7 @@ class IrisWorld:
         self._months: collections.OrderedDict[tuple, _Month] = collections.OrderedDict()
         self._aggregates: dict[tuple[int, int], dict[str, tuple[int, int]]] = {}
         self._rows_cache: dict[tuple, list[tuple[_ReportMerchant, dict]]] = {}
+        self._queries: collections.OrderedDict[Hashable, tuple[tuple[int, int], list[Merchant]]] = collections.OrderedDict()
         rng = random.Random(f"{seed}:merchants")
         self.merchants: dict[str, Merchant] = {}
         for index, mid in enumerate(_unique_mids(rng, merchants)):
@@ -493,6 +518,29 @@ class IrisWorld:
     def lock(self) -> threading.RLock:
         """Held by every mutation; readers of :attr:`merchants` hold it for a consistent view."""
         return self._lock
+
+    def merchant_query(self, key: Hashable, compute: Callable[[], list[Merchant]]) -> list[Merchant]:
+        """``compute()`` (merchants matching some filters, in some order), cached per ``key`` while
+        no merchant is added or changed; the caller must not modify the list."""
+        with self._lock:
+            version = (_MERCHANT_EDITS[0], len(self.merchants))  # read before computing: a racing edit only wastes it
+            hit = self._queries.get(key)
+            if hit is not None and hit[0] == version:
+                self._queries.move_to_end(key)
+                return hit[1]
+            found = compute()
+            self._queries[key] = (version, found)
+            self._queries.move_to_end(key)
+            while len(self._queries) > _QUERY_CACHE:
+                self._queries.popitem(last=False)
+            return found
+
+    def warm_merchants(self) -> None:
+        """Serialize every merchant once (:meth:`Merchant.api_json`), so that the first walk of
+        ``GET /merchants`` costs what later ones do."""
+        with self._lock:
+            for m in self.merchants.values():
+                m.api_json()
 
     def merchant_list(self) -> list[dict[str, Any]]:
         """Every merchant as ``GET /merchants`` serves it, in mid order."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
+
+import orjson
 
 from .data import IrisWorld, Merchant
 from .laravel import Invalid, boolean, choice, integer, iso_datetime, page_number, paginate, per_page, ymd
@@ -85,7 +87,8 @@ def _date_window(params: Mapping[str, str], field: str | None) -> tuple[Any, Any
     return start, end
 
 
-def _merchant_filter(params: Mapping[str, str]) -> Callable[[Merchant], bool]:
+def _merchant_filter(params: Mapping[str, str]) -> tuple[Hashable, Callable[[Merchant], bool]]:
+    """(the filters as a cache key, the predicate); raises :class:`Invalid` like IRIS."""
     names = {k: params[k].lower() for k in ("group", "processor", "datasource") if k in params}
     mid, name = params.get("mid"), (params.get("name") or "").lower()
     vim, active = _flag(params, "vim"), _flag(params, "active")
@@ -108,21 +111,27 @@ def _merchant_filter(params: Mapping[str, str]) -> Callable[[Merchant], bool]:
             return value is not None and window[0] <= value <= window[1]
         return True
 
-    return keep
+    key = (tuple(sorted(names.items())), mid, name, vim, active, status, field, window)
+    return key, keep
 
 
 def merchants(world: IrisWorld, req: ApiRequest) -> dict[str, Any]:
     p = req.params
     sort_by = choice(p, "sort_by", tuple(_SORT_KEYS))
     descending = choice(p, "sort_dir", ("asc", "desc")) == "desc"
-    keep = _merchant_filter(p)
-    with world.lock:
+    filters, keep = _merchant_filter(p)
+
+    def query() -> list[Merchant]:
         found = sorted((m for m in world.merchants.values() if keep(m)), key=lambda m: m.mid)
         if sort_by:  # stable: ties stay in mid order; nulls first ascending, like MySQL
             key = _SORT_KEYS[sort_by]
             found.sort(key=lambda m: (0,) if key(m) is None else (1, key(m)), reverse=descending)
-        body = req.page(found, "merchants")
-        body["data"] = [m.api() for m in body["data"]]
+        return found
+
+    with world.lock:  # the same matches and order for every page until a merchant changes
+        body = req.page(world.merchant_query((filters, sort_by, sort_by is not None and descending), query), "merchants")
+        # the items' cached JSON as one fragment: the same bytes orjson makes of their api() dicts
+        body["data"] = orjson.Fragment(b"[" + b",".join([m.api_json() for m in body["data"]]) + b"]")
     return body
 
 

@@ -26,10 +26,11 @@ def run(host: str = "127.0.0.1", port: int = 8766, *, uvicorn_kwargs: dict[str, 
     """Build an :class:`IrisSandbox` from ``kwargs`` and serve it (blocking) until interrupted."""
     t0 = time.perf_counter()
     sandbox = IrisSandbox(**kwargs)
+    sandbox.world.warm_merchants()  # the first walk of /merchants serves cached JSON, like every later one
     s = sandbox.world.summary()
     print(
         f"IRIS sandbox: {s['merchants']} merchants, {len(s['processors'])} processors, {s['report_months']} report months "
-        f"(today {s['today']}), built in {time.perf_counter() - t0:.2f}s; {len(sandbox.key_labels)} API key(s); "
+        f"(today {s['today']}), built and serialized in {time.perf_counter() - t0:.2f}s; {len(sandbox.key_labels)} API key(s); "
         f"serving http://{host}:{port}/api/v1 (admin: http://{host}:{port}/_sandbox/state)",
         file=sys.stderr,
         flush=True,
