@@ -6,9 +6,7 @@ database, next to the sync state:
 
 - rate-limit buckets, one per (api, group, principal), of the kind the API declares
   (`core/limits.py`): a *sliding window* (ESI groups, IRIS: tokens spent come back `window_s`
-  after the request, plus a little slack for the server's clock; table `api_spend`; a small window
-  whose requests are each charged exactly is spent whole, others keep a 5% margin back: see
-  `BudgetPolicy.window_tokens`) or a *token bucket with burst* (SP-API: GCRA, one row per
+  after the request; table `api_spend`) or a *token bucket with burst* (SP-API: GCRA, one row per
   bucket holding its theoretical arrival time; table `api_token_buckets`). The declared limit is
   the starting point; the API's header dialect (`fetch/limits.py`) corrects it (the server's word
   wins), and headers that are absent change nothing. What a request costs comes from the policy's
@@ -158,9 +156,7 @@ class BudgetPolicy:
     # server's (wherever it starts) can see more of.
     error_window_max: int = 100
     error_window_s: float = 60.0
-    # never plan to spend the last 5% of a bucket: of a token bucket's burst, and of a window whose
-    # accounting is inexact (see `window_tokens`: an exact window keeps its margin as time only)
-    safety_margin: float = 0.05
+    safety_margin: float = 0.05  # never plan to spend the last 5% of a bucket
     clock_slack_s: float = 0.25  # our clock and the server's differ a little: keep tokens a bit longer...
     clock_slack_share: float = 0.02  # ...but never more than 2% of the window (1 s windows exist)
     circuit_threshold: int = 8  # consecutive 5xx/timeouts that open the circuit
@@ -179,31 +175,6 @@ class BudgetPolicy:
 
     def slack(self, window_s: float) -> float:
         return min(self.clock_slack_s, self.clock_slack_share * window_s)
-
-    def exact_window(self, capacity: int) -> bool:
-        """Whether a sliding window of `capacity` tokens is accounted exactly: every request is
-        charged in its own transaction, dated at its admission (the window is too small to lend a
-        process an advance worth another request even under the margin: below 43 requests at the
-        defaults), and charged before it is sent the most any answer can cost (IRIS/Laravel: one
-        per counted request; not ESI, whose 4xx costs 5 against the 2 charged)."""
-        cost = self.cost
-        dearest = max(cost.not_modified, cost.client_error, cost.throttled, cost.server_error, cost.no_response)
-        lendable = min(capacity * (1 - self.safety_margin) * self.stash_share, cost.ok * self.stash_requests)
-        return dearest <= cost.ok and math.floor(lendable) < 2 * cost.ok
-
-    def window_tokens(self, capacity: int) -> float:
-        """Tokens of a sliding window of `capacity` the budget plans to spend in any `window_s + slack`.
-
-        The count margin covers what the window's accounting cannot date or size: advance tokens
-        (charged at one moment, sent up to `stash_age_share` of the window later, so they come back
-        early) and costs known only after the answer. An exact window has neither: each token is
-        dated at its request's admission and comes back `slack` after the window, and that time
-        guard is what covers the server's clock (a fixed or sliding window counts arrivals, which
-        trail our admissions by the latency). A count kept back there as well protects against
-        nothing the guard does not, and in a small window it is a whole request of every window:
-        100 pages at 20 per 5 s took 6 windows instead of 5 (26.8 s against 20 s). So an exact
-        window is spent whole; a larger or inexactly charged one keeps the margin."""
-        return float(capacity) if self.exact_window(capacity) else capacity * (1 - self.safety_margin)
 
 
 @dataclass
@@ -277,14 +248,12 @@ class _SlidingWindows:
             {"b": bucket, "w": window},
         )
         used = conn.execute(text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b"), {"b": bucket}).scalar_one()
-        allowed = policy.window_tokens(limit.capacity)
+        allowed = limit.capacity * (1 - policy.safety_margin)
         # a debt larger than the bucket (4xx charged 5 against a tiny window) could never be paid:
         # pay what a whole bucket can (the server's Remaining corrects the rest)
         need = min(need, max(policy.cost.ok, math.floor(allowed)))
         if used + need <= allowed:
-            # an exact window lends no advance: each of its tokens is dated at its own request
-            advance = 0 if policy.exact_window(limit.capacity) else int(
-                min(allowed * policy.stash_share, policy.cost.ok * policy.stash_requests, allowed - used))
+            advance = int(min(allowed * policy.stash_share, policy.cost.ok * policy.stash_requests, allowed - used))
             charge = max(need, advance)
             at = conn.execute(
                 text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, clock_timestamp(), :c) RETURNING at"),
