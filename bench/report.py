@@ -508,11 +508,15 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
     if noh.runs:
         killed = _killed(noh)
         if noh.n:
+            waited = noh.med(lambda r: meta(r, 'budget_wait_seconds'))
             why["F_noheaders"] = (
                 f"without headers the page walk takes {f2(noh.med(walk))} s and its threads waited "
-                f"{f2(noh.med(lambda r: meta(r, 'budget_wait_seconds')))} s in total for the budget; with headers "
-                f"{f2(inproc.med(walk))} s and {f2(inproc.med(lambda r: meta(r, 'budget_wait_seconds')))} s: the difference is the budget "
-                "pacing a route whose bucket size the headers no longer tell (its declared group: market-order, 12000 tokens / 15 min).")
+                f"{f2(waited)} s in total for the budget; with headers "
+                f"{f2(inproc.med(walk))} s and {f2(inproc.med(lambda r: meta(r, 'budget_wait_seconds')))} s: "
+                + ("the difference is the budget pacing a route whose bucket size the headers no longer tell (its declared "
+                   "group: market-order, 12000 tokens / 15 min)." if waited and waited >= 0.1 else
+                   "no walk waited for the budget, so the difference is not pacing: the two are separate runs of the same walk "
+                   "(see each repetition's ratio in the table below)."))
         elif killed:
             k = killed[0]
             served = k.server.get("requests") or 0
