@@ -375,17 +375,51 @@ def api_bound(api: dict) -> float | None:
     return None
 
 
+#: The API a run's `api["api"]` names -> (module, ApiSpec): its cost model is part of the budget's policy.
+_API_SPECS = {"IRIS": ("sync_assets.apis.iris.spec", "IRIS"), "SP-API": ("sync_assets.apis.amazon.spec", "AMAZON")}
+
+
+def api_budget_policy(api: dict) -> Any | None:
+    """The `BudgetPolicy` the product builds for the run's API (fetch/resource.py: the spec's cost
+    model) with the margins the run recorded; None for a run that recorded none."""
+    if api.get("safety_margin") is None:
+        return None
+    import importlib
+
+    from sync_assets.fetch.budget import BudgetPolicy
+
+    kw = {k: api[k] for k in ("safety_margin", "clock_slack_s", "clock_slack_share", "arrival_jitter_s") if k in api}
+    if api.get("api") in _API_SPECS:
+        module, name = _API_SPECS[api["api"]]
+        kw["cost"] = getattr(importlib.import_module(module), name).costs
+    return BudgetPolicy(**kw)
+
+
+def api_window_plan(api: dict) -> tuple[int, bool, float] | None:
+    """A sliding window's (requests the budget admits in one, whether it is spent whole, the
+    seconds each of its tokens is held beyond the window), from `BudgetPolicy.window_tokens`."""
+    policy = api_budget_policy(api)
+    if policy is None or api.get("kind") != "sliding_window":
+        return None
+    capacity = int(api["capacity"])
+    per_window = max(int(policy.window_tokens(capacity) + 1e-9) // policy.cost.ok, 1)
+    return per_window, policy.exact_window(capacity), policy.slack(api["window_s"])
+
+
 def api_own_schedule(api: dict) -> float | None:
-    """The same bound under the product's own margins (BudgetPolicy: never plan the last
-    `safety_margin` of a bucket; a window's tokens come back `slack` later): what it allows itself."""
-    pages, margin = api.get("pages"), api.get("safety_margin")
-    if not pages or margin is None:
+    """The same bound under the product's own margins, what its budget allows itself: a token
+    bucket's `usable_burst`; a sliding window's `window_tokens` requests (all of an
+    exactly charged window, else less the margin) per window held `slack` longer."""
+    pages, policy = api.get("pages"), api_budget_policy(api)
+    if not pages or policy is None:
         return None
     if api.get("kind") == "token_bucket":
-        return max(0.0, pages - max(api["burst"] * (1 - margin), 1)) / api["rate"]
-    if api.get("kind") == "sliding_window":
-        per_window = max(int(api["capacity"] * (1 - margin) + 1e-9), 1)
-        slack = min(api.get("clock_slack_s", 0.0), api.get("clock_slack_share", 0.0) * api["window_s"])
+        from sync_assets.core.limits import TokenBucket
+
+        return max(0.0, pages - policy.usable_burst(TokenBucket(api["rate"], api["burst"]))) / api["rate"]
+    plan = api_window_plan(api)
+    if plan is not None:
+        per_window, _, slack = plan
         return ((pages - 1) // per_window) * (api["window_s"] + slack)
     return None
 
@@ -556,13 +590,21 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
         bound = cell.med(lambda r: api_bound(r.inner["api"]))
         w = cell.med(api_walk)
         api = next(x.inner["api"] for x in cell.ok if x.inner.get("api"))
-        margin = api.get("safety_margin")
+        margin, plan = api.get("safety_margin"), api_window_plan(api)
+        if plan is not None:
+            per_window, exact, slack = plan
+            margins = (f"it admits {per_window} of {api['capacity']} requests a window, "
+                       + ("an exactly charged window being spent whole, each token held until its request was answered"
+                          if exact else f"the last {100 * margin:g}% of an inexactly charged window kept back")
+                       + f", and holds each token at least {f2(slack)} s beyond the window")
+        else:
+            jitter = api.get("arrival_jitter_s")
+            margins = (f"it never plans the last {100 * margin:g}% of a bucket's burst"
+                       + (f", nor the refill of {f2(jitter)} s kept for requests arriving out of step" if jitter else "")
+                       if margin is not None else "")
         why[f"API_{phase}"] = (
             f"the walk's threads waited {f2(cell.med(lambda r: meta(r, 'budget_wait_seconds')))} s in total for the budget; "
-            + (f"under the product's own margins (it never plans the last {100 * margin:g}% of a bucket"
-               + (f": {max(int(api['capacity'] * (1 - margin) + 1e-9), 1)} of {api['capacity']} per window, each window "
-                  f"{f2(min(api.get('clock_slack_s', 0), api.get('clock_slack_share', 0) * api['window_s']))} s longer"
-                  if api.get("kind") == "sliding_window" else "") + f") the same walk takes at least {f2(own, ' s')} "
+            + (f"under the product's own margins ({margins}) the same walk takes at least {f2(own, ' s')} "
                f"({ratio_text(own / bound if own and bound else None)} the bound; the walk is {ratio_text(w / own if w and own else None)} that)"
                if own is not None and margin is not None else "") + ".")
     m, mq = res.cell("M", "full", "sync_inproc"), res.cell("M", "full", "sync_inproc_quarter")
@@ -968,7 +1010,7 @@ def _api_tables(res: Results, args: Any) -> str:
     lines.append("One in-process materialization per repetition (`bench.workers sync`, the code location with only that API), "
                  "into a fresh database, right after the sandbox's limits were reset. *bound*: what the declared limit allows "
                  "a walk of that many pages at the least (burst or window capacity at once, the rest at the limit's rate); "
-                 "*own margins*: the same under the product's own safety margins (what its budget allows itself); *page walk*: "
+                 "*own margins*: the same under what the product's budget allows itself (`BudgetPolicy`: a token bucket's `usable_burst`; a sliding window's `window_tokens` requests a window, each held at least `slack` beyond it); *page walk*: "
                  "from the start of the first snapshot walk to the end of the last (the worker times the resource's "
                  "`fetch_snapshot`, one per slice, run concurrently: here one per marketplace); *slices*: each walk's own "
                  "span in seconds since the materialization started.\n")

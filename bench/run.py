@@ -921,7 +921,7 @@ def _budget_policy() -> dict[str, float]:
     except ImportError:
         return {}
     policy = BudgetPolicy()
-    return {name: getattr(policy, name) for name in ("safety_margin", "clock_slack_s", "clock_slack_share") if hasattr(policy, name)}
+    return {name: getattr(policy, name) for name in ("safety_margin", "clock_slack_s", "clock_slack_share", "arrival_jitter_s") if hasattr(policy, name)}
 
 
 def _scale(text: str) -> str | int:

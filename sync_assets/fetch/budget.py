@@ -6,7 +6,9 @@ database, next to the sync state:
 
 - rate-limit buckets, one per (api, group, principal), of the kind the API declares
   (`core/limits.py`): a *sliding window* (ESI groups, IRIS: tokens spent come back `window_s`
-  after the request; table `api_spend`) or a *token bucket with burst* (SP-API: GCRA, one row per
+  after the request, plus a little slack for the server's clock; table `api_spend`; a small window
+  whose requests are each charged exactly is spent whole, each token held until its request was
+  answered, others keep a 5% margin back: see `BudgetPolicy.window_tokens`) or a *token bucket with burst* (SP-API: GCRA, one row per
   bucket holding its theoretical arrival time; table `api_token_buckets`). The declared limit is
   the starting point; the API's header dialect (`fetch/limits.py`) corrects it (the server's word
   wins), and headers that are absent change nothing. What a request costs comes from the policy's
@@ -139,6 +141,9 @@ class Reservation:
     key: BudgetKey
     cost: int  # tokens charged before the request (0 when the bucket's size is not known yet)
     slot: bool = True  # holds one of this process's error slots until the response is in
+    # an exact window's own charge (its row's database time, and our clock just before it was
+    # written): held until the answer is in when that came later than the window's slack allows
+    dated: tuple[datetime, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,13 @@ class BudgetPolicy:
     # server's (wherever it starts) can see more of.
     error_window_max: int = 100
     error_window_s: float = 60.0
-    safety_margin: float = 0.05  # never plan to spend the last 5% of a bucket
+    # never plan to spend the last 5% of a bucket: of a token bucket's burst, and of a window whose
+    # accounting is inexact (see `window_tokens`: an exact window keeps its margin as time only)
+    safety_margin: float = 0.05
+    # requests reach the server out of step with their turns by up to this much (the first ones open
+    # connections, a loaded machine wakes a worker late): a token bucket keeps that much refill in
+    # reserve, as GCRA's cell delay variation tolerance (ATM's CDVT); it costs once, not per request
+    arrival_jitter_s: float = 0.25
     clock_slack_s: float = 0.25  # our clock and the server's differ a little: keep tokens a bit longer...
     clock_slack_share: float = 0.02  # ...but never more than 2% of the window (1 s windows exist)
     circuit_threshold: int = 8  # consecutive 5xx/timeouts that open the circuit
@@ -175,6 +186,40 @@ class BudgetPolicy:
 
     def slack(self, window_s: float) -> float:
         return min(self.clock_slack_s, self.clock_slack_share * window_s)
+
+    def usable_burst(self, limit: TokenBucket, need: int = 1) -> float:
+        """Tokens of a bucket's burst the budget plans to spend: less the safety margin (advance
+        tokens sent a little late) and less the refill of `arrival_jitter_s`. Without that reserve,
+        a bucket paced to its last token answers 429 as soon as two requests reach it closer
+        together than their turns were (the first of them sent late). A debt larger than the
+        burst: a full bucket pays it."""
+        return max(limit.burst - limit.burst * self.safety_margin - limit.rate * self.arrival_jitter_s, need)
+
+    def exact_window(self, capacity: int) -> bool:
+        """Whether a sliding window of `capacity` tokens is accounted exactly: every request is
+        charged in its own transaction, dated at its admission (the window is too small to lend a
+        process an advance worth another request even under the margin: below 43 requests at the
+        defaults), and charged before it is sent the most any answer can cost (IRIS/Laravel: one
+        per counted request; not ESI, whose 4xx costs 5 against the 2 charged)."""
+        cost = self.cost
+        dearest = max(cost.not_modified, cost.client_error, cost.throttled, cost.server_error, cost.no_response)
+        lendable = min(capacity * (1 - self.safety_margin) * self.stash_share, cost.ok * self.stash_requests)
+        return dearest <= cost.ok and math.floor(lendable) < 2 * cost.ok
+
+    def window_tokens(self, capacity: int) -> float:
+        """Tokens of a sliding window of `capacity` the budget plans to spend in any `window_s + slack`.
+
+        The count margin covers what the window's accounting cannot date or size: advance tokens
+        (charged at one moment, sent up to `stash_age_share` of the window later, so they come back
+        early) and costs known only after the answer. An exact window has neither: each token is
+        dated at its request's admission and held the window plus `slack` (the server's clock), and
+        longer when the answer came later than that slack (`_hold_until_answered`): a fixed or
+        sliding window counts arrivals, which come after our admissions and before our answers.
+        Each token is then held at least until the server lets it go, so a count kept back
+        protects against nothing, and in a small window it is a whole request of every window:
+        100 pages at 20 per 5 s took 6 windows instead of 5 (26.8 s against 20 s). So an exact
+        window is spent whole; a larger or inexactly charged one keeps the margin."""
+        return float(capacity) if self.exact_window(capacity) else capacity * (1 - self.safety_margin)
 
 
 @dataclass
@@ -219,6 +264,7 @@ class _Grant:
     usable_s: float = 0.0
     at: datetime | None = None
     refund_by: datetime | None = None
+    exact: bool = False  # an exact window's charge of this one request (see BudgetPolicy.exact_window)
 
 
 class _SlidingWindows:
@@ -248,18 +294,21 @@ class _SlidingWindows:
             {"b": bucket, "w": window},
         )
         used = conn.execute(text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b"), {"b": bucket}).scalar_one()
-        allowed = limit.capacity * (1 - policy.safety_margin)
+        allowed = policy.window_tokens(limit.capacity)
         # a debt larger than the bucket (4xx charged 5 against a tiny window) could never be paid:
         # pay what a whole bucket can (the server's Remaining corrects the rest)
         need = min(need, max(policy.cost.ok, math.floor(allowed)))
         if used + need <= allowed:
-            advance = int(min(allowed * policy.stash_share, policy.cost.ok * policy.stash_requests, allowed - used))
+            # an exact window lends no advance: each of its tokens is dated at its own request
+            advance = 0 if policy.exact_window(limit.capacity) else int(
+                min(allowed * policy.stash_share, policy.cost.ok * policy.stash_requests, allowed - used))
             charge = max(need, advance)
             at = conn.execute(
                 text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, clock_timestamp(), :c) RETURNING at"),
                 {"b": bucket, "c": charge},
             ).scalar_one()
-            return _Grant(charged=charge, usable_s=limit.window_s * policy.stash_age_share, at=at)
+            return _Grant(charged=charge, usable_s=limit.window_s * policy.stash_age_share, at=at,
+                          exact=policy.exact_window(limit.capacity))
         events = conn.execute(  # the earliest moment enough spent tokens have come back
             text(f"SELECT EXTRACT(EPOCH FROM at + make_interval(secs => :w) - clock_timestamp()) AS back_in, cost "
                  f"FROM {SCHEMA}.api_spend WHERE bucket = :b ORDER BY at"),
@@ -275,6 +324,13 @@ class _SlidingWindows:
         """Unused advance tokens go back dated when they were charged (they leave the window with it)."""
         conn.execute(text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES (:b, :at, :c)"),
                      {"b": bucket, "at": stash.charged_at, "c": -stash.tokens})
+
+    def hold_longer(self, conn: Connection, bucket: str, at: datetime, tokens: int, seconds: float) -> None:
+        """Tokens charged at `at` are held `seconds` longer: moved, as a refund at `at` and the same
+        charge later (the rows stay append-only, like a refund's)."""
+        conn.execute(text(f"INSERT INTO {SCHEMA}.api_spend (bucket, at, cost) VALUES "
+                          "(:b, :at, :neg), (:b, :at + make_interval(secs => :s), :c)"),
+                     {"b": bucket, "at": at, "neg": -tokens, "c": tokens, "s": seconds})
 
     def spend(self, conn: Connection, bucket: str, tokens: int, back_in_s: float | None = None) -> None:
         """Book tokens spent now, or dated so that they come back in `back_in_s` (a fixed window's reset)."""
@@ -337,7 +393,7 @@ class _TokenBuckets:
     def charge(self, conn: Connection, bucket: str, limit: TokenBucket, ahead: float, need: int) -> _Grant:
         policy, interval = self.policy, limit.interval_s
         owed = max(ahead, 0.0)
-        usable_burst = max(limit.burst * (1 - policy.safety_margin), need)  # a debt larger than the burst: a full bucket pays it
+        usable_burst = policy.usable_burst(limit, need)
         if owed + need * interval > usable_burst * interval + _EPS:
             return self._turn(conn, bucket, owed + need * interval - usable_burst * interval, need)
         room = math.floor((usable_burst * interval - owed) / interval + _EPS)
@@ -345,8 +401,9 @@ class _TokenBuckets:
         charge = max(need, min(room, share, policy.cost.ok * policy.stash_requests))
         # Tokens charged now and sent later are exact while the bucket, without them, would not be
         # full yet (`owed` from now); after that its refill would be lost to the cap, i.e. counted
-        # twice. The safety margin admissions keep back absorbs what a little longer costs.
-        usable_s = owed + max(limit.burst - usable_burst, 0.0) * interval
+        # twice. The safety margin admissions keep back absorbs what a little longer costs (the
+        # jitter reserve is not lent to advances: it is for requests that arrive out of step).
+        usable_s = owed + min(limit.burst * policy.safety_margin, max(limit.burst - usable_burst, 0.0)) * interval
         row = conn.execute(
             text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = GREATEST(tat, clock_timestamp()) + "
                  "make_interval(secs => :c / rate) WHERE bucket = :b RETURNING tat, clock_timestamp() AS at"),
@@ -443,9 +500,9 @@ class PostgresBudget:
         sleep = sleep or self._sleep
         while True:
             with self._lock:
-                wait, reason, cost, send_in = self._try_admit(key)
+                wait, reason, cost, send_in, dated = self._try_admit(key)
             if wait <= 0:
-                reservation = Reservation(key, cost, slot=self.policy.error_limit)
+                reservation = Reservation(key, cost, slot=self.policy.error_limit, dated=dated)
                 if send_in <= 0 or self._await_turn(reservation, send_in, log, sleep):
                     return reservation
                 continue
@@ -478,20 +535,20 @@ class PostgresBudget:
             return False
         return True
 
-    def _try_admit(self, key: BudgetKey) -> tuple[float, str, int, float]:
-        """(0, "", tokens charged, seconds until its turn) once admitted; (seconds to wait, why, 0,
-        0) otherwise. Holds self._lock."""
+    def _try_admit(self, key: BudgetKey) -> tuple[float, str, int, float, tuple[datetime, float] | None]:
+        """(0, "", tokens charged, seconds until its turn, an exact window's dating) once admitted;
+        (seconds to wait, why, 0, 0, None) otherwise. Holds self._lock."""
         wait, reason = self._latched(key)
         if wait <= 0 and self.policy.error_limit:
             wait, reason = self._take_slot(key.api)
         if wait > 0 or not key.bucket:
-            return wait, reason, 0, 0.0
-        wait, cost, send_in = self._take_tokens(key)
+            return wait, reason, 0, 0.0, None
+        wait, cost, send_in, dated = self._take_tokens(key)
         if wait > 0:
             if self.policy.error_limit:
                 self._slots[key.api].in_flight -= 1
-            return wait, f"rate-limit bucket {key.group or key.api} is spent", 0, 0.0
-        return 0.0, "", cost, send_in
+            return wait, f"rate-limit bucket {key.group or key.api} is spent", 0, 0.0, None
+        return 0.0, "", cost, send_in, dated
 
     def _latched(self, key: BudgetKey) -> tuple[float, str]:
         view = self._views.setdefault(key.api, _ApiView())
@@ -593,35 +650,36 @@ class PostgresBudget:
 
     # -- rate-limit tokens -----------------------------------------------------------------------
 
-    def _take_tokens(self, key: BudgetKey) -> tuple[float, int, float]:
-        """(0, cost, seconds until its turn) once the request's tokens are taken, or (seconds to
-        wait, 0, 0)."""
+    def _take_tokens(self, key: BudgetKey) -> tuple[float, int, float, tuple[datetime, float] | None]:
+        """(0, cost, seconds until its turn, an exact window's dating) once the request's tokens
+        are taken, or (seconds to wait, 0, 0, None)."""
         reserve = self.policy.cost.ok
         stash = self._stashes.setdefault(key.bucket, _Stash())
         if stash.tokens >= reserve and self._clock() < stash.valid_until:
             stash.tokens -= reserve
             self.advance_hits += 1
-            return 0.0, reserve, 0.0
+            return 0.0, reserve, 0.0, None
         started = self._clock()  # before the database's clock is read: advances expire early, never late
         if started < self._refused_until.get(key.bucket, 0.0):
             # another page worker of this process was just told to wait: asking again before then
             # would only be refused again (a herd of workers must not cost a transaction each)
-            return self._refused_until[key.bucket] - started, 0, 0.0
+            return self._refused_until[key.bucket] - started, 0, 0.0, None
         with self._begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:b))"), {"b": key.bucket})
             self._refund(conn, key.bucket, stash)
             need = reserve - stash.tokens  # more than one request's worth when the stash is in debt
             grant = self._charge(conn, key, need)
         if grant is None:  # size unknown and nothing declared: a probe (its cost is charged when known)
-            return 0.0, 0, 0.0
+            return 0.0, 0, 0.0, None
         if grant.wait_s > 0:
             self._refused_until[key.bucket] = started + grant.wait_s
-            return grant.wait_s, 0, 0.0
+            return grant.wait_s, 0, 0.0, None
         stash.tokens = max(stash.tokens + grant.charged - reserve, 0)  # below 0 only if a debt was capped: forgiven
         stash.charged_at, stash.refund_by = grant.at, grant.refund_by
         stash.token_bucket = isinstance(key.declared, TokenBucket)
         stash.valid_until = started + grant.usable_s
-        return 0.0, reserve, grant.send_in_s
+        dated = (grant.at, started) if grant.exact and grant.at is not None else None
+        return 0.0, reserve, grant.send_in_s, dated
 
     def _charge(self, conn: Connection, key: BudgetKey, need: int) -> _Grant | None:
         bucket = key.bucket
@@ -666,6 +724,7 @@ class PostgresBudget:
         Most responses teach nothing new and cost no database round trip. `path`: the circuit counts
         failing paths, not attempts: one resource failing on every retry (a merchant whose
         transactions always fail) is that item's failure, not an outage of the API."""
+        self._hold_until_answered(reservation)
         key, bucket = reservation.key, reservation.key.bucket
         learned = self.policy.headers.read(headers, self._known_limits.get(bucket) if bucket else None)
         failed = status is None or status >= 500
@@ -713,9 +772,28 @@ class PostgresBudget:
 
     def release(self, reservation: Reservation) -> None:
         """The request was abandoned before any response (cancelled, interrupted)."""
+        self._hold_until_answered(reservation)
         with self._lock:
             if reservation.slot:
                 self._slots.setdefault(reservation.key.api, _Slots()).in_flight -= 1
+
+    def _hold_until_answered(self, reservation: Reservation) -> None:
+        """An exact window is spent to its last token, so none may come back before the server lets
+        it go. The server counts a request when it arrives, which is no later than its answer;
+        dated at its admission, a token is held the window plus `slack`. A request answered later
+        than that slack after its admission (a loaded machine that sent it late, a slow network)
+        has its token held as much longer: one transaction, and only then."""
+        if reservation.dated is None:
+            return
+        at, admitted = reservation.dated
+        limit = self._known_limits.get(reservation.key.bucket or "")
+        if not isinstance(limit, SlidingWindow):
+            return
+        late = self._clock() - admitted - self.policy.slack(limit.window_s)
+        if late > 0:
+            with self._begin() as conn:
+                self._windows.hold_longer(conn, reservation.key.bucket, at, reservation.cost, late)
+        reservation.dated = None  # held once
 
     def _learn_error_budget(self, conn: Connection, api: str, remain: int | None, reset: float | None, slots: _Slots) -> None:
         """Write the errors left (the server's figure) and shrink this process's lease to fit."""
