@@ -49,9 +49,11 @@ class SnapshotIOManager(dg.ConfigurableIOManager):
         partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
         counts: dict[str, int] = {}
         try:
-            counts["dagster/row_count"] = self.warehouse.count_rows(dataset)  # the whole table, as Dagster means it
-            if partitions:
-                counts["dagster/partition_row_count"] = self.warehouse.count_rows(dataset, partitions)
+            if partitions:  # the whole table, as Dagster means it, and the partition's rows
+                counts["dagster/row_count"], counts["dagster/partition_row_count"] = (
+                    self.warehouse.count_table_and_partitions(dataset, partitions))
+            else:
+                counts["dagster/row_count"] = self.warehouse.count_rows(dataset)
         except DatabaseUnavailable as exc:
             # Everything above is committed: a database lost now (a restart right after the COMMIT)
             # must not fail a run whose data and validators are in. The committing transactions'

@@ -134,6 +134,15 @@ class PostgresWarehouse(dg.ConfigurableResource):
         with self._begin() as conn:
             return int(conn.execute(text(sql), params).scalar_one())
 
+    def count_table_and_partitions(self, dataset: Dataset, partition_keys: Sequence[str]) -> tuple[int, int]:
+        """The whole table's rows and those of some partitions, in one scan of the table."""
+        self.ensure_dataset(dataset)
+        where, params = partition_filter(dataset, partition_keys)
+        within = f" FILTER ({where.strip()})" if where else ""
+        with self._begin() as conn:
+            row = conn.execute(text(f"SELECT count(*), count(*){within} FROM {table_name(dataset)}"), params).one()
+        return int(row[0]), int(row[1])
+
     def distinct_values(self, dataset: Dataset, columns: Sequence[str], scope: Mapping[str, Any]) -> list[dict]:
         """Distinct values of `columns` in the dataset's table among the rows of `scope` (column ->
         value: a partition's), e.g. the mining observers whose ledgers to fetch, or the killmails
