@@ -36,7 +36,7 @@ ui-test-deps: install
 # A private --basetemp: pytest prunes old numbered dirs under the shared default one, which can pull a
 # data directory from under an embedded Postgres when two test sessions run on one machine.
 test: install ui-test-deps
-	$(BIN)/python -m pytest -q --basetemp="$$(mktemp -d /tmp/sync-assets-tests.XXXXXX)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 --basetemp="$$(mktemp -d /tmp/sync-assets-tests.XXXXXX)" $(PYTEST_ARGS)
 
 ## The fault-injection suite alone (SIGKILL, Postgres restarts, 5xx/420/429 storms, bad input; part of
 ## `make test` too), then docs/RELIABILITY.md from its figures. SYNC_ASSETS_FAULT_SCALE=5 for a longer soak.

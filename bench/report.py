@@ -532,10 +532,15 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
             + ". No profile was taken at 100 ms: the F full profile shows the same code paths without the latency.")
     rl = res.cell("RL", "full", "sync_inproc")
     if rl.n:
+        from sync_assets.fetch.budget import BudgetPolicy  # ESI's policy: what the budget plans of the RL window
+
+        rl_tokens = BudgetPolicy().window_tokens(2 * args.rate)
+        rl_plan = int(rl_tokens + 1e-9) // 2
         why["RL_time"] = (f"the page walk ({f2(rl.med(walk))} s; its threads waited {f2(rl.med(lambda r: meta(r, 'budget_wait_seconds')))} s in total for the budget) "
                           f"is paced by the rate, and the budget never plans the last 5% of a window whose charges are known only "
-                          f"after the answer (on ESI a 4xx costs 5 tokens, a 200 2): at 95% of {args.rate}/s the walk alone takes at least "
-                          f"{f2(pages_rl / (0.95 * args.rate) if (pages_rl := rl.med(lambda r: r.server.get('requests'))) else None)} s; "
+                          f"after the answer (on ESI a 4xx costs 5 tokens, a 200 2): {rl_plan} of {args.rate} requests a window "
+                          f"({rl_tokens:g} of {2 * args.rate} tokens planned, 2 a request), so the walk alone takes at least "
+                          f"{f2(pages_rl / rl_plan if (pages_rl := rl.med(lambda r: r.server.get('requests'))) else None)} s; "
                           f"the write ({f2(rl.med(write))} s) and the rest of the materialization "
                           f"({f2(rl.med(inner) - rl.med(walk) - rl.med(write)) if None not in (rl.med(inner), rl.med(walk), rl.med(write)) else 'n/a'} s) come on top.")
     noh = res.cell("F-noheaders", "full", "sync_inproc")
