@@ -39,3 +39,23 @@ def test_a_deferred_module_works_once_used_even_from_many_threads_at_once() -> N
     for _ in range(3):  # a race shows in a fresh interpreter: try a few
         done = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
+
+PREFETCH = """
+import json, time
+from concurrent.futures import ThreadPoolExecutor
+from sync_assets.core.lazy import numpy as np, pandas as pd, prefetch
+prefetch(np, pd)  # a walk starting: the import runs on its own thread ...
+with ThreadPoolExecutor(8) as pool:  # ... while page workers may already read pd.DataFrame
+    sums = list(pool.map(lambda i: int(pd.DataFrame({"a": [i, 1]})["a"].sum()), range(16)))
+deadline = time.monotonic() + 120
+while "__file__" not in np.__dict__ and time.monotonic() < deadline:  # numpy: never touched here
+    time.sleep(0.01)
+print(json.dumps({"sums": sums == [i + 1 for i in range(16)], "numpy_loaded_unused": "__file__" in np.__dict__}))
+"""
+
+
+def test_prefetch_imports_in_the_background_and_a_reader_meanwhile_waits_for_the_same_import() -> None:
+    done = subprocess.run([sys.executable, "-c", PREFETCH], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"sums": True, "numpy_loaded_unused": True}

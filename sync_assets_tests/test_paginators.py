@@ -4,6 +4,7 @@ they expire), and the error classifier of each body shape."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 import httpx
@@ -83,6 +84,46 @@ def test_a_page_count_that_changes_mid_walk_restarts_it_and_a_missing_one_is_a_b
     with pytest.raises(MalformedPayload, match="no page count"):
         PageWalker(client(lambda r: json({"data": []})), "/x", {}, paginator=LARAVEL, max_concurrency=2, expiry_guard_s=0,
                    **common(Quiet())).walk(None)
+
+
+def test_page_ones_parse_does_not_hold_up_the_requests_for_the_other_pages() -> None:
+    # the run's first parse may still be importing pandas: pages 2..N are asked meanwhile
+    asked_last = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        if page == 4:
+            asked_last.set()
+        return json({"data": [page], "meta": {"last_page": 4}})
+
+    def parse(page: int, records: Any) -> Any:
+        if page == 1:  # blocks until page 4 was asked: with page 1 parsed before the others, never
+            assert asked_last.wait(timeout=60), "page 1 was parsed before the other pages were asked"
+        return records
+
+    log = Quiet()
+    result = PageWalker(client(handler), "/x", {}, paginator=LARAVEL, max_concurrency=2, expiry_guard_s=0,
+                        **{**common(log), "parse": parse}).walk(None)
+    assert result.parsed == [[1], [2], [3], [4]]
+
+
+def test_a_bad_first_page_ends_the_walk_with_its_error_and_is_not_asked_again() -> None:
+    asked: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        asked.append(page)
+        return json({"data": "oops" if page == 1 else [page], "meta": {"last_page": 3}})
+
+    def parse(page: int, records: Any) -> Any:
+        if not isinstance(records, list):
+            raise MalformedPayload(f"page {page}: expected a list")
+        return records
+
+    with pytest.raises(MalformedPayload, match="page 1: expected a list"):
+        PageWalker(client(handler), "/x", {}, paginator=LARAVEL, max_concurrency=2, expiry_guard_s=0,
+                   **{**common(Quiet()), "parse": parse}).walk(None)
+    assert asked.count(1) == 1
 
 
 TOKENS = NextToken(token_path="pagination.nextToken", param="nextToken", records_path="items")

@@ -239,11 +239,12 @@ class PageWalker(_Walk):
                 raise _RestartUnconditionally(f"the page count is {pages} but {len(etags)} pages are stored")
         results: dict[int, PageResponse] = {1: first}
         parsed: dict[int, Any] = {}
-        self._accept(first, first, pages, parsed)
         progress = _Progress(self.log, self.label, pages)
         progress.done(first)
         if pages > 1:
             self._fetch_rest(first, pages, etags, results, parsed, progress)
+        else:
+            self._accept(first, first, pages, parsed)
         ordered = [results[p] for p in range(1, pages + 1)]
         statuses = {r.status for r in ordered}
         if statuses == {200, 304}:
@@ -276,14 +277,23 @@ class PageWalker(_Walk):
         pool = ThreadPoolExecutor(max_workers=min(workers, pages - 1), thread_name_prefix="page")
         pending, round_, idle = list(range(2, pages + 1)), 0, 0
         try:
+            # page 1 is parsed on a worker like the others: its parse (the run's first, which may
+            # still be importing pandas) does not hold up the requests for pages 2..N
+            head: Future | None = pool.submit(self._accept, first, first, pages, parsed, stop)
             while pending:
                 futures: dict[Future, int] = {
                     pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop,
                                 in_flight, round_ > 0): page
                     for page in pending
                 }
+                if head is not None:
+                    futures[head] = 1
                 failed: dict[int, BaseException] = {}
                 for future in as_completed(futures):  # progress is logged as pages land; a hard error ends the walk
+                    if future is head:
+                        head.result()  # page 1's body is what it is: its error ends the walk, never retried
+                        head = None
+                        continue
                     error = future.exception()
                     if isinstance(error, RETRY_LATER):
                         failed[futures[future]] = error

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import dagster as dg
 import httpx
-from ..core.lazy import numpy as np, pandas as pd  # imported when a run first uses them
+from ..core.lazy import numpy as np, pandas as pd, prefetch, pyarrow as pa  # imported when a run first uses them
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
@@ -171,6 +171,8 @@ class ApiResource(dg.ConfigurableResource):
         if sink is not None:
             sink = _Digesting(sink, dataset)  # the loader takes each page's rows; the walk keeps a digest
         use_state = previous is not None and not full_refresh
+        if not use_state or not previous.page_etags:  # type: ignore[union-attr]
+            prefetch(np, pd, pa)  # every page will be parsed into a frame: import while page 1 is in flight
         query = {**dataset.query, **request.params}
         partial = use_state and dataset.incremental is not None and bool(previous.cursor)  # type: ignore[union-attr]
         if partial:
