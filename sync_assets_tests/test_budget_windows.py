@@ -126,3 +126,29 @@ def test_a_token_is_held_until_its_late_request_was_answered(engine) -> None:  #
     counted = sandbox.counters()["t"]
     assert counted["requests"] == 2 and counted["rate_limited"] == 0, counted
     budget.close()
+
+
+def test_an_abandoned_request_keeps_the_callers_error_when_the_database_is_gone(engine) -> None:  # noqa: F811
+    """A walk interrupted while its request was in flight releases the reservation on its way out;
+    with the database gone by then, the interruption is what the caller sees, and the error slot
+    is given back."""
+    from sqlalchemy.exc import OperationalError
+
+    policy = BudgetPolicy(error_limit=True, headers=IrisHeaders(), cost=PER_REQUEST, max_wait_s=60, clock_slack_s=0.0)
+    budget = PostgresBudget(engine, policy)
+    key = BudgetKey("iris", "api", "key-gone", declared=SlidingWindow(1, 60.0))
+    reservation = budget.before_request(key, Quiet())
+    assert reservation.dated is not None and reservation.slot  # an exact window's token, dated; an error slot taken
+    in_flight = budget._slots["iris"].in_flight
+    time.sleep(0.05)  # answered "late": releasing it must move the token (a database write)
+
+    def gone(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    budget._begin = gone  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt()
+        finally:
+            budget.release(reservation)
+    assert budget._slots["iris"].in_flight == in_flight - 1

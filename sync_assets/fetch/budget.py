@@ -56,6 +56,7 @@ from datetime import datetime
 from typing import Callable, Mapping
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.errors import BudgetExhausted, CircuitOpen
 from ..core.limits import ESI_COSTS, CostModel, RateLimit, SlidingWindow, TokenBucket
@@ -771,11 +772,17 @@ class PostgresBudget:
                     self._learn_bucket(conn, reservation, status, learned)
 
     def release(self, reservation: Reservation) -> None:
-        """The request was abandoned before any response (cancelled, interrupted)."""
-        self._hold_until_answered(reservation)
-        with self._lock:
-            if reservation.slot:
-                self._slots.setdefault(reservation.key.api, _Slots()).in_flight -= 1
+        """The request was abandoned before any response (cancelled, interrupted). The caller's own
+        exception is on its way: a database failure here must not replace it, nor keep the error
+        slot (the next admission meets that failure anyway)."""
+        try:
+            self._hold_until_answered(reservation)
+        except SQLAlchemyError:
+            pass
+        finally:
+            with self._lock:
+                if reservation.slot:
+                    self._slots.setdefault(reservation.key.api, _Slots()).in_flight -= 1
 
     def _hold_until_answered(self, reservation: Reservation) -> None:
         """An exact window is spent to its last token, so none may come back before the server lets
