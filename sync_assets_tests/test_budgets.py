@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator
 
 import dagster as dg
@@ -45,9 +46,9 @@ def limited_sandbox() -> Iterator[tuple[EsiSandbox, str]]:
 
 def test_four_concurrent_runs_share_one_bucket_without_a_429(limited_sandbox, database_url: str) -> None:
     sandbox, url = limited_sandbox
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(4) as pool:
-        results = pool.starmap(_sync_region, [(url, database_url, region) for region in REGIONS])
+    # a worker process that dies fails the test (BrokenProcessPool); multiprocessing.Pool would wait forever
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_sync_region, [url] * 4, [database_url] * 4, REGIONS))
     assert results == [True] * 4
     orders = sandbox.counters()["orders"]
     assert orders["status_429"] == 0 and orders["status_200"] == 4 * 6
