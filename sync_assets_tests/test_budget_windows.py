@@ -20,6 +20,7 @@ import pytest
 from sync_assets.apis.iris.sandbox.app import IrisSandbox
 from sync_assets.apis.sandbox_serving import serve_in_thread
 from sync_assets.core.limits import ESI_COSTS, PER_REQUEST, CostModel, SlidingWindow
+from sqlalchemy import text
 from sync_assets.fetch.budget import BudgetExhausted, BudgetKey, BudgetPolicy, PostgresBudget
 from sync_assets.fetch.http import ApiHttpClient, RetryPolicy
 from sync_assets.fetch.limits import IrisHeaders
@@ -152,3 +153,57 @@ def test_an_abandoned_request_keeps_the_callers_error_when_the_database_is_gone(
         finally:
             budget.release(reservation)
     assert budget._slots["iris"].in_flight == in_flight - 1
+
+
+@pytest.mark.parametrize("cost, capacity", [(PER_REQUEST, 20), (ESI_COSTS, 300)])
+def test_a_sized_window_is_charged_in_one_round_trip_exactly_as_in_a_full_transaction(engine, cost, capacity) -> None:  # noqa: F811
+    """Once a process has read a window's size, an admission is one statement batch, not a
+    transaction of separate statements; both decide the same: the same requests admitted (an exact
+    window's whole capacity, ESI's 95% taken as advances) and the same charges written."""
+
+    def admit_all(one_round_trip: bool) -> tuple[list[int], list[int], int]:
+        budget = PostgresBudget(engine, BudgetPolicy(error_limit=False, headers=IrisHeaders(), cost=cost, max_wait_s=60))
+        budget._ensure()
+        batches = []
+        if one_round_trip:
+            charge_known = budget._windows.charge_known
+            budget._windows.charge_known = lambda *args: batches.append(1) or charge_known(*args)  # type: ignore[method-assign]
+        else:
+            budget._charge_known_window = lambda *args: None  # type: ignore[method-assign]
+        key = BudgetKey("t", "api", f"sized-{one_round_trip}-{capacity}-{time.time_ns()}", declared=SlidingWindow(capacity, 60.0))
+        admitted = []
+        for _ in range(capacity // cost.ok + 5):  # more requests than the window holds
+            wait, charged, _, _ = budget._take_tokens(key)
+            admitted.append(charged if wait <= 0 else -1)
+        with engine.connect() as conn:
+            charges = list(conn.execute(text("SELECT cost FROM sync_assets.api_spend WHERE bucket = :b ORDER BY at"),
+                                        {"b": key.bucket}).scalars())
+        budget.close()
+        return admitted, charges, len(batches)
+
+    full_admitted, full_charges, _ = admit_all(one_round_trip=False)
+    admitted, charges, batches = admit_all(one_round_trip=True)
+    assert (admitted, charges) == (full_admitted, full_charges)
+    assert batches >= 1 and -1 in admitted and admitted[0] == cost.ok
+    usable = BudgetPolicy(cost=cost).window_tokens(capacity)
+    assert admitted.count(cost.ok) == int(usable // cost.ok) and sum(charges) <= usable
+
+
+def test_a_window_resized_meanwhile_is_charged_by_its_new_size(engine) -> None:  # noqa: F811
+    """Another process (or a response) changed the stored size: the one-trip charge writes nothing
+    and the full transaction reads the new size."""
+    budget = PostgresBudget(engine, IRIS)
+    budget._ensure()
+    key = BudgetKey("iris", "api", f"resized-{time.time_ns()}", declared=SlidingWindow(2, 60.0))
+    assert budget._take_tokens(key)[0] <= 0 and budget._take_tokens(key)[0] <= 0
+    assert budget._take_tokens(key)[0] > 0  # the window of 2 is spent
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sync_assets.api_limits SET capacity = 3, source = 'server' WHERE bucket = :b"),
+                     {"b": key.bucket})
+    budget._refused_until.clear()
+    wait, charged, _, _ = budget._take_tokens(key)
+    assert wait <= 0 and charged == 1 and budget._known_limits[key.bucket] == SlidingWindow(3, 60.0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT sum(cost) FROM sync_assets.api_spend WHERE bucket = :b"),
+                            {"b": key.bucket}).scalar_one() == 3
+    budget.close()
