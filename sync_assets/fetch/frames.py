@@ -144,6 +144,9 @@ def _parse_times(values: Sequence[Any], column: Column, where: str) -> Any:
     C++; anything else goes to pandas' ISO 8601 parser, and what it would turn into NaT or a clock
     reading ('', 'NaT', 'now', 'today') is refused."""
     target = pa.timestamp("us", tz="UTC") if column.type is ColumnType.TIMESTAMP else pa.date32()
+    first = next((v for v in values if v is not None), None)
+    if column.formats and first is not None and not _year_first(first):
+        return _parse_times_by_pandas(values, column, where)  # the API's own spelling (IRIS's MM/DD/YYYY)
     try:
         parsed = pa.array(values, type=pa.string()).cast(target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -169,9 +172,22 @@ def _parse_times_by_pandas(values: Sequence[Any], column: Column, where: str) ->
         what += " or " + " or ".join(column.formats)
     try:
         utc = column.type is ColumnType.TIMESTAMP  # a value without an offset is UTC
-        parsed = pd.to_datetime(series, utc=utc, format="ISO8601" if utc else "%Y-%m-%d", errors="coerce" if column.formats else "raise")
-        for fmt in column.formats:  # the API's other spellings (IRIS: MM/DD/YYYY), tried in order
-            parsed = parsed.fillna(pd.to_datetime(series, utc=utc, format=fmt, errors="coerce"))
+        iso = "ISO8601" if utc else "%Y-%m-%d"
+        if not column.formats:
+            parsed = pd.to_datetime(series, utc=utc, format=iso)
+        else:
+            # each value in the first spelling that reads it, ISO first, then the API's own (IRIS:
+            # MM/DD/YYYY) in order; each is tried on the values still unread only, and ISO only on
+            # those opening with a 4-digit year (no other can be ISO): in pandas a value that fails
+            # to parse costs as much as one that parses, and a page of US dates failed ISO whole
+            year_first = np.fromiter((v is not None and _year_first(v) for v in values), dtype=bool, count=len(values))
+            parsed = pd.to_datetime(series.where(year_first), utc=utc, format=iso, errors="coerce")
+            present = series.notna().to_numpy()
+            for fmt in column.formats:
+                unread = present & parsed.isna().to_numpy()
+                if not unread.any():
+                    break
+                parsed = parsed.fillna(pd.to_datetime(series.where(unread), utc=utc, format=fmt, errors="coerce"))
         parsed = parsed.astype(column.numpy_dtype)
     except (TypeError, ValueError, OverflowError) as exc:  # OutOfBoundsDatetime is a ValueError
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -181,6 +197,11 @@ def _parse_times_by_pandas(values: Sequence[Any], column: Column, where: str) ->
         value = values[int(lost.argmax())]
         raise MalformedPayload(f"{where}: field {column.name!r} is not {column.type.value}: {value!r:.60} is not {what}")
     return parsed.array
+
+
+def _year_first(value: str) -> bool:
+    """Whether `value` opens with a 4-digit year, as every ISO 8601 date and timestamp does."""
+    return value[:4].isdigit() and len(value) >= 4
 
 
 def _json_texts(values: Sequence[Any], column: Column, where: str) -> Any:
