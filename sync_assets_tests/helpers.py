@@ -27,18 +27,63 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
     return messages
 
 
+# Run a command with SIGINT at its default disposition. A process started with SIGINT ignored (any
+# background job of a shell without job control, as CI runners and `cmd &` in scripts start them)
+# passes that on to everything it starts, and `dagster dev` maps SIGTERM onto SIGINT's handler: it
+# then ignores SIGTERM, never stops its webserver, daemon and code server, and each deployment's
+# teardown waited out its whole SIGKILL grace period (60 s) for nothing.
+DEFAULT_SIGINT = [sys.executable, "-c",
+                  "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 60) -> None:
+    """Stop a command started in a session of its own and everything it started: SIGTERM to its
+    process group, SIGKILL after `grace_s` if it has not exited; once it has, whatever of its group
+    is left (a worker that outlived it) is killed, so that nothing of a test outlives it."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # the group's id stays in use (cannot name another group) while any member lives
+    if group_members(process.pid):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @contextmanager
 def dagster_dev(env: Mapping[str, str], log: Path, timeout_s: float = 240) -> Iterator[str]:
     """A real `dagster dev` of the project's workspace on a free port, with exactly `env` and its
     output in `log`; yields the webserver's URL once `/server_info` answers. On exit its whole
-    process group is stopped (SIGTERM, SIGKILL after 60 s)."""
+    process group is stopped (`stop_group`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(root / "workspace.yaml"), "-p", str(port)],
+            [*DEFAULT_SIGINT, str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(root / "workspace.yaml"),
+             "-p", str(port)],
             cwd=root, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
@@ -55,12 +100,7 @@ def dagster_dev(env: Mapping[str, str], log: Path, timeout_s: float = 240) -> It
                 time.sleep(1)
             yield url
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
 
 
 def resolve_ref(spec: dict, schema: dict) -> dict:
