@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import dagster as dg
 import httpx
@@ -101,6 +103,47 @@ def dagster_dev(env: Mapping[str, str], log: Path, timeout_s: float = 240) -> It
             yield url
         finally:
             stop_group(process)
+
+
+# What `dagster sensor stop` and `dagster schedule stop` do, for every instigator but those named in
+# argv[1] (JSON), with the code location loaded once: writes the names it stopped (JSON) to argv[2].
+_STOP_AUTOMATION = """
+import json, sys
+from dagster._cli.utils import get_instance_for_cli
+from dagster._cli.workspace.cli_target import get_repository_from_cli_opts
+from dagster.version import __version__
+from dagster_shared.cli import WorkspaceOpts
+
+keep, stopped = set(json.loads(sys.argv[1])), []
+with get_instance_for_cli() as instance, get_repository_from_cli_opts(
+        instance, __version__, WorkspaceOpts(workspace=["workspace.yaml"]), None) as repo:
+    for sensor in repo.get_sensors():
+        if sensor.name not in keep:
+            instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+            stopped.append(sensor.name)
+    for schedule in repo.get_schedules():
+        if schedule.name not in keep:
+            instance.stop_schedule(schedule.get_remote_origin_id(), schedule.selector_id, schedule)
+            stopped.append(schedule.name)
+with open(sys.argv[2], "w") as out:
+    json.dump(stopped, out)
+"""
+
+
+def stop_automation(env: Mapping[str, str], keep: Iterable[str] = ()) -> list[str]:
+    """Before `dagster dev` starts: every sensor and schedule of the workspace but `keep` stored as
+    stopped in the instance of `env` (DAGSTER_HOME, DAGSTER_PG_URL; `env` also decides which APIs
+    the code location loads), as `dagster sensor stop` / `dagster schedule stop` store them. A
+    stored state overrides the code's `default_status=RUNNING`, so the daemon's first tick already
+    finds them stopped: a stop sent through GraphQL once the deployment is up lands after that
+    tick, which has launched its runs by then. Returns the names stopped."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        names = Path(tmp) / "stopped.json"
+        done = subprocess.run([sys.executable, "-c", _STOP_AUTOMATION, json.dumps(sorted(keep)), str(names)], cwd=root,
+                              env=dict(env), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        return json.loads(names.read_text())
 
 
 def resolve_ref(spec: dict, schema: dict) -> dict:

@@ -1,7 +1,13 @@
 """IRIS history under a real `dagster dev`: a backfill of every monthly partition since April 2024,
 launched through GraphQL's `launchPartitionBackfill` as the UI's "Materialize → all partitions"
 does. One merchant always fails: its months fail (and only those), the merchant is recorded, the
-other months complete; after the fault clears, re-running the failed months recovers them exactly."""
+other months complete; after the fault clears, re-running the failed months recovers them exactly.
+
+The deployment's own automation (the expiry sensor, which syncs every month of every dataset never
+synced, and the schedules) is stored stopped before `dagster dev` starts, as `dagster sensor stop`
+does: the runs here are the merchants' and the backfill's (a stop through GraphQL would come after
+the sensor's first tick had queued a first sync of every dataset: over a hundred runs queued
+ahead of the backfill's). The run-failure sensor keeps running; it launches nothing."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from sync_assets.apis.iris.sandbox.app import IrisSandbox
 from sync_assets.apis.sandbox_serving import serve_in_thread
 from sync_assets.runtime import write_instance_yaml
 
-from .helpers import dagster_dev
+from .helpers import dagster_dev, stop_automation
 from .conftest import create_database, drop_database
 from .test_automation_daemon import FINISHED, Deployment, _tags
 
@@ -30,6 +36,9 @@ mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParam
 BACKFILL_STATUS = """
 query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { id status } } }
 """
+INSTIGATORS = """{ repositoryOrError(repositorySelector: {repositoryLocationName: "sync_assets", repositoryName: "__repository__"}) {
+  ... on Repository { sensors { name sensorState { status } } schedules { name scheduleState { status } } } } }"""
+KEPT = {"sync_failure_sensor"}  # the automation left running
 PARTITIONS = """
 { assetNodeOrError(assetKey: {path: ["iris", "transactions"]}) { ... on AssetNode { partitionKeys } } }
 """
@@ -50,8 +59,16 @@ def deployment(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
                    # a merchant that always fails costs every retry of every round: few and short ones here
                    SYNC_ASSETS_IRIS__MAX_ATTEMPTS="2", SYNC_ASSETS_IRIS__BACKOFF_MAX_S="0.2",
                    SYNC_ASSETS_IRIS__RETRY_ROUND_PAUSE_S="0")
+        stopped = stop_automation(env, keep=KEPT)
+        assert "iris_expiry_sensor" in stopped and "sync_iris_transactions_schedule" in stopped, stopped
         with dagster_dev(env, log) as url:
-            yield Deployment(url, data_url, sandbox, log)  # type: ignore[arg-type]
+            deployment = Deployment(url, data_url, sandbox, log)  # type: ignore[arg-type]
+            repo = deployment.wait(lambda: (r := deployment.graphql(INSTIGATORS)["repositoryOrError"]).get("sensors") and r,
+                                   "the code location", 120)
+            states = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
+            states |= {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}
+            assert all(status == "STOPPED" for name, status in states.items() if name not in KEPT), states
+            yield deployment
     assert KEY not in log.read_text()  # the key never reached dagster dev's output
     drop_database(pg_server_url, data_url)
     drop_database(pg_server_url, dagster_url)
