@@ -27,6 +27,7 @@ from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.apis.esi.sandbox.sso import SsoSandbox
 
+from ..helpers import DEFAULT_SIGINT
 from .conftest import FaultReport, Haystacks, SessionSecrets
 from .helpers import (
     BIN, FORGE, ROOT, Observer, Proc, Runner, clean_env, expire, poll, scaled, state_row, table_digest,
@@ -132,8 +133,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory, fault_databases: Callable[[str
             ESI_SSO_URL=esi_url, ESI_SSO_ISSUER="login.eveonline.com",
         )
         port = _free_port()
-        proc = Proc([str(BIN / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-                    env, home.parent / "dagster_dev.log")
+        # SIGINT at its default: else `dagster dev` ignores the SIGTERM below (see DEFAULT_SIGINT)
+        proc = Proc([*DEFAULT_SIGINT, str(BIN / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1",
+                     "-p", str(port)], env, home.parent / "dagster_dev.log")
         try:
             url = f"http://127.0.0.1:{port}"
             ready = poll(lambda: not proc.alive() or _loaded(url), 240, 0.5)
