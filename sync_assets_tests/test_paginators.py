@@ -107,40 +107,6 @@ def test_page_ones_parse_does_not_hold_up_the_requests_for_the_other_pages() -> 
     assert result.parsed == [[1], [2], [3], [4]]
 
 
-def test_while_the_first_parse_is_slow_the_walk_asks_a_bounded_number_of_pages_ahead() -> None:
-    # the first parse imports pandas: every other parse waits for it (the module's lock). Meanwhile
-    # the walk keeps asking, up to twice max_concurrency pages beyond its usual room, no further
-    asked: list[int] = []
-    lock = threading.Lock()
-    enough, first_parsed = threading.Event(), threading.Event()
-    concurrency = 2
-    usual = concurrency + 1  # PageWalker's room: max_concurrency plus a quarter (at least one)
-    ahead = usual + 2 * concurrency
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        page = int(request.url.params["page"])
-        with lock:
-            asked.append(page)
-            if len(asked) == 1 + ahead:  # page 1 and the pages asked while its parse was held
-                enough.set()
-        return json({"data": [page], "meta": {"last_page": 20}})
-
-    def parse(page: int, records: Any) -> Any:
-        if page == 1:
-            assert enough.wait(timeout=60), f"only pages {sorted(asked)} were asked while page 1 was parsed"
-            with lock:
-                held_back = len(asked)
-            first_parsed.set()
-            assert held_back == 1 + ahead, held_back  # never more than the bounded number ahead
-        else:
-            assert first_parsed.wait(timeout=60)
-        return records
-
-    result = PageWalker(client(handler), "/x", {}, paginator=LARAVEL, max_concurrency=concurrency, expiry_guard_s=0,
-                        **{**common(Quiet()), "parse": parse}).walk(None)
-    assert result.parsed == [[p] for p in range(1, 21)]
-
-
 def test_a_bad_first_page_ends_the_walk_with_its_error_and_is_not_asked_again() -> None:
     asked: list[int] = []
 

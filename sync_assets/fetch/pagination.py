@@ -274,23 +274,16 @@ class PageWalker(_Walk):
         # 4.77 s with twice as many) and costs ~5 MB of peak memory instead of ~25 MB.
         in_flight = threading.BoundedSemaphore(self.max_concurrency)
         workers = self.max_concurrency + max(1, self.max_concurrency // 4)
-        # until the walk's first parse is done (it may be importing pandas: seconds on a loaded
-        # machine), twice `max_concurrency` more pages may wait for it, so the requests go on
-        # meanwhile. A paced walk must not leave its first window part unused: every later window
-        # of a sliding limit inherits the delay of its slot's first use (IRIS at 20/5 s: one
-        # request held back 1.4 s by the import made the walk 1.4 s longer)
-        extra = 2 * self.max_concurrency
-        room = _Room(workers, extra=extra)
-        pool = ThreadPoolExecutor(max_workers=min(workers + extra, pages - 1) + 1, thread_name_prefix="page")
+        pool = ThreadPoolExecutor(max_workers=min(workers, pages - 1), thread_name_prefix="page")
         pending, round_, idle = list(range(2, pages + 1)), 0, 0
         try:
             # page 1 is parsed on a worker like the others: its parse (the run's first, which may
             # still be importing pandas) does not hold up the requests for pages 2..N
-            head: Future | None = pool.submit(room.parse_first, self._accept, first, first, pages, parsed, stop)
+            head: Future | None = pool.submit(self._accept, first, first, pages, parsed, stop)
             while pending:
                 futures: dict[Future, int] = {
                     pool.submit(self._fetch_and_accept, first, page, pages, etags[page - 1] if etags else None, parsed, stop,
-                                in_flight, room, round_ > 0): page
+                                in_flight, round_ > 0): page
                     for page in pending
                 }
                 if head is not None:
@@ -323,20 +316,16 @@ class PageWalker(_Walk):
         pool.shutdown(wait=True)  # every page is done: the workers are idle
 
     def _fetch_and_accept(self, first, page, pages, etag, parsed, stop: threading.Event, in_flight: threading.BoundedSemaphore,
-                          room: _Room, retrying: bool = False) -> PageResponse:
-        room.enter(lambda: self._check_running(stop))
+                          retrying: bool = False) -> PageResponse:
+        while not in_flight.acquire(timeout=0.5):  # a stopped walk's queued workers leave without asking
+            self._check_running(stop)
         try:
-            while not in_flight.acquire(timeout=0.5):  # a stopped walk's queued workers leave without asking
-                self._check_running(stop)
-            try:
-                self._check_running(stop)
-                response = self._fetch(page, etag, stop, retrying)
-            finally:
-                in_flight.release()
-            self._check_running(stop)  # a failed walk parses nothing more
-            self._accept(first, response, pages, parsed, stop)
+            self._check_running(stop)
+            response = self._fetch(page, etag, stop, retrying)
         finally:
-            room.leave()
+            in_flight.release()
+        self._check_running(stop)  # a failed walk parses nothing more
+        self._accept(first, response, pages, parsed, stop)
         return response
 
     def _fetch(self, page: int, etag: str | None, stop: threading.Event | None = None, retrying: bool = False) -> PageResponse:
@@ -404,37 +393,6 @@ class PageWalker(_Walk):
             return False
         left = (first.expires - _utcnow()).total_seconds()
         return 0 < left < self.expiry_guard_s
-
-
-class _Room:
-    """How many pages a walk holds between asking for them and having parsed them: `size`, and
-    `extra` more until its first parse (page 1's) is done. That parse may import the frame
-    libraries (seconds on a loaded machine), and every worker holding a fetched page would wait for
-    it; meanwhile the requests go on, a bounded number ahead."""
-
-    def __init__(self, size: int, extra: int):
-        self.size, self.extra, self.held = size, extra, 0
-        self.changed = threading.Condition()
-
-    def enter(self, check: Callable[[], None]) -> None:
-        with self.changed:
-            while self.held >= self.size + self.extra:
-                self.changed.wait(0.5)
-                check()  # a stopped walk's waiting workers leave
-            self.held += 1
-
-    def leave(self) -> None:
-        with self.changed:
-            self.held -= 1
-            self.changed.notify_all()
-
-    def parse_first(self, accept: Callable[..., None], *args: Any) -> None:
-        try:
-            accept(*args)
-        finally:
-            with self.changed:
-                self.extra = 0  # the first parse is done (or failed: the walk ends): back to `size`
-                self.changed.notify_all()
 
 
 class _Progress:
