@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 
@@ -444,17 +444,21 @@ def _run_dagster_dev(env: dict[str, str], host: str, port: int) -> int:
         "-w", str(PROJECT_DIR / "workspace.yaml"), "-h", host, "-p", str(port),
     ]
     # its own process group: a terminal's Ctrl-C reaches only us, and we stop the whole group
-    process = subprocess.Popen(command, env=env, cwd=PROJECT_DIR, start_new_session=True)
-    return _supervise(process)
+    return _supervise(lambda: subprocess.Popen(command, env=env, cwd=PROJECT_DIR, start_new_session=True))
 
 
-def _supervise(process: subprocess.Popen) -> int:
-    """Wait for `process`, the leader of its own process group. Ctrl-C (SIGINT) or SIGTERM stops the
-    group: SIGTERM to the leader (dagster dev shuts its webserver, daemon and code servers down),
-    then SIGKILL to whatever of the group is left after STOP_TIMEOUT_S."""
+def _supervise(start: Callable[[], subprocess.Popen]) -> int:
+    """Start and wait for a process, the leader of its own process group. Ctrl-C (SIGINT) or SIGTERM
+    stops the group: SIGTERM to the leader (dagster dev shuts its webserver, daemon and code servers
+    down), then SIGKILL to whatever of the group is left after STOP_TIMEOUT_S.
+
+    Our handlers are in place before the child starts: it inherits SIGINT's disposition, and one
+    ignored by whoever started us (a background job of a shell) would have dagster dev ignore SIGTERM
+    too (it maps SIGTERM onto SIGINT's handler), so that every stop waited out STOP_TIMEOUT_S."""
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        process = start()
         while process.poll() is None and not stopping.wait(0.25):
             pass
         if not stopping.is_set():

@@ -106,3 +106,33 @@ def test_ctrl_c_stops_every_process_of_the_demo(tmp_path: Path) -> None:
             except ProcessLookupError:
                 pass
         stop_embedded_postgres(home / "pgdata")
+
+
+def test_dagster_dev_stops_on_sigterm_even_when_the_cli_was_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A background job of a shell starts with SIGINT ignored, and its children inherit that unless
+    the CLI's own handlers are in place first. `dagster dev` maps SIGTERM onto SIGINT's handler
+    (Dagster's `setup_interrupt_handlers`, which the stand-in child below runs): inheriting SIGINT
+    ignored, it would ignore the CLI's SIGTERM too and be killed without shutting its services down."""
+    from sync_assets import cli
+
+    ready, stopped = tmp_path / "ready", tmp_path / "stopped_cleanly"
+    child = (f"import pathlib, time\nfrom dagster._utils.interrupts import setup_interrupt_handlers\n"
+             f"setup_interrupt_handlers()\npathlib.Path({str(ready)!r}).touch()\n"
+             f"try:\n    time.sleep(300)\nexcept KeyboardInterrupt:\n    pathlib.Path({str(stopped)!r}).touch()\n")
+
+    def stop_once_ready() -> None:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # `kill <the CLI>`: the CLI's handler stops its group
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # how a background job starts
+    try:
+        import threading
+
+        threading.Thread(target=stop_once_ready, daemon=True).start()
+        code = cli._supervise(lambda: subprocess.Popen([sys.executable, "-c", child], start_new_session=True))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
+    assert stopped.exists(), "the child ignored SIGTERM and was killed instead of stopping"
