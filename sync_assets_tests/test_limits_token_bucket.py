@@ -213,3 +213,40 @@ def test_requests_sent_late_after_their_turn_do_not_empty_the_servers_bucket(eng
         budget.after_response(reservation, 200 if admitted else 429, {})
     assert server.counters[("seller-late", "getInventorySummaries")].throttled == 0
     budget.close()
+
+
+def test_a_worker_woken_late_for_its_turn_holds_back_the_requests_after_it(engine) -> None:  # noqa: F811
+    """A worker that wakes 0.7 s after its turn (a loaded machine) sends into a full server bucket,
+    which loses that refill to its cap; the turns after it were handed out already. Measured in CI:
+    one such late wake-up, then two requests 10 ms apart and a 429 on the next. Each request passes
+    the arrival gate when it is sent: replayed at the database's send times through Amazon's exact
+    bucket (2/s, burst 2), none is refused, and the request after the late one waited for the gate.
+    (Without the gate, these turns sent at once give a 429 on the fourth request.)"""
+    from sync_assets.apis.amazon.sandbox.limits import Plan, RateLimiter
+
+    bucket = TokenBucket(rate=2.0, burst=2)
+    key = BudgetKey("spapi", "getInventorySummaries", "seller-woken-late", declared=bucket)
+    budget = PostgresBudget(engine, SPAPI)
+    late = [0.7]  # the first turn's sleep oversleeps this much
+
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds + (late.pop() if late else 0.0))
+
+    sent = []
+    for _ in range(6):
+        reservation = budget.before_request(key, Quiet(), sleep)
+        assert reservation.sent_at is not None
+        sent.append(reservation.sent_at.timestamp())
+        budget.after_response(reservation, 200, {})
+    assert not late, "no request waited for its turn: the scenario did not happen"
+    now = [0.0]
+    server = RateLimiter(lambda: now[0], lambda op: Plan(bucket.rate, bucket.burst))
+    refused = []
+    for at in sent:
+        now[0] = at
+        if not server.admit("seller-woken-late", "getInventorySummaries"):
+            refused.append(round(at - sent[0], 2))
+    assert refused == [], [round(at - sent[0], 2) for at in sent]
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert min(gaps) >= 0.3 - 1e-3, gaps  # never two requests closer than the usable burst allows after a late one
+    budget.close()

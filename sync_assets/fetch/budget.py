@@ -92,6 +92,12 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.api_token_buckets (
     source     text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+DO $$ BEGIN  -- the arrival gate's own theoretical arrival time (see `_TokenBuckets.pass_gate`)
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{SCHEMA}'
+                   AND table_name = 'api_token_buckets' AND column_name = 'sent_tat') THEN
+        ALTER TABLE {SCHEMA}.api_token_buckets ADD COLUMN sent_tat timestamptz;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS {SCHEMA}.api_latches (
     latch         text PRIMARY KEY,
     blocked_until timestamptz NOT NULL,
@@ -145,6 +151,7 @@ class Reservation:
     # an exact window's own charge (its row's database time, and our clock just before it was
     # written): held until the answer is in when that came later than the window's slack allows
     dated: tuple[datetime, float] | None = None
+    sent_at: datetime | None = None  # a token bucket's: when the arrival gate let it go (database time)
 
 
 @dataclass(frozen=True)
@@ -165,9 +172,11 @@ class BudgetPolicy:
     # never plan to spend the last 5% of a bucket: of a token bucket's burst, and of a window whose
     # accounting is inexact (see `window_tokens`: an exact window keeps its margin as time only)
     safety_margin: float = 0.05
-    # requests reach the server out of step with their turns by up to this much (the first ones open
-    # connections, a loaded machine wakes a worker late): a token bucket keeps that much refill in
-    # reserve, as GCRA's cell delay variation tolerance (ATM's CDVT); it costs once, not per request
+    # requests reach the server out of step with the moment they were sent by up to this much (the
+    # first ones open connections, a loaded machine stalls a sender): a token bucket keeps that much
+    # refill in reserve, as GCRA's cell delay variation tolerance (ATM's CDVT); it costs once, not
+    # per request. Lateness before the send (a worker woken late for its turn) the arrival gate
+    # measures and makes up for (`_TokenBuckets.pass_gate`), whatever its size.
     arrival_jitter_s: float = 0.25
     clock_slack_s: float = 0.25  # our clock and the server's differ a little: keep tokens a bit longer...
     clock_slack_share: float = 0.02  # ...but never more than 2% of the window (1 s windows exist)
@@ -475,6 +484,34 @@ class _TokenBuckets:
         ).one()
         return _Grant(charged=need, send_in_s=wait_s, at=row.at, refund_by=row.tat)
 
+    def pass_gate(self, conn: Connection, bucket: str, tokens: int) -> tuple[float, datetime | None]:
+        """The arrival gate: (0, now) once a request may go out now, or (seconds to wait, None).
+
+        `tat` plans turns at admission; a request reaches the server when it is actually sent. A
+        worker that wakes late (a loaded machine) sends its request after its turn, and the server's
+        bucket, full by then, loses the refill of the delay to its cap: the requests whose turns
+        follow would arrive at an emptier bucket than planned, and turns already handed out cannot
+        be moved. So each request also passes a second GCRA, `sent_tat`, dated when it is sent: the
+        server's own view of arrivals. It lets a request go while the bucket, by that count, still
+        holds the usable burst; on time it passes at once (one statement), after a late request the
+        next ones wait for the refill the server lost."""
+        p = self.policy
+        row = conn.execute(
+            text(f"UPDATE {SCHEMA}.api_token_buckets SET sent_tat = GREATEST(sent_tat, clock_timestamp()) + "
+                 "make_interval(secs => :c / rate) WHERE bucket = :b AND (sent_tat IS NULL OR sent_tat - clock_timestamp() "
+                 "<= make_interval(secs => (GREATEST(burst * (1 - :m) - rate * :j, :c) - :c) / rate)) "
+                 "RETURNING clock_timestamp() AS at"),
+            {"b": bucket, "c": tokens, "m": p.safety_margin, "j": p.arrival_jitter_s},
+        ).first()
+        if row is not None:
+            return 0.0, row.at
+        wait = conn.execute(
+            text(f"SELECT EXTRACT(EPOCH FROM sent_tat - clock_timestamp()) - (GREATEST(burst * (1 - :m) - rate * :j, :c) - :c) / rate "
+                 f"FROM {SCHEMA}.api_token_buckets WHERE bucket = :b"),
+            {"b": bucket, "c": tokens, "m": p.safety_margin, "j": p.arrival_jitter_s},
+        ).scalar()
+        return (0.0, None) if wait is None else (max(float(wait), 0.001), None)  # no row: removed by hand
+
     def refund(self, conn: Connection, bucket: str, stash: _Stash) -> None:
         """Give back unused advance tokens, but only while the bucket still owes them: once `tat`
         could have reached now (the bucket full), GCRA has forgotten the charge already."""
@@ -494,7 +531,8 @@ class _TokenBuckets:
         """The server's rate replaces ours; what is owed stays the same number of tokens."""
         conn.execute(
             text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = clock_timestamp() + "
-                 "GREATEST(tat - clock_timestamp(), interval '0') * (rate / :r), rate = :r, source = 'server', "
+                 "GREATEST(tat - clock_timestamp(), interval '0') * (rate / :r), sent_tat = clock_timestamp() + "
+                 "GREATEST(sent_tat - clock_timestamp(), interval '0') * (rate / :r), rate = :r, source = 'server', "
                  "updated_at = now() WHERE bucket = :b"),
             {"b": bucket, "r": rate},
         )
@@ -503,6 +541,7 @@ class _TokenBuckets:
         """The server says at most `tokens` are left (0 after a 429): owe at least the rest."""
         conn.execute(
             text(f"UPDATE {SCHEMA}.api_token_buckets SET tat = GREATEST(tat, clock_timestamp() + "
+                 "make_interval(secs => GREATEST(burst - :n, 0) / rate)), sent_tat = GREATEST(sent_tat, clock_timestamp() + "
                  "make_interval(secs => GREATEST(burst - :n, 0) / rate)) WHERE bucket = :b"),
             {"b": bucket, "n": max(tokens, 0.0)},
         )
@@ -554,7 +593,12 @@ class PostgresBudget:
                 wait, reason, cost, send_in, dated = self._try_admit(key)
             if wait <= 0:
                 reservation = Reservation(key, cost, slot=self.policy.error_limit, dated=dated)
-                if send_in <= 0 or self._await_turn(reservation, send_in, log, sleep):
+                # a request from this process's advance is not gated: advances exist only in buckets
+                # whose margin (5% of a burst of 40 or more) already covers late sends of a few
+                if send_in is None:
+                    return reservation
+                if (send_in <= 0 or self._await_turn(reservation, send_in, log, sleep)) and \
+                        self._await_arrival(reservation, sleep):
                     return reservation
                 continue
             limit = self.policy.max_wait_s if max_wait_s is None else min(max_wait_s, self.policy.max_wait_s)
@@ -586,8 +630,33 @@ class PostgresBudget:
             return False
         return True
 
-    def _try_admit(self, key: BudgetKey) -> tuple[float, str, int, float, tuple[datetime, float] | None]:
-        """(0, "", tokens charged, seconds until its turn, an exact window's dating) once admitted;
+    def _await_arrival(self, reservation: Reservation, sleep: Callable[[float], None]) -> bool:
+        """A token bucket's request passes the arrival gate (`_TokenBuckets.pass_gate`) right before
+        it is sent. False (its tokens are given up) when a latch set meanwhile holds the bucket."""
+        key = reservation.key
+        if not isinstance(key.declared, TokenBucket) or not key.bucket:
+            return True
+        try:
+            while True:
+                self.round_trips += 1
+                with self._autocommit.connect() as conn:
+                    wait, reservation.sent_at = self._tokens.pass_gate(conn, key.bucket, self.policy.cost.ok)
+                if wait <= 0:
+                    return True
+                self.waited_s += wait
+                sleep(wait)
+                with self._lock:
+                    latched, _ = self._latched(key)
+                if latched > 0:
+                    self.release(reservation)
+                    return False
+        except BaseException:  # the walk gave up (or the database failed) while waiting
+            self.release(reservation)
+            raise
+
+    def _try_admit(self, key: BudgetKey) -> tuple[float, str, int, float | None, tuple[datetime, float] | None]:
+        """(0, "", tokens charged, seconds until its turn (None: taken from this process's advance),
+        an exact window's dating) once admitted;
         (seconds to wait, why, 0, 0, None) otherwise. Holds self._lock."""
         wait, reason = self._latched(key)
         if wait <= 0 and self.policy.error_limit:
@@ -701,15 +770,15 @@ class PostgresBudget:
 
     # -- rate-limit tokens -----------------------------------------------------------------------
 
-    def _take_tokens(self, key: BudgetKey) -> tuple[float, int, float, tuple[datetime, float] | None]:
-        """(0, cost, seconds until its turn, an exact window's dating) once the request's tokens
-        are taken, or (seconds to wait, 0, 0, None)."""
+    def _take_tokens(self, key: BudgetKey) -> tuple[float, int, float | None, tuple[datetime, float] | None]:
+        """(0, cost, seconds until its turn (None: from this process's advance), an exact window's
+        dating) once the request's tokens are taken, or (seconds to wait, 0, 0, None)."""
         reserve = self.policy.cost.ok
         stash = self._stashes.setdefault(key.bucket, _Stash())
         if stash.tokens >= reserve and self._clock() < stash.valid_until:
             stash.tokens -= reserve
             self.advance_hits += 1
-            return 0.0, reserve, 0.0, None
+            return 0.0, reserve, None, None
         started = self._clock()  # before the database's clock is read: advances expire early, never late
         if started < self._refused_until.get(key.bucket, 0.0):
             # another page worker of this process was just told to wait: asking again before then
