@@ -16,7 +16,7 @@ from sync_assets.apis.esi.datasets import MARKET_ORDERS, MARKET_PRICES
 from sync_assets.orchestration.assets import IO_MANAGER_KEY, LAST_SYNC_CHECK, build_sync_asset
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.orchestration.automation import build_sync_job
-from sync_assets.orchestration.checks import build_row_change_check, build_schema_check
+from sync_assets.orchestration.checks import build_dataset_checks
 from sync_assets.orchestration.maintenance import maintenance_job
 from sync_assets.orchestration.failures import build_failure_sensor
 from sync_assets.orchestration.sensors import EXPIRY_MARGIN_ENV, build_expiry_sensor
@@ -106,7 +106,7 @@ def test_failed_sync_is_recorded_with_its_class_and_marks_the_check_red(env) -> 
 
 def test_schema_check_passes_then_catches_a_hand_edit(env) -> None:
     sandbox, url, warehouse, instance = env
-    check = build_schema_check(MARKET_PRICES, PRICES)
+    check = build_dataset_checks(MARKET_PRICES, PRICES)
     result = dg.materialize([PRICES, check], resources=resources(url, warehouse), instance=instance)
     [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == "schema_matches"]
     assert evaluation.passed
@@ -115,6 +115,22 @@ def test_schema_check_passes_then_catches_a_hand_edit(env) -> None:
     again = dg.materialize([PRICES, check], resources=resources(url, warehouse), instance=instance)
     [evaluation] = [e for e in again.get_asset_check_evaluations() if e.check_name == "schema_matches"]
     assert not evaluation.passed and "undeclared column note" in evaluation.metadata["problems"].value
+
+
+def test_a_sync_runs_every_check_of_its_dataset_in_one_step_and_each_check_runs_alone(env) -> None:
+    """The dataset's checks are one multi-asset check: a run of the asset has two steps (the sync and
+    the checks), not one per check; the UI's "Execute" on one check runs that check only."""
+    sandbox, url, warehouse, instance = env
+    checks = build_dataset_checks(MARKET_PRICES, PRICES)
+    result = dg.materialize([PRICES, checks], resources=resources(url, warehouse), instance=instance)
+    steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert steps == {PRICES.op.name, checks.node_def.name}
+    assert {e.check_name for e in result.get_asset_check_evaluations()} == {
+        "last_sync", "schema_matches", "partitions_fresh", "row_change_within_bounds"}
+    alone = dg.materialize([PRICES, checks], resources=resources(url, warehouse), instance=instance,
+                           selection=dg.AssetSelection.checks(dg.AssetCheckKey(PRICES.key, "schema_matches")))
+    assert [e.check_name for e in alone.get_asset_check_evaluations()] == ["schema_matches"]
+    assert not alone.get_asset_materialization_events()  # nothing synced
 
 
 def test_a_mirror_that_would_delete_most_rows_stops_before_writing(env) -> None:
@@ -134,7 +150,7 @@ def test_a_mirror_that_would_delete_most_rows_stops_before_writing(env) -> None:
     allowed = dg.materialize([PRICES], resources=resources(url, warehouse), instance=instance,
                              run_config={"ops": {PRICES.op.name: {"config": {"full_refresh": True, "max_delete_share": 1.0}}}})
     assert allowed.success and len(warehouse.read_table(MARKET_PRICES)) == real
-    flagged = dg.materialize([PRICES, build_row_change_check(MARKET_PRICES, PRICES)], resources=resources(url, warehouse),
+    flagged = dg.materialize([PRICES, build_dataset_checks(MARKET_PRICES, PRICES)], resources=resources(url, warehouse),
                              instance=instance, selection=dg.AssetSelection.checks(dg.AssetCheckKey(PRICES.key, "row_change_within_bounds")))
     [evaluation] = flagged.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["rows_deleted"].value == real * 2

@@ -18,14 +18,14 @@ from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.apis.esi.spec import ESI
 from sync_assets.orchestration.assets import IO_MANAGER_KEY, build_sync_asset
 from sync_assets.orchestration.automation import build_sync_job
-from sync_assets.orchestration.checks import PARTITIONS_FRESH_CHECK, build_partition_freshness_check, partition_health
+from sync_assets.orchestration.checks import PARTITIONS_FRESH_CHECK, build_dataset_checks, partition_health
 from sync_assets.orchestration.sensors import build_expiry_sensor
 from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 FORGE, DOMAIN, SINQ = "10000002", "10000043", "10000032"
 ORDERS_1M = dataclasses.replace(MARKET_ORDERS, freshness=(60, 120))  # warn after 1 min, fail after 2
 ORDERS = build_sync_asset(ORDERS_1M, ESI)
-CHECK = build_partition_freshness_check(ORDERS_1M, ORDERS)
+CHECK = build_dataset_checks(ORDERS_1M, ORDERS)
 
 
 @pytest.fixture

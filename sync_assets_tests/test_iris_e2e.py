@@ -51,9 +51,10 @@ class Tenant:
         return dg.materialize(every, partition_key=partition, resources=resources, instance=instance or self.instance,
                               selection=[self.asset(dataset).key], **kwargs)
 
-    def run_check(self, check: dg.AssetChecksDefinition) -> list[dg.AssetCheckEvaluation]:
+    def run_check(self, key: dg.AssetCheckKey) -> list[dg.AssetCheckEvaluation]:
         """The check alone, as the UI's "Execute" on a check runs it."""
-        return dg.materialize([*(self.asset(d) for d in IRIS_DATASETS), check], selection=dg.AssetSelection.checks(check),
+        check = self.defs.get_asset_checks_def(key)
+        return dg.materialize([*(self.asset(d) for d in IRIS_DATASETS), check], selection=dg.AssetSelection.checks(key),
                               resources={"warehouse": self.warehouse, "iris": self.iris,
                                          IO_MANAGER_KEY: SnapshotIOManager(warehouse=self.warehouse)},
                               instance=self.instance).get_asset_check_evaluations()
@@ -179,7 +180,7 @@ def test_a_failing_merchant_is_recorded_backed_off_and_recovered_with_exact_data
     [item] = tenant.warehouse.failed_items(TRANSACTIONS.key)
     assert item.item == f"{MONTH}/mid={broken}" and item.attempts == 1 and item.failure_class == "transient"
 
-    check = tenant.defs.get_asset_checks_def(dg.AssetCheckKey(dg.AssetKey(["iris", "transactions"]), FAILED_ITEMS_CHECK))
+    check = dg.AssetCheckKey(dg.AssetKey(["iris", "transactions"]), FAILED_ITEMS_CHECK)
     [evaluation] = tenant.run_check(check)
     assert not evaluation.passed and broken in evaluation.metadata["items"].value
 

@@ -10,14 +10,11 @@ from typing import Sequence
 import dagster as dg
 
 from ..core.catalog import register
-from ..core.datasets import WriteMode
 from ..warehouse import PostgresWarehouse, SnapshotIOManager
 from .apis import ApiDefinition
 from .assets import IO_MANAGER_KEY, build_derived_asset, build_sync_asset
 from .automation import build_full_pass_schedule, build_schedule, build_sync_job
-from .checks import (
-    build_failed_items_check, build_partition_freshness_check, build_row_change_check, build_schema_check,
-)
+from .checks import build_dataset_checks
 from .failures import build_failure_sensor
 from .maintenance import maintenance_job, maintenance_schedule
 from .sensors import build_expiry_sensor
@@ -53,17 +50,13 @@ def api_definitions(api: ApiDefinition) -> dg.Definitions:
         if dataset.derived_from:  # computed from other datasets, re-derived when they change: no schedule, no API
             asset = build_derived_asset(dataset)
             assets.append(asset)
-            checks += [build_schema_check(dataset, asset), build_partition_freshness_check(dataset, asset)]
+            checks.append(build_dataset_checks(dataset, asset))
             jobs.append(build_sync_job(dataset, asset))
             continue
         asset = build_sync_asset(dataset, api.spec)
         job = build_sync_job(dataset, asset)
         assets.append(asset)
-        checks += [build_schema_check(dataset, asset), build_partition_freshness_check(dataset, asset)]
-        if dataset.write_mode is WriteMode.MIRROR:
-            checks.append(build_row_change_check(dataset, asset))
-        if dataset.slices is not None:
-            checks.append(build_failed_items_check(dataset, asset))
+        checks.append(build_dataset_checks(dataset, asset))
         jobs.append(job)
         schedules.append(build_schedule(dataset, asset, job))
         if full_pass := build_full_pass_schedule(dataset, asset, job):

@@ -1,46 +1,68 @@
-"""Asset checks derived from the declarations (the `last_sync` check lives on the asset itself)."""
+"""Asset checks derived from the declarations, one multi-asset check per dataset (the `last_sync` check
+lives on the asset itself)."""
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Callable, Iterator, Mapping
 
 import dagster as dg
 
-from ..core.datasets import Dataset
+from ..core.datasets import Dataset, WriteMode
 from ..warehouse import PostgresWarehouse
 from .guards import last_success
 from .partitions import kept_fresh, partition_keys, partitioned
 
 
-def build_schema_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=asset,
-        name="schema_matches",
-        description="The table has exactly the declared columns, types and primary key (catches hand edits and drift).",
-        blocking=False,
-    )
-    def schema_matches(warehouse: PostgresWarehouse) -> dg.AssetCheckResult:
+@dataclass(frozen=True)
+class _Check:
+    """One check of a dataset: its spec and how it is evaluated."""
+
+    spec: dg.AssetCheckSpec
+    evaluate: Callable[[dg.AssetCheckExecutionContext, PostgresWarehouse], dg.AssetCheckResult]
+
+
+def build_dataset_checks(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """Every check of a dataset (schema, partitions' freshness; row change for mirrors, failed items
+    for sliced datasets) as one multi-asset check: one step of a sync's run instead of one per
+    check. Each step costs a run its own events in Dagster's storage (~30 ms each against Postgres:
+    an asset with three checks took 0.64 s a run, with them as one step 0.55 s). The UI still
+    executes any one check alone (`can_subset`)."""
+    checks = [_schema_check(dataset, asset.key), _partition_freshness_check(dataset, asset.key)]
+    if not dataset.derived_from and dataset.write_mode is WriteMode.MIRROR:
+        checks.append(_row_change_check(asset.key))
+    if not dataset.derived_from and dataset.slices is not None:
+        checks.append(_failed_items_check(dataset, asset.key))
+    by_name = {check.spec.name: check for check in checks}
+
+    @dg.multi_asset_check(specs=[check.spec for check in checks], can_subset=True,
+                          name=f"{'__'.join(asset.key.path)}_checks")
+    def dataset_checks(context: dg.AssetCheckExecutionContext, warehouse: PostgresWarehouse) -> Iterator[dg.AssetCheckResult]:
+        for key in sorted(context.selected_asset_check_keys, key=lambda k: k.name):
+            yield by_name[key.name].evaluate(context, warehouse)
+
+    return dataset_checks
+
+
+def _schema_check(dataset: Dataset, asset_key: dg.AssetKey) -> _Check:
+    def schema_matches(_: dg.AssetCheckExecutionContext, warehouse: PostgresWarehouse) -> dg.AssetCheckResult:
         problems = warehouse.schema_problems(dataset)
         return dg.AssetCheckResult(
-            passed=not problems,
+            asset_key=asset_key, check_name="schema_matches", passed=not problems,
             metadata={"problems": "; ".join(problems) or "none", "primary_key": ", ".join(dataset.primary_key)},
         )
 
-    return schema_matches
+    return _Check(dg.AssetCheckSpec(
+        "schema_matches", asset=asset_key, blocking=False,
+        description="The table has exactly the declared columns, types and primary key (catches hand edits and drift).",
+    ), schema_matches)
 
 
-def build_row_change_check(dataset: Dataset, asset: dg.AssetsDefinition, max_delete_share: float = 0.5) -> dg.AssetChecksDefinition:
+def _row_change_check(asset_key: dg.AssetKey, max_delete_share: float = 0.5) -> _Check:
     """Mirrors only: flags a materialization that deleted an implausible share of the table (the
     write guard refuses these unless a run explicitly allowed them)."""
 
-    @dg.asset_check(
-        asset=asset,
-        name="row_change_within_bounds",
-        description=f"The last sync deleted at most {max_delete_share:.0%} of the rows it found.",
-        blocking=False,
-    )
-    def row_change_within_bounds(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        event = context.instance.get_latest_materialization_event(asset.key)
+    def row_change_within_bounds(context: dg.AssetCheckExecutionContext, _: PostgresWarehouse) -> dg.AssetCheckResult:
+        event = context.instance.get_latest_materialization_event(asset_key)
         metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
         deleted = int(getattr(metadata.get("rows_deleted"), "value", 0) or 0)
         # the written scope's rows: the partition's when partitioned, else the table's
@@ -48,12 +70,15 @@ def build_row_change_check(dataset: Dataset, asset: dg.AssetsDefinition, max_del
         before = remaining + deleted - int(getattr(metadata.get("rows_inserted"), "value", 0) or 0)
         share = deleted / before if before else 0.0
         return dg.AssetCheckResult(
-            passed=share <= max_delete_share,
+            asset_key=asset_key, check_name="row_change_within_bounds", passed=share <= max_delete_share,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"rows_deleted": deleted, "rows_before": before, "deleted_share": round(share, 4)},
         )
 
-    return row_change_within_bounds
+    return _Check(dg.AssetCheckSpec(
+        "row_change_within_bounds", asset=asset_key, blocking=False,
+        description=f"The last sync deleted at most {max_delete_share:.0%} of the rows it found.",
+    ), row_change_within_bounds)
 
 
 PARTITIONS_FRESH_CHECK = "partitions_fresh"
@@ -124,23 +149,21 @@ def partition_health_evaluation(dataset: Dataset, asset_key: dg.AssetKey, health
     )
 
 
-def build_partition_freshness_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+def _partition_freshness_check(dataset: Dataset, asset_key: dg.AssetKey) -> _Check:
     warn, fail = dataset.freshness_windows
 
-    @dg.asset_check(
-        asset=asset,
-        name=PARTITIONS_FRESH_CHECK,
+    def partitions_fresh(context: dg.AssetCheckExecutionContext, _: PostgresWarehouse) -> dg.AssetCheckResult:
+        health = partition_health(dataset, asset_key, context.instance, datetime.now(timezone.utc))
+        return dg.AssetCheckResult(asset_key=asset_key, check_name=PARTITIONS_FRESH_CHECK, passed=health.passed,
+                                   severity=dg.AssetCheckSeverity.WARN,
+                                   description=health.description(dataset), metadata=health.metadata())
+
+    return _Check(dg.AssetCheckSpec(
+        PARTITIONS_FRESH_CHECK, asset=asset_key, blocking=False,
         description=f"Every partition synced within the freshness windows ({_age(warn.total_seconds())} warn, "
         f"{_age(fail.total_seconds())} fail); lists the stale ones, stalest first. Runs with each sync and is "
         "re-evaluated by the expiry sensor whenever a partition changes state.",
-        blocking=False,
-    )
-    def partitions_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        health = partition_health(dataset, asset.key, context.instance, datetime.now(timezone.utc))
-        return dg.AssetCheckResult(passed=health.passed, severity=dg.AssetCheckSeverity.WARN,
-                                   description=health.description(dataset), metadata=health.metadata())
-
-    return partitions_fresh
+    ), partitions_fresh)
 
 
 def _age(seconds: float) -> str:
@@ -151,26 +174,23 @@ def _age(seconds: float) -> str:
 FAILED_ITEMS_CHECK = "failed_items"
 
 
-def build_failed_items_check(dataset: Dataset, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+def _failed_items_check(dataset: Dataset, asset_key: dg.AssetKey) -> _Check:
     """Sliced datasets: the items (a merchant's month, a wallet division) whose last attempt failed,
     recorded with their error and retried with backoff on later runs; a success clears them."""
 
-    @dg.asset_check(
-        asset=asset,
-        name=FAILED_ITEMS_CHECK,
-        description="No item failing: lists the items whose last attempt failed (error, attempts, next attempt); "
-        "their partitions are incomplete until they succeed.",
-        blocking=False,
-    )
-    def failed_items(warehouse: PostgresWarehouse) -> dg.AssetCheckResult:
+    def failed_items(_: dg.AssetCheckExecutionContext, warehouse: PostgresWarehouse) -> dg.AssetCheckResult:
         items = warehouse.failed_items(dataset.key)
         lines = [f"{i.item}: {i.failure_class} after {i.attempts} attempt(s), next after {i.retry_at:%Y-%m-%d %H:%M} UTC: "
                  f"{i.message[:200]}" for i in items]
         return dg.AssetCheckResult(
-            passed=not items,
+            asset_key=asset_key, check_name=FAILED_ITEMS_CHECK, passed=not items,
             description=f"{len(items)} failing item(s) in {len({i.partition_key for i in items})} partition(s)" if items else "none failing",
             metadata={"failed_items": len(items), "partitions": len({i.partition_key for i in items}),
                       "items": dg.MetadataValue.md("\n".join(f"- {line}" for line in lines[:200]) or "none")},
         )
 
-    return failed_items
+    return _Check(dg.AssetCheckSpec(
+        FAILED_ITEMS_CHECK, asset=asset_key, blocking=False,
+        description="No item failing: lists the items whose last attempt failed (error, attempts, next attempt); "
+        "their partitions are incomplete until they succeed.",
+    ), failed_items)
