@@ -15,14 +15,26 @@ import pytest
 from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 
+from .conftest import FaultReport
 from .helpers import FORGE, Runner, expected_orders, failure_text, frame_diff, materialization_metadata, retry_lines
 
 PAGES = 300
 KEY = ["region_id", "order_id"]
 
 
+def _entry(fault_report: FaultReport, test: str, injection: str):
+    entry = fault_report.entry("10", "The walk's retry budget: a 5xx storm over 300 pages, a storm past the deadline, only errors",
+                               invariant="2, 4, 5", injection=injection, main="run")
+    entry.tests.append(f"test_10_walk_retry_budget.py::{test}")
+    return entry
+
+
 @pytest.mark.parametrize("error_headers", ["everywhere", "as_documented"])
-def test_a_30_percent_5xx_storm_over_300_pages_completes_with_exact_data_and_no_420(error_headers: str, fault_databases: Any) -> None:
+def test_a_30_percent_5xx_storm_over_300_pages_completes_with_exact_data_and_no_420(error_headers: str, fault_databases: Any,
+                                                                                   fault_report: FaultReport) -> None:
+    entry = _entry(fault_report, f"test_a_30_percent_5xx_storm_over_300_pages_completes_with_exact_data_and_no_420[{error_headers}]",
+                   "Sandbox knob `error_rate` 30% (502/503/504) on a 300-page region, ESI's error limit on (100 per 20 s), "
+                   "2 attempts per request; the error-limit headers on every route, or only where ESI documents them;")
     # 30% of requests answer 502/503/504 (3 in 10 of them HTML pages); ESI's error limit is on
     # (100 errors per 20 s window): the walk must pace itself on it, never earn a 420. As ESI
     # documents it, a bucket-limited route (market orders) sends X-Ratelimit-* and not the error-limit
@@ -44,9 +56,16 @@ def test_a_30_percent_5xx_storm_over_300_pages_completes_with_exact_data_and_no_
         rounds = [m for m in runner.messages(result) if "failed every attempt" in m]
         assert rounds, "no page needed a later round: the storm did not test the walk's retry budget"
         assert retry_lines(runner.messages(result))
+    entry.tally(f"run in a 30% 5xx storm over {PAGES} pages").add(f"exact data, 0 x 420 (error-limit headers {error_headers})")
+    entry.tally("5xx served in the storms (all retried)").add(f"error-limit headers {error_headers}", orders["status_5xx"])
+    entry.tally("pages that failed both attempts and were asked again in a later round").add(
+        f"error-limit headers {error_headers}", len(rounds))
 
 
-def test_a_storm_that_outlasts_the_walk_deadline_fails_saying_so_and_writes_nothing(fault_databases: Any) -> None:
+def test_a_storm_that_outlasts_the_walk_deadline_fails_saying_so_and_writes_nothing(fault_databases: Any,
+                                                                                   fault_report: FaultReport) -> None:
+    entry = _entry(fault_report, "test_a_storm_that_outlasts_the_walk_deadline_fails_saying_so_and_writes_nothing",
+                   "50% 5xx with a walk deadline already spent;")
     sandbox = EsiSandbox(regions={int(FORGE): 20}, orders_per_page=40, n_price_types=10, corporations={},
                          error_rate=0.5, error_seed=3, error_limit=1_000_000)
     with serve_in_thread(sandbox) as url:
@@ -57,9 +76,13 @@ def test_a_storm_that_outlasts_the_walk_deadline_fails_saying_so_and_writes_noth
         message = failure_text(result)
         assert "RetriesExhausted" in message and "walk deadline of 0s spent" in message and "HTTP 50" in message, message[:2000]
         assert runner.table().empty
+    entry.tally("run in a storm that outlasts the walk deadline").add("failed naming the deadline, nothing written")
 
 
-def test_an_api_that_answers_only_errors_fails_the_walk_after_a_few_idle_rounds(fault_databases: Any) -> None:
+def test_an_api_that_answers_only_errors_fails_the_walk_after_a_few_idle_rounds(fault_databases: Any,
+                                                                                fault_report: FaultReport) -> None:
+    entry = _entry(fault_report, "test_an_api_that_answers_only_errors_fails_the_walk_after_a_few_idle_rounds",
+                   "100% 5xx.")
     sandbox = EsiSandbox(regions={int(FORGE): 20}, orders_per_page=40, n_price_types=10, corporations={},
                          error_rate=1.0, error_seed=3, error_limit=1_000_000)
     with serve_in_thread(sandbox) as url:
@@ -70,3 +93,4 @@ def test_an_api_that_answers_only_errors_fails_the_walk_after_a_few_idle_rounds(
         assert "RetriesExhausted" in message and "no page succeeded in 3 rounds" in message, message[:2000]
         assert sandbox.counter("orders")["requests"] == 3 * 2  # page 1: 3 rounds of 2 attempts; nothing else was asked
         assert runner.table().empty
+    entry.tally("run against an API answering only errors").add("failed after 3 idle rounds (6 requests), nothing written")
