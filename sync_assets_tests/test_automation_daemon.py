@@ -272,9 +272,26 @@ def test_each_expiry_is_refreshed_once_by_the_sensor_and_never_doubled_by_the_sc
     assert all(trigger == "expiry" for trigger, _ in outcomes), outcomes
 
 
+def _settled(deployment: Deployment) -> None:
+    """Every region synced and no run queued or in flight, the cache long enough that nothing falls due
+    meanwhile: what the module's earlier tests leave. Run alone, the expiry sensor's first syncs of
+    every region are waited for here (hung, they would hold the pool's slots ahead of the test's run)."""
+    deployment.sandbox.configure(cache_seconds={"orders": 300})
+    count = "SELECT count(DISTINCT region_id) FROM esi.market_orders"
+
+    def settled() -> bool:
+        if not deployment.sql("SELECT to_regclass('esi.market_orders') IS NOT NULL")[0][0]:
+            return False
+        busy = [r for r in deployment.runs() if r["status"] not in FINISHED]
+        return not busy and deployment.sql(count)[0][0] == len(REGIONS)
+
+    deployment.wait(settled, "every region synced and no run in flight")
+
+
 def test_a_hung_run_ends_failed_at_its_max_runtime(deployment: Deployment) -> None:
     """Run monitoring (dagster.yaml) ends a run older than its `dagster/max_runtime` tag: the walk that
     hangs on an API that never answers is stopped, the run fails, and the partition is free again."""
+    _settled(deployment)
     deployment.sandbox.configure(cache_seconds={"orders": 300}, latency=3600.0)  # every request hangs
     before = deployment.sql("SELECT count(*) FROM esi.market_orders WHERE region_id = :r", r=int(DOMAIN))
     run_id = deployment.launch(DOMAIN, {"ops": {"esi__market_orders": {"config": {"full_refresh": True}}}},
