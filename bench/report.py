@@ -515,8 +515,8 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
         why["F_unchanged_time"] = (
             f"{f2(total)} s = Dagster in-process floor {f2(dfl)} s + "
             f"{int(unch.med(lambda r: r.server['requests']) or 0)} conditional requests in the page walk {f2(w)} s + "
-            f"validators write {f2(x)} s + the rest {f2(rest)} s: Dagster's run and four steps (the asset and its three "
-            f"check steps, each with its events), resource set-up, the DDL check, reading the validators, the row counts "
+            f"validators write {f2(x)} s + the rest {f2(rest)} s: Dagster's run and its two steps (the asset, and its checks "
+            f"as one multi-asset check; each with its events), resource set-up, the DDL check, reading the validators, the row counts "
             f"reported as metadata; 5% of the full sync is {f2((inproc.med(inner) or 0) * 0.05)} s.")
     c100 = res.cell("F-100", "full", "sync_inproc")
     if c100.n:
