@@ -27,7 +27,7 @@ from sync_assets.apis.esi.sandbox.esi import EsiSandbox
 from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.apis.esi.sandbox.sso import SsoSandbox
 
-from ..helpers import DEFAULT_SIGINT
+from ..helpers import DEFAULT_SIGINT, stop_automation
 from .conftest import FaultReport, Haystacks, SessionSecrets
 from .helpers import (
     BIN, FORGE, ROOT, Observer, Proc, Runner, clean_env, expire, poll, scaled, state_row, table_digest,
@@ -132,6 +132,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory, fault_databases: Callable[[str
             ESI_CLIENT_ID=sso.client_id, ESI_CLIENT_SECRET=session_secrets.client_secret, SYNC_ASSETS_TOKEN_KEY=session_secrets.token_key,
             ESI_SSO_URL=esi_url, ESI_SSO_ISSUER="login.eveonline.com",
         )
+        # automation off before the daemon's first tick (its sensors would launch runs of their own;
+        # a stop sent through GraphQL races that tick, which stores the sensor's first state too)
+        stop_automation(env)
         port = _free_port()
         # SIGINT at its default: else `dagster dev` ignores the SIGTERM below (see DEFAULT_SIGINT)
         proc = Proc([*DEFAULT_SIGINT, str(BIN / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1",
@@ -171,14 +174,11 @@ def test_terminating_a_run_mid_walk_leaves_the_table_unchanged_and_frees_its_poo
     sandbox: EsiSandbox = dev["sandbox"]
     hold: Hold = dev["hold"]
 
-    # automation off (it would launch runs of its own); pool `esi` down to one slot, so a leak would block
+    # automation was stopped before the deployment started; pool `esi` down to one slot, so a leak would block
     repo = d.gql(INSTIGATORS, sel=REPO)["repositoryOrError"]
-    for schedule in repo["schedules"]:
-        if schedule["scheduleState"]["status"] == "RUNNING":
-            d.gql("mutation($id: String) { stopRunningSchedule(id: $id) { __typename } }", id=schedule["scheduleState"]["id"])
-    for sensor in repo["sensors"]:
-        if sensor["sensorState"]["status"] == "RUNNING":
-            d.gql("mutation($id: String) { stopSensor(id: $id) { __typename } }", id=sensor["sensorState"]["id"])
+    running = [i["name"] for i in repo["schedules"] if i["scheduleState"]["status"] == "RUNNING"]
+    running += [i["name"] for i in repo["sensors"] if i["sensorState"]["status"] == "RUNNING"]
+    assert repo["sensors"] and not running, running
     assert d.gql('mutation { setConcurrencyLimit(concurrencyKey: "esi", limit: 1) }')["setConcurrencyLimit"]
 
     # the old snapshot, then a new one at ESI
