@@ -35,8 +35,12 @@ ui-test-deps: install
 ## The whole test suite (real Postgres, sandbox over HTTP, Dagster end to end, the UI in Chromium).
 # A private --basetemp: pytest prunes old numbered dirs under the shared default one, which can pull a
 # data directory from under an embedded Postgres when two test sessions run on one machine.
+# TEST_WORKERS parallel workers, each taking whole modules (their module fixtures stay in one process),
+# the slow ones first (conftest); TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
 test: install ui-test-deps
-	$(BIN)/python -m pytest -q --durations=30 --basetemp="$$(mktemp -d /tmp/sync-assets-tests.XXXXXX)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--basetemp="$$(mktemp -d /tmp/sync-assets-tests.XXXXXX)" $(PYTEST_ARGS)
 
 ## The fault-injection suite alone (SIGKILL, Postgres restarts, 5xx/420/429 storms, bad input; part of
 ## `make test` too), then docs/RELIABILITY.md from its figures. SYNC_ASSETS_FAULT_SCALE=5 for a longer soak.

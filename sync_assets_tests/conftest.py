@@ -15,6 +15,13 @@ from sync_assets.db.embedded import start_embedded_postgres
 from sync_assets.db.urls import psycopg2_url, with_database
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `slow` (a minute or more on 2 cores: `dagster dev` scenarios, soaks) first.
+    `make test` hands whole modules to its workers in this order (`--dist loadfile`, no reorder):
+    the longest start at once instead of being left for the end, where one would run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: each module stays in order
+
+
 @pytest.fixture(scope="session")
 def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """URL of the maintenance database of a running PostgreSQL server."""

@@ -39,7 +39,7 @@ from sync_assets.runtime import write_instance_yaml
 from .conftest import create_database, drop_database
 from .helpers import dagster_dev
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using variable_values:DeprecationWarning")  # gql, inside the client
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Using variable_values:DeprecationWarning")]  # gql, inside the client
 
 SPEED = dict(rate_scale=2000.0, report_queue_seconds=0.05, report_processing_seconds=0.1)
 REPOSITORY = {"repositoryLocationName": "sync_assets", "repositoryName": "__repository__"}

@@ -29,6 +29,8 @@ from sync_assets.warehouse import PostgresWarehouse, SnapshotIOManager
 
 from .conftest import create_database, drop_database
 
+pytestmark = pytest.mark.slow  # over a minute on 2 cores: scheduled first (conftest)
+
 # a sandbox whose slowest operation (searchOrders, 1 per 3 min) answers 2,000x faster: the client
 # learns the rate from x-amzn-RateLimit-Limit; reports finish in a fraction of a second
 SPEED = dict(rate_scale=2000.0, report_queue_seconds=0.05, report_processing_seconds=0.1)

@@ -38,6 +38,8 @@ from sync_assets.warehouse import PostgresWarehouse
 
 from .faults.helpers import clean_env, dagster_materialize
 
+pytestmark = pytest.mark.slow  # over a minute on 2 cores: scheduled first (conftest)
+
 INVENTORY, TRANSACTIONS = "getInventorySummaries", "listTransactions"
 LOOKBACK = timedelta(days=2)  # FINANCIAL_TRANSACTIONS' windows start this much before their month
 RUN_TIMEOUT_S = 150

@@ -27,6 +27,8 @@ from sync_assets.runtime import write_instance_yaml
 from .helpers import dagster_dev
 from .conftest import create_database, drop_database
 
+pytestmark = pytest.mark.slow  # over a minute on 2 cores: scheduled first (conftest)
+
 FORGE, DOMAIN = "10000002", "10000043"
 REGIONS = {10000002: 30, 10000043: 2, 10000032: 2, 10000030: 2, 10000042: 2}
 ORDERS_JOB = "sync_esi_market_orders"

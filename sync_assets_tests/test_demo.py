@@ -20,6 +20,8 @@ from sqlalchemy import create_engine, text
 
 from sync_assets.db.embedded import stop_embedded_postgres
 
+pytestmark = pytest.mark.slow  # over a minute on 2 cores: scheduled first (conftest)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

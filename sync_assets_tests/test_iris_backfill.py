@@ -26,6 +26,8 @@ from .helpers import dagster_dev, stop_automation
 from .conftest import create_database, drop_database
 from .test_automation_daemon import FINISHED, Deployment, _tags
 
+pytestmark = pytest.mark.slow  # over a minute on 2 cores: scheduled first (conftest)
+
 KEY = "iris_backfill_7c1d-key"
 TODAY = date(2026, 11, 20)
 

@@ -51,7 +51,7 @@ SANDBOX_CONFIG = {"cache_seconds": SHORT_CACHE, "rate_limit_tokens": {"killmail"
                   "rate_limit_window": KILLMAIL_WINDOW_S}  # (the window of every group; the others keep their tokens)
 KILLMAILS = "esi.corporation_killmails"
 TIMEOUT_S = 900  # generous: the scenario settles in a few minutes on an idle 2-core machine
-pytestmark = pytest.mark.timeout(TIMEOUT_S + 300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT_S + 300)]
 
 SYNC_DATASETS = sorted(key for key, d in DATASETS_BY_KEY.items() if d.api == "esi")
 

@@ -49,7 +49,7 @@ DATASET = next(d for d in ESI_DATASETS if [d.api, d.name] == ASSET_PATH)
 WARN_S, FAIL_S = 60, 120
 NEVER = "0 0 1 1 *"  # a cron that does not fire during a test run (Jan 1, 00:00 UTC)
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def _requirements() -> None:

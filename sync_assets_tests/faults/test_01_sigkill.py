@@ -48,6 +48,8 @@ from .helpers import (
     with_app_name,
 )
 
+pytestmark = pytest.mark.slow  # over a minute on 2 cores: scheduled first (conftest)
+
 PAGES = 30
 KEY = ["region_id", "order_id"]
 AHEAD = 2  # run processes started before their turn

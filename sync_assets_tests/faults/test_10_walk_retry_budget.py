@@ -18,6 +18,8 @@ from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from .conftest import FaultReport
 from .helpers import FORGE, Runner, expected_orders, failure_text, frame_diff, materialization_metadata, retry_lines
 
+pytestmark = pytest.mark.slow  # over a minute on 2 cores: scheduled first (conftest)
+
 PAGES = 300
 KEY = ["region_id", "order_id"]
 
