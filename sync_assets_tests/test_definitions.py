@@ -31,6 +31,27 @@ def test_dagster_definitions_validate_passes(database_url: str, tmp_path: Path) 
     assert "All code locations passed validation" in proc.stdout + proc.stderr
 
 
+def test_the_code_location_holds_every_definition_dg_finds_in_its_defs_folder() -> None:
+    """It builds `defs/` at the folder itself; `dg.load_from_defs_folder` builds it at the project
+    root, which adds only the component library's metadata."""
+    everything = dg.load_from_defs_folder(path_within_project=ROOT / "sync_assets")
+
+    def inventory(d: dg.Definitions) -> dict[str, set]:
+        repo = d.get_repository_def()
+        return {
+            "assets": set(repo.assets_defs_by_key),
+            "checks": {k for c in d.asset_checks or [] for k in c.check_keys},
+            "jobs": {job.name for job in repo.get_all_jobs()},
+            "schedules": {s.name for s in repo.schedule_defs},
+            "sensors": {s.name for s in repo.sensor_defs},
+            "resources": set(d.resources or {}),
+        }
+
+    ours, dgs = inventory(defs), inventory(everything)
+    assert ours == dgs and all(ours.values())
+    assert set(everything.metadata or {}) - set(defs.metadata or {}) == {"plugin_component_types_json"}
+
+
 def test_assets_are_partitioned_grouped_pooled_and_have_freshness() -> None:
     specs = {s.key: s for s in defs.resolve_all_asset_specs()}
     assert {ORDERS, PRICES} <= set(specs)

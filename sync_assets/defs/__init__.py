@@ -1,3 +1,3 @@
 """The code location's definitions, one module per API plus the shared platform, loaded by `dg`
-(`load_from_defs_folder`, see `sync_assets/definitions.py`). Adding an API: its folder under
+(its `ComponentTree`, see `sync_assets/definitions.py`). Adding an API: its folder under
 `apis/` and a module here calling `api_definitions`. Nothing imports this package."""
