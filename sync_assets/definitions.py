@@ -33,6 +33,7 @@ def build_definitions(
 # Dagster's own included, for the UI's component library, which every process that loads the code
 # location (code server, each run, each `dagster` command) paid for with ~0.2 s of CPU. The project
 # declares its definitions in Python and has no YAML components to offer there.
-with warnings.catch_warnings():  # as load_from_defs_folder does: the loader's own preview functions
-    warnings.simplefilter("ignore", dg.PreviewWarning)
+with warnings.catch_warnings():  # the warnings load_from_defs_folder silences (the loader calls preview functions)
+    for category in (dg.PreviewWarning, dg.BetaWarning, dg.SupersessionWarning, DeprecationWarning):
+        warnings.simplefilter("ignore", category)
     defs = dg.ComponentTree.for_project(path_within_project=Path(__file__).parent).build_defs(Path("."))
