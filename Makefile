@@ -37,7 +37,7 @@ ui-test-deps: install
 # data directory from under an embedded Postgres when two test sessions run on one machine.
 # TEST_WORKERS parallel workers, each taking whole modules (their module fixtures stay in one process),
 # the slow ones first (conftest); TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: install ui-test-deps
 	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 		--basetemp="$$(mktemp -d /tmp/sync-assets-tests.XXXXXX)" $(PYTEST_ARGS)
