@@ -31,7 +31,8 @@ def build_definitions(
 # `defs/` loaded by dg's own loader, built at the defs folder rather than at the project's root
 # (`dg.load_from_defs_folder`): the root adds the JSON schema of every installed component type,
 # Dagster's own included, for the UI's component library, which every process that loads the code
-# location (code server, each run, each `dagster` command) paid for with ~0.2 s of CPU. The project
+# location (code server, each run, each `dagster` command) paid for with ~0.15 s of CPU, and each
+# run again (an unchanged re-sync's in-process run: 0.43 s with it, 0.27 s without). The project
 # declares its definitions in Python and has no YAML components to offer there.
 with warnings.catch_warnings():  # the warnings load_from_defs_folder silences (the loader calls preview functions)
     for category in (dg.PreviewWarning, dg.BetaWarning, dg.SupersessionWarning, DeprecationWarning):
