@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterator
+from typing import Any, Iterator
 
 import dagster as dg
 import pytest
@@ -146,3 +147,54 @@ def test_after_an_error_window_ends_the_budget_admits_a_probe_instead_of_waiting
     budget.after_response(second, 200, {"x-esi-error-limit-remain": "100", "x-esi-error-limit-reset": "60"})
     assert budget._slots["esi"].granted > 1  # the answer restored the full lease
     budget.close()
+
+
+def test_a_latch_re_read_holds_up_no_other_request_of_the_process(database_url: str) -> None:
+    """Other processes' latches are re-read every `latch_refresh_s`, outside the process's lock: while
+    one page worker waits on that read, the others are admitted on the copy read a moment earlier,
+    and the read, once back, holds the next requests to what another process latched meanwhile."""
+    from sync_assets.core.errors import BudgetExhausted
+    from sync_assets.warehouse import PostgresWarehouse
+
+    engine = PostgresWarehouse(database_url=database_url).engine()
+    now = [0.0]  # this process's monotonic clock, moved by hand
+    budget = PostgresBudget(engine, BudgetPolicy(), clock=lambda: now[0])
+    other_process = PostgresBudget(engine, BudgetPolicy())
+    key = BudgetKey("esi", None)
+    budget.after_response(budget.before_request(key, log=_quiet()), 200, {})  # the copy is read
+    reading, resume = threading.Event(), threading.Event()
+    read_latches = budget._read_latches
+
+    def slow_read(api: str, at: float) -> Any:
+        reading.set()
+        assert resume.wait(30)
+        return read_latches(api, at)
+
+    budget._read_latches = slow_read  # type: ignore[method-assign]
+    now[0] += budget.policy.latch_refresh_s  # the copy is due for a re-read
+    outcome: list[BaseException | None] = []
+
+    def first_worker() -> None:
+        try:
+            budget.after_response(budget.before_request(key, log=_quiet(), max_wait_s=1), 200, {})
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=first_worker)
+    worker.start()
+    try:
+        assert reading.wait(30)  # the first worker is reading the latches
+        # meanwhile another process answers a 420: the error limit latches the API for 30 s
+        latched = other_process.before_request(key, log=_quiet())
+        other_process.after_response(latched, 420, {"x-esi-error-limit-remain": "0", "x-esi-error-limit-reset": "30"})
+        admitted = budget.before_request(key, log=_quiet(), max_wait_s=1)  # not held up by the read
+        budget.after_response(admitted, 200, {})
+    finally:
+        resume.set()
+        worker.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], BudgetExhausted), outcome  # the read found the latch
+    with pytest.raises(BudgetExhausted, match="error budget low"):
+        budget.before_request(key, log=_quiet(), max_wait_s=1)
+    budget.close()
+    other_process.close()

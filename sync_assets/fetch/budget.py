@@ -259,8 +259,12 @@ class _Latch:
 
 @dataclass
 class _ApiView:
+    """This process's copy of an API's latches (its own, and other processes' as last read)."""
+
     latches: dict[str, _Latch] = field(default_factory=dict)
     read_at: float = float("-inf")
+    changes: int = 0  # latches this process set or cleared itself: a read begun before them is stale
+    reading: threading.Lock = field(default_factory=threading.Lock)  # one re-read at a time
 
 
 @dataclass(frozen=True)
@@ -589,6 +593,7 @@ class PostgresBudget:
         self._ensure()
         sleep = sleep or self._sleep
         while True:
+            self._refresh_latches(key.api)
             with self._lock:
                 wait, reason, cost, send_in, dated = self._try_admit(key)
             if wait <= 0:
@@ -620,6 +625,7 @@ class PostgresBudget:
         self.waited_s += seconds
         try:
             sleep(seconds)
+            self._refresh_latches(key.api)
             with self._lock:
                 latched, _ = self._latched(key)
         except BaseException:  # the walk gave up (or the circuit opened) while waiting
@@ -645,6 +651,7 @@ class PostgresBudget:
                     return True
                 self.waited_s += wait
                 sleep(wait)
+                self._refresh_latches(key.api)
                 with self._lock:
                     latched, _ = self._latched(key)
                 if latched > 0:
@@ -670,12 +677,38 @@ class PostgresBudget:
             return wait, f"rate-limit bucket {key.group or key.api} is spent", 0, 0.0, None
         return 0.0, "", cost, send_in, dated
 
+    def _refresh_latches(self, api: str) -> None:
+        """Re-read other processes' latches once this process's copy is `latch_refresh_s` old.
+
+        Read outside `self._lock`: a database round trip under it would stop every page worker of
+        the process from being admitted meanwhile, and under a busy GIL that round trip takes tens
+        of milliseconds. While one thread reads, the others go on with the copy, as they would
+        have a moment earlier; only a copy never read, or twice the refresh interval old, is
+        waited for."""
+        with self._lock:
+            view = self._views.setdefault(api, _ApiView())
+        refresh = self.policy.latch_refresh_s
+        if self._clock() - view.read_at < refresh:
+            return
+        if not view.reading.acquire(blocking=self._clock() - view.read_at >= 2 * refresh):
+            return  # another thread is reading: this copy will do meanwhile
+        try:
+            now = self._clock()
+            if now - view.read_at < refresh:
+                return  # read by the thread this one waited for
+            with self._lock:
+                changes = view.changes
+            latches = self._read_latches(api, now)
+            with self._lock:
+                if view.changes == changes:  # else this process changed a latch meanwhile: read again next time
+                    view.latches, view.read_at = latches, now
+        finally:
+            view.reading.release()
+
     def _latched(self, key: BudgetKey) -> tuple[float, str]:
+        """Seconds the key's latches (this process's copy) still hold it, and why. Holds self._lock."""
         view = self._views.setdefault(key.api, _ApiView())
         now = self._clock()
-        if now - view.read_at >= self.policy.latch_refresh_s:
-            view.latches = self._read_latches(key.api, now)
-            view.read_at = now
         circuit = view.latches.get(f"{key.api}/circuit")
         if circuit and circuit.until > now:
             raise CircuitOpen(f"{key.api} circuit is open for {circuit.until - now:.0f}s more: {circuit.reason}")
@@ -702,6 +735,7 @@ class PostgresBudget:
         until = self._clock() + seconds
         if latch not in view.latches or view.latches[latch].until < until:
             view.latches[latch] = _Latch(until, reason)
+            view.changes += 1
 
     # -- error slots (APIs with an error limit) -------------------------------------------------
 
@@ -886,7 +920,9 @@ class PostgresBudget:
                     self._circuit_failure(conn, key, f"HTTP {status}" if status else "no response (timeout or connection error)")
                 elif not failed and self._circuit_dirty:  # a repeat of a failed path is no success
                     conn.execute(text(f"DELETE FROM {SCHEMA}.api_latches WHERE latch = :l"), {"l": f"{key.api}/circuit"})
-                    self._views.setdefault(key.api, _ApiView()).latches.pop(f"{key.api}/circuit", None)
+                    view = self._views.setdefault(key.api, _ApiView())
+                    view.latches.pop(f"{key.api}/circuit", None)
+                    view.changes += 1
                     self._circuit_dirty = False
                 if budget_news:
                     self._learn_error_budget(conn, key.api, 0 if status == 420 else remain, learned.error_reset_s, slots)
