@@ -406,6 +406,23 @@ def api_window_plan(api: dict) -> tuple[int, bool, float] | None:
     return per_window, policy.exact_window(capacity), policy.slack(api["window_s"])
 
 
+def window_spread_text(cell: Any) -> str:
+    """What the sandbox saw of each limiter window (IRIS): how long its requests took to arrive.
+    The bound has every window's requests arrive at once; a sliding-window budget admits a request
+    only once the one a window earlier has left, so each window repeats the spread of the last."""
+    spreads = [r.server.get("window_spreads") for r in cell.ok]
+    spreads = [s for s in spreads if s and len(s) > 1]
+    if not spreads:
+        return ""
+    first = statistics.median(s[0] for s in spreads)
+    later = statistics.median(statistics.median(s[1:]) for s in spreads)
+    last = statistics.median(s[-1] for s in spreads)
+    return (f"; each limiter window's requests reached the sandbox over {f2(first)} s in the first window and {f2(later)} s "
+            f"in the later ones (median; {f2(last)} s in the last), where the bound has them all at once: a sliding "
+            "window admits a request only once the one a window earlier has left it, so a window's spread is carried "
+            "into the next, and the requests of a spent window are admitted one charge (a transaction) at a time")
+
+
 def api_own_schedule(api: dict) -> float | None:
     """The same bound under the product's own margins, what its budget allows itself: a token
     bucket's `usable_burst`; a sliding window's `window_tokens` requests (all of an
@@ -611,7 +628,7 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
             f"the walk's threads waited {f2(cell.med(lambda r: meta(r, 'budget_wait_seconds')))} s in total for the budget; "
             + (f"under the product's own margins ({margins}) the same walk takes at least {f2(own, ' s')} "
                f"({ratio_text(own / bound if own and bound else None)} the bound; the walk is {ratio_text(w / own if w and own else None)} that)"
-               if own is not None and margin is not None else "") + ".")
+               if own is not None and margin is not None else "") + window_spread_text(cell) + ".")
     m, mq = res.cell("M", "full", "sync_inproc"), res.cell("M", "full", "sync_inproc_quarter")
     if m.n:
         why["M_rss"] = (

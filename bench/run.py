@@ -262,8 +262,9 @@ class IrisSandboxProcess(Sandbox):
     def counters(self, route: str) -> dict:
         data = self.client.get("/_sandbox/counters").raise_for_status().json()
         out: dict[str, Any] = {"requests": 0, "route_requests": 0, "status_429": 0, "statuses": {}, "max_in_window": 0,
-                               "max_in_sliding_window": 0}
+                               "max_in_sliding_window": 0, "window_spreads": []}
         for c in data.values():
+            out["window_spreads"] += c.get("window_spreads", [])
             out["requests"] += c["requests"]
             out["route_requests"] += c.get("routes", {}).get(route, 0)
             out["status_429"] += c["rate_limited"]

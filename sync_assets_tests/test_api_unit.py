@@ -4,9 +4,10 @@ against the sandbox in test_market_orders_e2e.py."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from typing import Callable
+from typing import Any, Callable
 
 import httpx
 import orjson
@@ -253,9 +254,55 @@ def test_pages_being_parsed_do_not_hold_request_slots() -> None:
         return data
 
     stats = FetchStats()
-    w = PageWalker(client(handler, rec), "/p", {}, paginator=X_PAGES, max_concurrency=4, limits=WalkLimits(max_walks=1),
-                   expiry_guard_s=0, parse=parse, stats=stats, log=rec, label="test")
+    w = PageWalker(client(handler, rec), "/p", {}, paginator=X_PAGES, max_concurrency=4,
+                   limits=WalkLimits(max_walks=1, pause_s=0), expiry_guard_s=0, parse=parse, stats=stats, log=rec, label="test")
     result = w.walk(None)
     assert [p[0]["n"] for p in result.parsed] == list(range(1, 41))
     assert peak[0] <= 4  # never more requests at once than max_concurrency
     assert len(requested_while_parsing) >= 4  # pages were fetched and parsed while four sat in the parser
+
+
+def test_pages_fetched_while_the_parser_libraries_import_are_parsed_once_they_are_there(monkeypatch) -> None:
+    """The run's first walk starts while pandas is still importing on a background thread: its
+    workers go on fetching instead of waiting for the import (up to twice `max_concurrency` pages
+    left unparsed), and the walk's own thread parses those pages once the import is done. Every
+    page is parsed exactly once, in place; a page whose body fails to parse then is refetched."""
+    import sync_assets.fetch.pagination as pagination
+    from sync_assets.core.errors import MalformedPayload
+
+    importing = threading.Event()
+    importing.set()
+    monkeypatch.setattr(pagination, "importing", importing.is_set)
+    parsed_by: dict[int, list[str]] = {}
+    fetched_before_import: list[int] = []
+    walking = threading.current_thread().name
+    refused: list[int] = []  # the first page left for the walk's thread fails to parse: it is asked again
+
+    def parse(page: int, data: Any) -> Any:
+        parsed_by.setdefault(page, []).append(threading.current_thread().name)
+        if threading.current_thread().name == walking and not refused:
+            refused.append(page)
+            raise MalformedPayload(f"page {page}: not what the declaration says")
+        return data
+
+    api = FakePagedApi(40)
+    original = api.handler
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if importing.is_set():
+            fetched_before_import.append(int(request.url.params.get("page", "1")))
+            if len(fetched_before_import) == 2 * 4 + 1 + 1:  # page 1, the pages left unparsed, one more
+                importing.clear()  # the import ends: workers parse their own pages again
+        return original(request)
+
+    rec = Recorder()
+    w = PageWalker(client(handler, rec), "/p", {}, paginator=X_PAGES, max_concurrency=4,
+                   limits=WalkLimits(max_walks=1, pause_s=0), expiry_guard_s=0, parse=parse, stats=FetchStats(), log=rec, label="test")
+    result = w.walk(None)
+    assert [p[0]["n"] for p in result.parsed] == list(range(1, 41))
+    assert len(refused) == 1
+    assert {page: len(threads) for page, threads in parsed_by.items()} == {p: 1 + (p in refused) for p in range(1, 41)}
+    left = [p for p in fetched_before_import[1:] if parsed_by[p][0] == walking]
+    assert 1 <= len(left) <= 2 * 4  # parsed by the walk's thread, never more than the bound
+    assert all(threads[-1] != walking for page, threads in parsed_by.items() if page not in left)  # the rest by workers
+    assert [page for page, _ in api.requests].count(refused[0]) == 2  # the page refused once was fetched again

@@ -52,7 +52,21 @@ def prefetch(*modules: ModuleType) -> None:
     """
     waiting = [m for m in modules if isinstance(m, _Deferred) and "__file__" not in m.__dict__]
     if waiting:
-        threading.Thread(target=lambda: [_load(m) for m in waiting], name="prefetch-imports", daemon=True).start()
+        thread = threading.Thread(target=lambda: [_load(m) for m in waiting], name="prefetch-imports", daemon=True)
+        with _prefetches_lock:
+            _prefetches.append(thread)
+        thread.start()
+
+
+def importing() -> bool:
+    """Whether a `prefetch` is still importing (a caller may do other work than wait for it)."""
+    with _prefetches_lock:
+        _prefetches[:] = [t for t in _prefetches if t.is_alive() or not t.ident]  # not started yet: still to import
+        return bool(_prefetches)
+
+
+_prefetches: list[threading.Thread] = []
+_prefetches_lock = threading.Lock()
 
 
 numpy = lazy("numpy")

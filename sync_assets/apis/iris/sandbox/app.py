@@ -137,6 +137,8 @@ class KeyCounters:
     rate_limited: int = 0
     max_in_window: int = 0  # most requests admitted in one window of the limiter
     max_in_sliding_window: int = 0  # most admitted within any span of rate_limit_window seconds
+    # per window of the limiter, in order: seconds from the request that opened it to its last admitted one
+    window_spreads: list[float] = field(default_factory=list)
     routes: collections.Counter[str] = field(default_factory=collections.Counter)
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     _admitted: collections.deque[float] = field(default_factory=collections.deque, repr=False)
@@ -144,7 +146,8 @@ class KeyCounters:
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests, "rate_limited": self.rate_limited, "max_in_window": self.max_in_window,
-            "max_in_sliding_window": self.max_in_sliding_window, "routes": dict(self.routes),
+            "max_in_sliding_window": self.max_in_sliding_window, "window_spreads": [round(x, 4) for x in self.window_spreads],
+            "routes": dict(self.routes),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
 
@@ -293,6 +296,10 @@ class IrisSandbox:
             counters.rate_limited += 1
             return _Verdict(False, cfg.rate_limit, 0, retry)
         window.count += 1
+        if window.count == 1:
+            counters.window_spreads.append(0.0)
+        elif counters.window_spreads:
+            counters.window_spreads[-1] = now - window.start
         admitted = counters._admitted
         admitted.append(now)
         while admitted and admitted[0] <= now - cfg.rate_limit_window:
