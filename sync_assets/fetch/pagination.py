@@ -191,7 +191,8 @@ class PageWalker(_Walk):
         self.paginator, self.max_concurrency = paginator, max_concurrency
         self.expiry_guard_s, self.sink = expiry_guard_s, sink
         self._sink_lock = threading.Lock()  # a stopped walk's late pages never reach the sink after its restart
-        self._unparsed: list[PageResponse] = []  # fetched while the parser's libraries were importing
+        # pages fetched while the parser's libraries were importing, each with its walk's stop flag
+        self._unparsed: list[tuple[threading.Event, PageResponse]] = []
         self._unparsed_lock = threading.Lock()
 
     @property
@@ -271,7 +272,6 @@ class PageWalker(_Walk):
         # workers start no further request or retry, and nothing waits for the requests in flight
         # (their answers are ignored). A walk restarted after a moved snapshot gets a fresh flag.
         stop = threading.Event()
-        self._unparsed = []  # a walk restarted after a moved snapshot keeps nothing of the last one
         # More workers than requests in flight: a page being parsed and loaded does not hold one of
         # the `max_concurrency` request slots, so the connections stay busy. A quarter more is
         # enough (The Forge behind 100 ms: walk 5.0-5.4 s with none, 4.75-4.86 s with a quarter,
@@ -331,11 +331,11 @@ class PageWalker(_Walk):
         finally:
             in_flight.release()
         self._check_running(stop)  # a failed walk parses nothing more
-        if not self._parse_later(response):
+        if not self._parse_later(response, stop):
             self._accept(first, response, pages, parsed, stop)
         return response
 
-    def _parse_later(self, response: PageResponse) -> bool:
+    def _parse_later(self, response: PageResponse, stop: threading.Event) -> bool:
         """While the parser's libraries are still importing (the run's first walk), a fetched page
         is left for the walk's own thread to parse once they are there, and its worker goes on to
         the next request instead of waiting for the import: on a latency- or rate-bound walk the
@@ -346,7 +346,7 @@ class PageWalker(_Walk):
         with self._unparsed_lock:
             if len(self._unparsed) >= 2 * self.max_concurrency:
                 return False
-            self._unparsed.append(response)
+            self._unparsed.append((stop, response))
         return True
 
     def _accept_unparsed(self, first, pages, parsed, stop, failed: dict[int, BaseException], wait: bool) -> None:
@@ -356,7 +356,8 @@ class PageWalker(_Walk):
             return
         with self._unparsed_lock:
             waiting, self._unparsed = self._unparsed, []
-        for response in waiting:
+        # a worker of an earlier, failed walk may have left a page after the walk was restarted
+        for response in (r for walk, r in waiting if walk is stop):
             try:
                 self._accept(first, response, pages, parsed, stop)
             except RETRY_LATER as exc:
