@@ -120,3 +120,49 @@ def test_unreachable_database_is_a_clear_error_without_the_password() -> None:
         wh.read_validators(MARKET_PRICES, None)
     assert "cannot reach the data database" in str(info.value)
     assert "s3cret-pw" not in str(info.value)
+
+
+def test_row_counts_scan_the_table_only_after_a_write_that_inserted_or_deleted_rows(database_url: str) -> None:
+    """`dagster/row_count` on every sync used to be a count(*) of the whole table, unchanged
+    re-syncs included. A count now stands until a write inserts or deletes rows (the table's version,
+    bumped in the write's own transaction); a row added by hand shows that nothing rescans before."""
+    wh = PostgresWarehouse(database_url=database_url)
+    wh.write_snapshot(MARKET_ORDERS, orders("10000002", [1, 2, 3]))
+    wh.write_snapshot(MARKET_ORDERS, orders("10000043", [1, 7]))
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000002"]) == (5, 3)
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000043"]) == (5, 2)
+    engine = create_engine(database_url)
+    with engine.begin() as conn:  # not through the writer: no version bump
+        conn.execute(text("INSERT INTO esi.market_orders SELECT 10000002, 99, type_id, is_buy_order, price, volume_remain,"
+                          " volume_total, min_volume, range, location_id, system_id, issued, duration"
+                          " FROM esi.market_orders WHERE order_id = 1 AND region_id = 10000002"))
+        stored = conn.execute(text("SELECT scope, row_count FROM sync_assets.row_counts ORDER BY scope")).all()
+    assert [tuple(r) for r in stored] == [("", 5), ("10000002", 3), ("10000043", 2)]
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000002"]) == (5, 3)  # the stored counts
+    assert wh.count_rows(MARKET_ORDERS) == 5
+    # an unchanged re-sync and a write that only updates rows leave the counts standing
+    later = Validators(('"p1"',), T0, T0 + timedelta(hours=1))
+    wh.write_snapshot(MARKET_ORDERS, Snapshot(MARKET_ORDERS.key, "10000043", Outcome.NOT_MODIFIED, later, context={"region_id": 10000043}))
+    wh.write_snapshot(MARKET_ORDERS, orders("10000043", [1, 7], price=2.0, lm=T0 + timedelta(minutes=5)))
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000002"]) == (5, 3)
+    # a write that inserts rows (in another partition) makes both counts scan again: the hand-made row shows
+    wh.write_snapshot(MARKET_ORDERS, orders("10000043", [1, 7, 8], lm=T0 + timedelta(minutes=10)))
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000002"]) == (7, 4)
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000043"]) == (7, 3)
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000002", "10000043"]) == (7, 7)  # a range: counted each time
+    # deletes bump the version too
+    wh.write_snapshot(MARKET_ORDERS, orders("10000043", [8], lm=T0 + timedelta(minutes=15)))
+    assert wh.count_table_and_partitions(MARKET_ORDERS, ["10000043"]) == (5, 1)
+    engine.dispose()
+
+
+def test_a_recreated_table_is_counted_again(database_url: str) -> None:
+    wh = PostgresWarehouse(database_url=database_url)
+    wh.write_snapshot(MARKET_PRICES, prices([(1, 1.0, 1.0), (2, 2.0, 2.0)]))
+    assert wh.count_rows(MARKET_PRICES) == 2
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE esi.market_prices"))
+    fresh = PostgresWarehouse(database_url=_variant(database_url, "recreated"))  # a new process's DDL check
+    assert fresh.count_rows(MARKET_PRICES) == 0
+    engine.dispose()

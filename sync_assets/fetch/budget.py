@@ -59,6 +59,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.errors import BudgetExhausted, CircuitOpen
+from ..db import ddl
 from ..core.limits import ESI_COSTS, CostModel, RateLimit, SlidingWindow, TokenBucket
 from .log import Log
 from .limits import EsiHeaders, HeaderDialect, Learned
@@ -1170,8 +1171,7 @@ class PostgresBudget:
         if self._ready:
             return
         with self.engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
-            conn.execute(text(BUDGET_DDL))
+            ddl.apply(conn, BUDGET_DDL, _DDL_LOCK)
         self._ready = True
 
 

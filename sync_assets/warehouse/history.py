@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
+from ..db.ddl import probe as ddl_probe
 from .tables import META_SCHEMA, SYNC_STATE
 
 FAILURES = f"{META_SCHEMA}.sync_failures"
@@ -53,6 +54,9 @@ def _ensure(conn: Connection, ddl: str) -> None:
     may hold the data tables' DDL lock for as long as its walk lasts."""
     key = (conn.engine.url.render_as_string(hide_password=True), ddl)
     if key in _ready:
+        return
+    if conn.execute(text(ddl_probe(ddl))).scalar_one():  # created before: a catalog read, no DDL
+        _ready.add(key)
         return
     for attempt in range(3):
         try:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, make_url, text
 
 from ..core.snapshot import Snapshot, Validators
 from ..core.datasets import ColumnType, Dataset
-from . import history
+from . import counts, history
 from .tables import ensure_sync_state, ensure_table, qi, schema_problems, table_name
 from ..db.engines import engine_for
 from ..db.urls import psycopg2_url
@@ -53,7 +53,8 @@ class PostgresWarehouse(dg.ConfigurableResource):
             return
         with self._begin() as conn:
             ensure_sync_state(conn)
-            ensure_table(conn, dataset)
+            if ensure_table(conn, dataset):  # a new table, maybe in place of a dropped one: no count stands
+                counts.bump(conn, dataset)
         _ready.add(key)
 
     def read_validators(self, dataset: Dataset, partition_key: str | None) -> Validators | None:
@@ -128,20 +129,22 @@ class PostgresWarehouse(dg.ConfigurableResource):
             return schema_problems(conn, dataset)
 
     def count_rows(self, dataset: Dataset, partition_keys: Sequence[str] | None = None) -> int:
+        """The table's rows, or those of some partitions (scanned only when a write inserted or
+        deleted rows since they were last counted)."""
+        if partition_keys is not None:
+            return self.count_table_and_partitions(dataset, partition_keys)[1]
         self.ensure_dataset(dataset)
-        where, params = partition_filter(dataset, partition_keys)
-        sql = f"SELECT count(*) FROM {table_name(dataset)}{where}"
         with self._begin() as conn:
-            return int(conn.execute(text(sql), params).scalar_one())
+            return counts.row_counts(conn, dataset, None, "", {})[0]
 
     def count_table_and_partitions(self, dataset: Dataset, partition_keys: Sequence[str]) -> tuple[int, int]:
-        """The whole table's rows and those of some partitions, in one scan of the table."""
+        """The whole table's rows and those of some partitions: in one scan of the table when they
+        must be counted, from the stored counts when no write inserted or deleted rows since."""
         self.ensure_dataset(dataset)
         where, params = partition_filter(dataset, partition_keys)
-        within = f" FILTER ({where.strip()})" if where else ""
         with self._begin() as conn:
-            row = conn.execute(text(f"SELECT count(*), count(*){within} FROM {table_name(dataset)}"), params).one()
-        return int(row[0]), int(row[1])
+            total, within = counts.row_counts(conn, dataset, partition_keys, where, params)
+        return total, int(within or 0)
 
     def distinct_values(self, dataset: Dataset, columns: Sequence[str], scope: Mapping[str, Any]) -> list[dict]:
         """Distinct values of `columns` in the dataset's table among the rows of `scope` (column ->

@@ -5,10 +5,13 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 from ..core.datasets import Dataset
+from ..db import ddl
 from ..core.errors import FailureClass, WarehouseError
 
 META_SCHEMA = "sync_assets"
 SYNC_STATE = f"{META_SCHEMA}.sync_state"
+TABLE_VERSIONS = f"{META_SCHEMA}.table_versions"
+ROW_COUNTS = f"{META_SCHEMA}.row_counts"
 DDL_LOCK = 7_349_001  # advisory lock id: one DDL transaction at a time across processes
 
 
@@ -46,6 +49,21 @@ ALTER TABLE {SYNC_STATE} ADD COLUMN IF NOT EXISTS cursor text;
 ALTER TABLE {SYNC_STATE} ADD COLUMN IF NOT EXISTS walked_at timestamptz;
 COMMENT ON TABLE {SYNC_STATE} IS
     'Validators (per-page ETags, Last-Modified, Expires) committed with the rows they describe';
+CREATE TABLE IF NOT EXISTS {TABLE_VERSIONS} (
+    table_name  text   PRIMARY KEY,
+    version     bigint NOT NULL
+);
+COMMENT ON TABLE {TABLE_VERSIONS} IS
+    'Bumped by every write that inserts or deletes rows of the table, in that write''s transaction';
+CREATE TABLE IF NOT EXISTS {ROW_COUNTS} (
+    table_name  text   NOT NULL,
+    scope       text   NOT NULL,
+    version     bigint NOT NULL,
+    row_count   bigint NOT NULL,
+    PRIMARY KEY (table_name, scope)
+);
+COMMENT ON TABLE {ROW_COUNTS} IS
+    'Rows of a table (scope '''') or of one partition, counted at a version; valid while table_versions holds it';
 """
 
 
@@ -54,18 +72,17 @@ COMMENT ON TABLE {SYNC_STATE} IS
 # reader behind itself.
 
 def ensure_sync_state(conn: Connection) -> None:
-    if "walked_at" in _columns(conn, META_SCHEMA, "sync_state"):
-        return
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
-    conn.execute(text(SYNC_STATE_DDL))
+    ddl.apply(conn, SYNC_STATE_DDL, DDL_LOCK)
 
 
-def ensure_table(conn: Connection, dataset: Dataset) -> None:
+def ensure_table(conn: Connection, dataset: Dataset) -> bool:
     """Create the dataset's schema and table, add declared columns that are missing, and
-    refuse to run on a column whose type changed (that needs a deliberate migration)."""
+    refuse to run on a column whose type changed (that needs a deliberate migration).
+    True when the table was created."""
     actual = _columns(conn, dataset.api, dataset.name)
     if all(c.name in actual for c in dataset.table_columns) and _comment(conn, dataset) == dataset.description:
-        return _check_types(dataset, actual)
+        _check_types(dataset, actual)
+        return False
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DDL_LOCK})
     columns = ",\n    ".join(
         f"{qi(c.name)} {c.postgres_type}{' NOT NULL' if c.name in dataset.primary_key else ''}" for c in dataset.table_columns
@@ -78,6 +95,7 @@ def ensure_table(conn: Connection, dataset: Dataset) -> None:
     _check_types(dataset, _columns(conn, dataset.api, dataset.name))
     description = dataset.description.replace("'", "''")
     conn.execute(text(f"COMMENT ON TABLE {table_name(dataset)} IS '{description}'"))
+    return not actual
 
 
 def _check_types(dataset: Dataset, actual: dict[str, str]) -> None:
@@ -87,10 +105,14 @@ def _check_types(dataset: Dataset, actual: dict[str, str]) -> None:
 
 
 def _columns(conn: Connection, schema: str, table: str) -> dict[str, str]:
-    """column name -> data type; empty when the table does not exist."""
+    """column name -> data type as information_schema names it ("timestamp with time zone", no
+    modifiers); empty when the table does not exist. From pg_catalog: information_schema's views
+    cost a new connection several milliseconds, and every run's first queries come on one."""
     return dict(
         conn.execute(
-            text("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s AND table_name = :t"),
+            text("SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a"
+                 " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+                 " WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped"),
             {"s": schema, "t": table},
         ).all()
     )

@@ -16,6 +16,7 @@ from ..core.snapshot import Outcome, Snapshot, Validators
 from ..core.datasets import Dataset, WriteMode
 from ..core.errors import GuardRefused
 from ..core.windows import TimeRange
+from . import counts as row_counts
 from .tables import SYNC_STATE, qi, table_name
 
 STAGE = "_sync_stage"
@@ -74,6 +75,8 @@ def write_snapshot(conn: Connection, dataset: Dataset, snapshot: Snapshot, loade
     total = stored_rows if not snapshot.changed and stored_rows is not None else _count(conn, dataset, snapshot)
     if not (dataset.slices and dataset.slices.only_new):  # immutable items need no validators
         _save_state(conn, dataset, partition, snapshot.validators, total, changed=snapshot.changed)
+    if counts.get("inserted") or counts.get("deleted"):
+        row_counts.bump(conn, dataset)  # last: its row lock lasts until the commit only
     return WriteResult(table_name(dataset), total=total, **counts)
 
 
