@@ -207,3 +207,37 @@ def test_a_window_resized_meanwhile_is_charged_by_its_new_size(engine) -> None: 
         assert conn.execute(text("SELECT sum(cost) FROM sync_assets.api_spend WHERE bucket = :b"),
                             {"b": key.bucket}).scalar_one() == 3
     budget.close()
+
+
+def test_tokens_that_left_the_window_after_the_admission_are_not_taken_for_another_clients(engine) -> None:  # noqa: F811
+    """ESI counts a request's `X-Ratelimit-Remaining` when the request arrives. A request answered
+    half a second after its admission still has the tokens charged just before it weighing on
+    that figure, though by the time the answer is read they have left our window. Taken for
+    another client's spending, they were booked again, dated now: the next window lost as many
+    requests. A Remaining lower than anything we could have spent is still believed and booked."""
+    budget = PostgresBudget(engine, BudgetPolicy())
+    key = BudgetKey("esi", "market-order", "phantom", declared=SlidingWindow(60, 1.0))
+    limit = {"X-Ratelimit-Limit": "60/1s", "X-Ratelimit-Used": "2"}
+
+    def spent(seconds: float | None = None) -> int:
+        where = "" if seconds is None else f" AND at > clock_timestamp() - interval '{seconds} seconds'"
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT coalesce(sum(cost), 0) FROM sync_assets.api_spend WHERE bucket = :b{where}"),
+                                    {"b": key.bucket}).scalar_one())
+
+    for i in range(1, 17):  # 32 tokens, each answered at once with the server's true count
+        early = budget.before_request(key, Quiet())
+        budget.after_response(early, 200, {**limit, "X-Ratelimit-Remaining": str(60 - 2 * i)})
+    time.sleep(0.6)
+    late = budget.before_request(key, Quiet())
+    remaining_on_arrival = 60 - spent(1.0)  # what the server counts as the request arrives
+    time.sleep(0.5)  # answered late: the 32 early tokens have left the window (1 s + slack) meanwhile
+    assert spent(1.0 + budget.policy.slack(1.0)) == 2
+    budget.after_response(late, 200, {**limit, "X-Ratelimit-Remaining": str(remaining_on_arrival)})
+    assert spent() == 34  # our own charges only: nothing booked as someone else's
+
+    time.sleep(0.15)  # past the reconciliation interval (a tenth of the window)
+    third = budget.before_request(key, Quiet())  # (its charge dropped the early rows: out of the window)
+    budget.after_response(third, 200, {**limit, "X-Ratelimit-Remaining": "10"})  # another client spent the rest
+    assert spent() == 60 - 10  # late's and third's 4 tokens, and 46 booked for the other client
+    budget.close()

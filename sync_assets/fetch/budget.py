@@ -153,6 +153,7 @@ class Reservation:
     # written): held until the answer is in when that came later than the window's slack allows
     dated: tuple[datetime, float] | None = None
     sent_at: datetime | None = None  # a token bucket's: when the arrival gate let it go (database time)
+    admitted: float | None = None  # our clock when it was admitted: the server counted it after that
 
 
 @dataclass(frozen=True)
@@ -416,12 +417,13 @@ class _SlidingWindows:
             {"b": bucket, "c": limit.capacity, "w": limit.window_s},
         )
 
-    def left(self, conn: Connection, bucket: str, limit: SlidingWindow) -> int:
-        """Tokens of the window not spent in the database's accounts (advances count as spent)."""
+    def left(self, conn: Connection, bucket: str, limit: SlidingWindow, earlier_s: float = 0.0) -> int:
+        """Tokens of the window not spent in the database's accounts (advances count as spent);
+        `earlier_s`: the window reaches that much further back."""
         spent = conn.execute(
             text(f"SELECT coalesce(sum(cost), 0) FROM {SCHEMA}.api_spend WHERE bucket = :b "
                  "AND at > clock_timestamp() - make_interval(secs => :w)"),
-            {"b": bucket, "w": limit.window_s + self.policy.slack(limit.window_s)},
+            {"b": bucket, "w": limit.window_s + self.policy.slack(limit.window_s) + earlier_s},
         ).scalar_one()
         return int(limit.capacity - spent)
 
@@ -598,7 +600,7 @@ class PostgresBudget:
             with self._lock:
                 wait, reason, cost, send_in, dated = self._try_admit(key)
             if wait <= 0:
-                reservation = Reservation(key, cost, slot=self.policy.error_limit, dated=dated)
+                reservation = Reservation(key, cost, slot=self.policy.error_limit, dated=dated, admitted=self._clock())
                 # a request from this process's advance is not gated: advances exist only in buckets
                 # whose margin (5% of a burst of 40 or more) already covers late sends of a few
                 if send_in is None:
@@ -1051,8 +1053,15 @@ class PostgresBudget:
             if probe_cost:
                 self._windows.spend(conn, bucket, probe_cost)
         if learned.remaining is not None and isinstance(known, SlidingWindow):
+            # The server counted its Remaining when this request arrived, after its admission; our
+            # charges that left the window since still weighed on that figure. Compared with the
+            # window as of now, they looked like someone else's spending and were booked again as a
+            # phantom, dated now: the next window lost as many requests (a walk paced at 28
+            # requests a window got 22 in some). So our side counts everything charged in the
+            # window before the admission too.
+            since = self._clock() - reservation.admitted if reservation.admitted is not None else 0.0
             stash = self._stashes.get(bucket)
-            local_left = self._windows.left(conn, bucket, known) + (stash.tokens if stash else 0)
+            local_left = self._windows.left(conn, bucket, known, earlier_s=max(since, 0.0)) + (stash.tokens if stash else 0)
             if learned.remaining < local_left:  # others (another app, a restarted worker) spent more: believe the server
                 self._windows.spend(conn, bucket, local_left - learned.remaining, learned.window_reset_s)
 
