@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ..core.catalog import DATASETS_BY_KEY
 from ..core.datasets import Column, Dataset
+from ..core.heap import frozen_heap
 from ..core.errors import (
     ApiError, AuthFailed, BudgetExhausted, CircuitOpen, FailureClass, Forbidden, RetryLater, Unauthorized,
 )
@@ -119,9 +120,10 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
         if dataset.slices is None and len(requests) == 1:
             # a paged walk loads its pages as they land (slices stay small: each is written after its fetch)
             try:
-                result: Snapshot | SnapshotSet = _fetch(
-                    context, api, warehouse, dataset, requests[0], credentials, credential, config,
-                    load_while_fetching=isinstance(dataset.paginator, (PageNumbers, NextToken)))
+                with frozen_heap():  # the run's long-lived objects stay out of the walk's garbage collections
+                    result: Snapshot | SnapshotSet = _fetch(
+                        context, api, warehouse, dataset, requests[0], credentials, credential, config,
+                        load_while_fetching=isinstance(dataset.paginator, (PageNumbers, NextToken)))
             except BudgetExhausted as exc:
                 if exc.retry_at is None:
                     raise
@@ -130,7 +132,8 @@ def build_sync_asset(dataset: Dataset, spec: ApiSpec) -> dg.AssetsDefinition:
                 return
             metadata = fetch_metadata(result)
         else:
-            result = _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config, partition_key)
+            with frozen_heap():
+                result = _fetch_slices(context, api, warehouse, dataset, requests, credentials, credential, config, partition_key)
             metadata = batch_metadata(result)
             deferral = result.deferral
         for snapshot in result.snapshots if isinstance(result, SnapshotSet) else [result]:
