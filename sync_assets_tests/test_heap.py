@@ -39,7 +39,7 @@ def test_concurrent_syncs_thaw_only_when_the_last_one_ends_and_an_error_thaws_to
     def second() -> None:
         first_in.wait(5)
         with frozen_heap():
-            pass
+            assert gc.get_freeze_count() > 0  # joined the first sync's freeze
         second_done.set()
 
     worker = threading.Thread(target=second)
