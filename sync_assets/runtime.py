@@ -24,11 +24,16 @@ URL_SETTINGS = ("SYNC_ASSETS_DATABASE_URL", "DAGSTER_PG_URL")
 STORAGE_YAML = """
 # Appended by sync-assets (sync_assets/runtime.py): Dagster's runs, events, schedules and pool slots
 # in Postgres, a database separate from the synced data. Must say postgresql+psycopg2:// (SQLAlchemy
-# 2.1 maps a bare postgresql:// to psycopg 3, which dagster-postgres cannot use).
+# 2.1 maps a bare postgresql:// to psycopg 3, which dagster-postgres cannot use). Dagster's own
+# Postgres storage, keeping its connections instead of opening one per query
+# (sync_assets/orchestration/instance_storage.py); configured as `storage: postgres:` is.
 storage:
-  postgres:
-    postgres_url:
-      env: DAGSTER_PG_URL
+  custom:
+    module: sync_assets.orchestration.instance_storage
+    class: PooledPostgresStorage
+    config:
+      postgres_url:
+        env: DAGSTER_PG_URL
 """
 
 
