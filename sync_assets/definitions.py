@@ -11,6 +11,7 @@ import dagster as dg
 
 from .apis.esi import EsiResource
 from .apis.esi.auth import EsiAuthResource
+from .core.heap import freeze_at_exit
 from .defs.esi import esi_api
 from .orchestration import build
 from .orchestration.apis import ApiDefinition
@@ -27,6 +28,10 @@ def build_definitions(
     ESI with the given resources)."""
     return build.build_definitions(list(apis) if apis is not None else [esi_api(esi, esi_auth)], warehouse)
 
+
+# Every process that loads the code location (each `dagster` command, run worker, code server) exits
+# without the interpreter's final collections over Dagster's heap: 0.8 s of a 3 s no-op run.
+freeze_at_exit()
 
 # `defs/` loaded by dg's own loader, built at the defs folder rather than at the project's root
 # (`dg.load_from_defs_folder`): the root adds the JSON schema of every installed component type,

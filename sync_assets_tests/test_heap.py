@@ -70,3 +70,38 @@ def test_a_host_that_froze_objects_itself_keeps_them_frozen() -> None:
 def _tracked(obj: object) -> bool:
     """In one of the collector's generations (the frozen one is not among them)."""
     return any(o is obj for o in gc.get_objects())
+
+
+_EXITING = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0, flush=True))  # runs after the hook
+from sync_assets.core.heap import freeze_at_exit
+before = atexit._ncallbacks()
+freeze_at_exit(); freeze_at_exit()
+print("hooks added:", atexit._ncallbacks() - before, flush=True)
+out = open(sys.argv[1], "w")  # left open: still flushed and closed when the interpreter exits
+out.write("written")
+"""
+
+
+def test_the_heap_is_frozen_when_the_interpreter_exits_and_nothing_is_lost(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    target = tmp_path / "left-open.txt"
+    done = subprocess.run([sys.executable, "-c", _EXITING, str(target)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["hooks added: 1", "frozen at exit: True"]
+    assert target.read_text() == "written"
+
+
+def test_loading_the_code_location_installs_the_exit_freeze() -> None:
+    import atexit
+
+    import sync_assets.definitions  # noqa: F401  (every process that loads the code location)
+    from sync_assets.core import heap
+
+    assert heap._exit_hook
+    before = atexit._ncallbacks()
+    heap.freeze_at_exit()
+    assert atexit._ncallbacks() == before
