@@ -1,6 +1,7 @@
 """Loading the code location (what Dagster's code server and every `dg` command do) imports no
 DataFrame machinery: pandas, numpy and pyarrow load when a run first uses them
-(`sync_assets/core/lazy.py`). Checked in a fresh interpreter, the way the code server loads it."""
+(`sync_assets/core/lazy.py`), and no token cryptography (PyJWT, cryptography): it loads when a token
+is first verified or decrypted. Checked in a fresh interpreter, the way the code server loads it."""
 
 from __future__ import annotations
 
@@ -12,18 +13,18 @@ import sys
 PROBE = """
 import json, sys
 import sync_assets.definitions
-heavy = ("pandas", "numpy", "pyarrow")
+heavy = ("pandas", "numpy", "pyarrow", "jwt", "cryptography")
 print(json.dumps({name: name in sys.modules for name in heavy}))
 """
 
 
-def test_loading_the_code_location_imports_no_dataframe_library() -> None:
+def test_loading_the_code_location_imports_no_dataframe_or_crypto_library() -> None:
     every_api = {"SYNC_ASSETS_APIS": "esi,iris,amazon"}  # every API's declarations and resources
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **every_api})
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    assert loaded == {"pandas": False, "numpy": False, "pyarrow": False}
+    assert loaded == {"pandas": False, "numpy": False, "pyarrow": False, "jwt": False, "cryptography": False}
 
 
 THREADS = """

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-
+from ....core.lazy import lazy
 from .errors import TokenKeyError
+
+fernet = lazy("cryptography.fernet")  # loaded when a token is first encrypted or read, not with the code location
 
 __all__ = ["KEY_SETTING", "TokenCipher", "generate_key"]
 
@@ -23,7 +24,7 @@ _HINT = (
 
 
 def generate_key() -> str:
-    return Fernet.generate_key().decode()
+    return fernet.Fernet.generate_key().decode()
 
 
 class TokenCipher:
@@ -36,14 +37,14 @@ class TokenCipher:
         fernets = []
         for n, k in enumerate(keys, 1):
             try:
-                fernets.append(Fernet(k))
+                fernets.append(fernet.Fernet(k))
             except (ValueError, TypeError):
                 which = f"key #{n} of " if len(keys) > 1 else ""
                 # Never echo the value: a near-miss key is still most of a secret.
                 raise TokenKeyError(
                     f"{which}{setting} is not a Fernet key (32 url-safe base64-encoded bytes); {_HINT}"
                 ) from None
-        self._fernet = MultiFernet(fernets)
+        self._fernet = fernet.MultiFernet(fernets)
         self._setting = setting
 
     @classmethod
@@ -59,7 +60,7 @@ class TokenCipher:
     def decrypt(self, blob: bytes | memoryview) -> str:
         try:
             return self._fernet.decrypt(bytes(blob)).decode("utf-8")
-        except InvalidToken:
+        except fernet.InvalidToken:
             raise TokenKeyError(
                 f"a stored token cannot be decrypted with {self._setting}: the key changed? "
                 f"Restore the old key (list it after the new one, comma-separated, to rotate) or log in again"
@@ -69,7 +70,7 @@ class TokenCipher:
         """Re-encrypt with the first key."""
         try:
             return self._fernet.rotate(bytes(blob))
-        except InvalidToken:
+        except fernet.InvalidToken:
             raise TokenKeyError(f"a stored token cannot be decrypted with {self._setting}") from None
 
     def __repr__(self) -> str:

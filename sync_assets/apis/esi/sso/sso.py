@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-import jwt
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from ....core.lazy import lazy
 from ....fetch.transport import PooledTransport
 from .errors import (
     LOGIN_AGAIN,
@@ -31,6 +31,8 @@ from .errors import (
     SsoRequestError,
     SsoUnavailable,
 )
+
+jwt = lazy("jwt")  # PyJWT (and cryptography behind it) loads when a token is first verified, not with the code location
 
 __all__ = [
     "DEFAULT_CALLBACK_URL",
