@@ -46,6 +46,7 @@ Systems
                (`python bench/dlt_pipeline.py`; F full and M)
   floor        concurrent fetch(+orjson parse) only, and COPY only (bench.workers floor)
   dagster      a trivial asset materialized the same way (Dagster's own fixed cost)
+  dagster_frozen_exit  the same, its heap frozen at exit as sync_assets' code location does
   sync_inproc_nobudget  diagnostic: sync_inproc without the Postgres-shared API budget
 """
 
@@ -515,8 +516,10 @@ class Bench:
             cmd += ["--token", token]
         return self.measure(run, cmd, self.base_env, route, out)
 
-    def dagster_fixed(self, run: Run, storage: str, executor: str) -> Run:
+    def dagster_fixed(self, run: Run, storage: str, executor: str, frozen_exit: bool = False) -> Run:
         env = dict(self.base_env)
+        if frozen_exit:
+            env["BENCH_FREEZE_AT_EXIT"] = "1"
         if storage == "sqlite":
             env["DAGSTER_HOME"] = str(self.sqlite_home)
         cmd = [DAGSTER, "asset", "materialize", "-m", "bench.trivial_defs", "--select", "trivial"]
@@ -611,11 +614,13 @@ class Bench:
                 **{name: (lambda name=name: self.dlt_system(r, name, dlt_dbs[name], route="orders", **dlt_orders)) for name in DLT_SYSTEMS},
                 "floor": lambda: self.floor(r, dbs["floor"], dataset="esi.market_orders", context={"region_id": FORGE}, route="orders", **orders),
                 "dagster": lambda: self.dagster_fixed(r, "postgres", "in_process"),
+                "dagster_frozen_exit": lambda: self.dagster_fixed(r, "postgres", "in_process", frozen_exit=True),
                 "dagster_multiprocess": lambda: self.dagster_fixed(r, "postgres", "multiprocess"),
                 "dagster_sqlite": lambda: self.dagster_fixed(r, "sqlite", "in_process"),
             }[system]
 
-        systems = ["sync_cli", "sync_inproc", "dlt_csv", "dlt_script_csv", "floor", "dagster", "sync_inproc_noheaders", "sync_inproc_storm"]
+        systems = ["sync_cli", "sync_inproc", "dlt_csv", "dlt_script_csv", "floor", "dagster", "dagster_frozen_exit",
+                   "sync_inproc_noheaders", "sync_inproc_storm"]
         if self.budget_field:
             systems.append("sync_inproc_nobudget")
         if rep < self.args.dlt_default_runs:  # only to show which dlt configuration is the faster
