@@ -100,3 +100,36 @@ def test_webserver_pooling_still_applies(instance: DagsterInstance, connects: li
     opened = len(connects)
     _work(instance)
     assert len(connects) == opened
+
+
+def test_a_forked_child_opens_its_own_connection(database_url: str) -> None:
+    """A connection is one socket: a child forked from a process holding one (a fork start method,
+    a forking server) must not talk on it while the parent does. (When the child lets go of the
+    inherited connection, libpq says goodbye on it and the server closes it: the parent's next
+    checkout notices, pre-ping, and connects anew.)"""
+    import os
+
+    from sync_assets.orchestration.instance_storage import pooled_engine
+
+    engine = pooled_engine(database_url)
+
+    def backend() -> int:
+        with engine.connect() as conn:  # back to the pool when the block ends
+            return conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+    try:
+        parent = backend()
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: report which server process answers it, then leave at once
+            try:
+                os.write(write, str(backend()).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        answered = int(os.read(read, 64).decode() or 0)
+        os.waitpid(child, 0)
+        assert answered and answered != parent
+        assert backend()  # the parent still works
+    finally:
+        engine.dispose()

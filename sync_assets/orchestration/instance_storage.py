@@ -11,12 +11,16 @@ against a database across a network.
 connection is kept and reused, checked on checkout (`pool_pre_ping`: one the server dropped, by a
 restart or an idle timeout, is replaced instead of failing the event write that finds it), and
 closed when the instance is disposed, so a process that creates instances one after another does
-not pile up idle connections. Configured exactly like `storage: postgres:` (see
-sync_assets/runtime.py STORAGE_YAML). The webserver still applies its own pooling on top.
+not pile up idle connections. A process forked from one holding them starts with an empty pool
+(a connection is one socket: parent and child must never both use it). Configured exactly like
+`storage: postgres:` (see sync_assets/runtime.py STORAGE_YAML). The webserver still applies its own
+pooling on top.
 """
 
 from __future__ import annotations
 
+import os
+import weakref
 from typing import Any, Mapping
 
 from dagster._serdes import ConfigurableClassData
@@ -33,6 +37,9 @@ POOL_MAX_OVERFLOW = 20  # threads beyond it (the daemon's) get a connection of t
 POOL_RECYCLE_S = 3600  # the webserver's default
 
 
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # this process's pooled engines
+
+
 def pooled_engine(postgres_url: str, token_provider: Any = None) -> Engine:
     """The engine the three storages share; dagster-postgres' own engine settings otherwise."""
     kwargs: dict[str, Any] = dict(isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE, max_overflow=POOL_MAX_OVERFLOW,
@@ -40,7 +47,20 @@ def pooled_engine(postgres_url: str, token_provider: Any = None) -> Engine:
     options = make_url(postgres_url).query.get("options")
     if options:  # as optimize_for_webserver passes them
         kwargs["connect_args"] = {"options": options}
-    return create_pg_engine(postgres_url, token_provider, **kwargs)
+    engine = create_pg_engine(postgres_url, token_provider, **kwargs)
+    _engines.add(engine)
+    return engine
+
+
+def _forget_parents_connections() -> None:
+    """In a forked child: drop the inherited pooled connections (SQLAlchemy's recipe for os.fork),
+    so the child never sends a query on the parent's socket. libpq still says goodbye on them as
+    they are freed; the parent's pre-ping then replaces its connection on the next checkout."""
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_parents_connections)
 
 
 class _DisposesEngine:
