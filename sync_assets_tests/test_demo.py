@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from sync_assets.apis import DOWNTIMES
 from sync_assets.db.embedded import stop_embedded_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # slow: over a minute on 2 cores, scheduled first (conftest)
@@ -144,6 +146,9 @@ def test_demo_connects_sandbox_corporations_and_launches_their_first_syncs_at_on
     first sync of every corporation dataset for it at once (nobody clicks). Whether each run gets
     through the queue quickly depends on the API budgets (a first killmail sync waits ~15 min for
     its bucket while holding an `esi` pool slot, issue 11 item 5), so completion is not asserted here."""
+    now = datetime.now(timezone.utc)
+    if any(DOWNTIMES["esi"].contains(now + timedelta(minutes=m)) for m in range(0, 12)):  # the test's own waits
+        pytest.skip("ESI's daily downtime falls within the test: the automation rightly launches nothing then")
     deadline, keys = time.monotonic() + 180, []
     while time.monotonic() < deadline:
         node = demo.graphql(PARTITIONS, {"key": {"path": ["esi", "corporation_members"]}})["assetNodeOrError"]
