@@ -75,11 +75,11 @@ class _DisposesEngine:
 
 
 class PooledRunStorage(_DisposesEngine, PostgresRunStorage):
-    pass
+    """dagster-postgres' run storage; its pooled engine closed when the instance is disposed."""
 
 
 class PooledEventLogStorage(_DisposesEngine, PostgresEventLogStorage):
-    pass
+    """dagster-postgres' event-log storage; its pooled engine closed when the instance is disposed."""
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
