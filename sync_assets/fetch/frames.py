@@ -7,16 +7,22 @@ Python types is taken once (`set(map(type, ...))`, in C) and decides everything:
 JSON types is handed to numpy / Arrow with an explicit dtype; anything else (nulls in a required
 field, a boolean among integers, a list, a string among numbers...) is walked value by value to
 name the offending value. Timestamps and dates are parsed by Arrow (ISO 8601 as ESI sends it).
+
+A page whose body is the array of records can skip the Python objects altogether: `page_decoder`
+reads the body with Arrow's JSON reader (C++, the interpreter lock released) straight into the
+declared columns. It is a shortcut, never a second set of rules: whatever it cannot take exactly
+(a null in a required field, a value of another type, NaN, a NUL, a timestamp Arrow does not read,
+invalid JSON) sends the body down the strict path above, which accepts or names it as before.
 """
 
 from __future__ import annotations
 
 import re
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
-from ..core.lazy import numpy as np, pandas as pd, pyarrow as pa  # imported when a run first uses them
+from ..core.lazy import importing, lazy, numpy as np, pandas as pd, pyarrow as pa  # imported when a run first uses them
 
 from ..core.datasets import Column, ColumnType
 from ..core.errors import MalformedPayload
@@ -49,6 +55,10 @@ _NAT = -(2**63)  # NaT as int64 (numpy's int64 minimum)
 _JSON_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
 
 
+pajson, pacompute = lazy("pyarrow.json"), lazy("pyarrow.compute")
+PARSER_MODULES = (np, pd, pa, pajson, pacompute)  # what parsing pages into frames imports (see core.lazy.prefetch)
+
+
 class _Foreign(Exception):
     """A value the fast conversion cannot take exactly: walk the column to name it."""
 
@@ -57,8 +67,11 @@ def rows_to_frame(rows: Any, columns: Sequence[Column], where: str) -> pd.DataFr
     """Build a frame with the declared columns and dtypes from one page of JSON rows.
 
     `where` names the request (route and page) in error messages. Unknown extra fields are
-    ignored (ESI adds optional fields within a compatibility date).
+    ignored (ESI adds optional fields within a compatibility date). A `DecodedPage` (see
+    `page_decoder`) already is that frame.
     """
+    if type(rows) is DecodedPage:
+        return rows.frame
     if not isinstance(rows, list):
         raise MalformedPayload(f"{where}: expected a JSON array of objects, got {type(rows).__name__}")
     if not set(map(type, rows)) <= {dict}:
@@ -143,14 +156,21 @@ def _parse_times(values: Sequence[Any], column: Column, where: str) -> Any:
     datetime64[us] (dates). Arrow parses what ESI sends (`2026-07-23T12:12:48Z`, `2026-07-23`) in
     C++; anything else goes to pandas' ISO 8601 parser, and what it would turn into NaT or a clock
     reading ('', 'NaT', 'now', 'today') is refused."""
-    target = pa.timestamp("us", tz="UTC") if column.type is ColumnType.TIMESTAMP else pa.date32()
     first = next((v for v in values if v is not None), None)
     if column.formats and first is not None and not _year_first(first):
         return _parse_times_by_pandas(values, column, where)  # the API's own spelling (IRIS's MM/DD/YYYY)
+    parsed = _times_by_arrow(pa.array(values, type=pa.string()), column)
+    return _parse_times_by_pandas(values, column, where) if parsed is None else parsed
+
+
+def _times_by_arrow(strings: Any, column: Column) -> Any:
+    """A string array -> the column's datetime array, parsed by Arrow; None when Arrow cannot read
+    every value (pandas then decides)."""
+    target = pa.timestamp("us", tz="UTC") if column.type is ColumnType.TIMESTAMP else pa.date32()
     try:
-        parsed = pa.array(values, type=pa.string()).cast(target)
+        parsed = strings.cast(target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return _parse_times_by_pandas(values, column, where)
+        return None
     if column.type is ColumnType.DATE:
         parsed = parsed.cast(pa.timestamp("us"))
     micros = parsed.cast(pa.int64())
@@ -246,3 +266,100 @@ def _check_values(values: Sequence[Any], column: Column, where: str) -> None:
             )
     if nulls and column.required:
         raise MalformedPayload(f"{where}: required field {column.name!r} missing or null in {nulls} rows")
+
+
+# -- the Arrow shortcut: a body that is the array of records, read in C++ -------------------------
+
+# column types Arrow's JSON reader takes exactly as the strict path does (a JSON boolean is no
+# number, a number no string); times are read as strings and parsed as the strict path parses them
+_ARROW_JSON_TYPES: dict[ColumnType, Callable[[], Any]] = {
+    ColumnType.INT64: lambda: pa.int64(),
+    ColumnType.FLOAT64: lambda: pa.float64(),
+    ColumnType.BOOL: lambda: pa.bool_(),
+    ColumnType.STRING: lambda: pa.string(),
+    ColumnType.TIMESTAMP: lambda: pa.string(),
+    ColumnType.DATE: lambda: pa.string(),
+}
+_ESCAPED_NUL = b"\\u0000"  # PostgreSQL text cannot hold it: the strict path names the field
+
+
+class DecodedPage:
+    """A page body already read into its frame by `page_decoder` (rows_to_frame returns it as is)."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+
+def page_decoder(columns: Sequence[Column]) -> Callable[[bytes], Any] | None:
+    """A body decoder for pages whose body is the JSON array of records: `DecodedPage` when Arrow
+    reads the body exactly, else the body's JSON (orjson) for the strict path. None when a column
+    has no exact Arrow reading (JSON, DECIMAL, dates in an API's own spelling)."""
+    if not columns or any(c.type not in _ARROW_JSON_TYPES or c.formats for c in columns):
+        return None
+    return _ArrowPages(columns).decode
+
+
+class _ArrowPages:
+    def __init__(self, columns: Sequence[Column]):
+        self.columns = tuple(columns)
+        self._parse_options: Any = None
+
+    def decode(self, body: bytes) -> Any:
+        # while the libraries are still importing (a run's first pages), or for a body the strict
+        # path must name anyway, the Python objects are the way
+        if importing() or _ESCAPED_NUL in body:
+            return orjson.loads(body)
+        try:
+            return DecodedPage(self._frame(body))
+        except (_Foreign, pa.ArrowException):
+            return orjson.loads(body)  # invalid JSON raises here, as without the shortcut
+
+    def _frame(self, body: bytes) -> pd.DataFrame:
+        # one JSON line, {"r": <body>}: Arrow reads newline-delimited objects, and a list of structs
+        # is exactly an array of records
+        wrapped = b'{"r":' + body + b"}"
+        table = pajson.read_json(
+            pa.py_buffer(wrapped),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=len(wrapped) + 1),
+            parse_options=self._options(),
+        )
+        if table.num_rows != 1 or table.column(0).null_count:  # not one array (e.g. `[..]}\n{"r":[..]`)
+            raise _Foreign
+        records = table.column(0).chunk(0).flatten() if table.column(0).num_chunks == 1 else None
+        if records is None or records.null_count or not len(records):  # a null item; an empty page: strict path
+            raise _Foreign
+        return pd.DataFrame({c.name: _from_arrow(values, c) for values, c in zip(records.flatten(), self.columns)}, copy=False)
+
+    def _options(self) -> Any:
+        if self._parse_options is None:
+            fields = [pa.field(c.name, _ARROW_JSON_TYPES[c.type]()) for c in self.columns]
+            schema = pa.schema([pa.field("r", pa.list_(pa.struct(fields)))])
+            self._parse_options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore",
+                                                      newlines_in_values=True)
+        return self._parse_options
+
+
+def _from_arrow(values: Any, column: Column) -> Any:
+    """One Arrow column -> what `_convert` makes of the same values (dtype for dtype); `_Foreign`
+    for anything the strict path must judge."""
+    nulls = values.null_count > 0
+    if nulls and column.required:
+        raise _Foreign
+    kind = column.type
+    if kind is ColumnType.INT64 or kind is ColumnType.BOOL:
+        if nulls:
+            return pd.api.types.pandas_dtype(column.pandas_dtype).__from_arrow__(values)
+        return values.to_numpy(zero_copy_only=False, writable=True)
+    if kind is ColumnType.FLOAT64:
+        finite = pacompute.is_finite(values)  # NaN and Infinity are not JSON (Arrow's reader takes them)
+        if not pacompute.all(finite.fill_null(True) if nulls else finite).as_py():
+            raise _Foreign
+        return values.to_numpy(zero_copy_only=False, writable=True)  # nulls as NaN
+    if kind is ColumnType.STRING:
+        return pd.api.types.pandas_dtype(column.pandas_dtype).__from_arrow__(values)
+    parsed = _times_by_arrow(values, column)  # TIMESTAMP, DATE
+    if parsed is None:
+        raise _Foreign
+    return parsed

@@ -152,12 +152,14 @@ class ApiHttpClient:
         auth: httpx.Auth | None = None,
         page_params: Mapping[str, Any] | None = None,
         max_budget_wait_s: float | None = None,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> PageResponse:
         """GET one page; retries transient failures, raises a precise error otherwise.
         `page`: the page number (sent as `page_params`, by default `?page=N`); `auth`: a per-request
         credential (a character's token, a seller's); `alive()` raises when the caller gave up (a
         stopped walk): every wait (retry backoff, Retry-After, budgets) checks it at least twice a
-        second, so nothing outlives its walk."""
+        second, so nothing outlives its walk. `decode` reads a 200's body into `data` (default: its
+        JSON; invalid JSON is a MalformedPayload either way, retried like a 5xx)."""
         sleep = self._interruptible(alive)
 
         def before_sleep(state: RetryCallState) -> None:
@@ -183,7 +185,8 @@ class ApiHttpClient:
                     if self.budget is None and self.gate is not None:
                         self.gate.wait_turn(log)
                     query = {**params, **(page_params if page_params is not None else {"page": page} if page else {})}
-                    return self._get_once(path, query, page, etag, headers, budget_key, log, sleep, auth, max_budget_wait_s)
+                    return self._get_once(path, query, page, etag, headers, budget_key, log, sleep, auth, max_budget_wait_s,
+                                          decode=decode)
         except httpx.TransportError as exc:  # the last attempt: say where we were trying to go
             raise ApiUnreachable(
                 f"GET {self.base_url}{path}{f' page {page}' if page else ''}: {describe(exc)} after "
@@ -258,6 +261,7 @@ class ApiHttpClient:
         self, path: str, query: Mapping[str, Any], page: int | None, etag: str | None, extra: Mapping[str, str] | None,
         budget_key: "BudgetKey | None" = None, log: Log = DEFAULT_LOG, sleep: Callable[[float], None] | None = None,
         auth: httpx.Auth | None = None, max_budget_wait_s: float | None = None, method: str = "GET", json_body: Any = None,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> PageResponse:
         headers = dict(extra or {})
         if etag:
@@ -284,7 +288,7 @@ class ApiHttpClient:
             data = None
             if status != 304 and (method == "GET" or response.content):
                 try:
-                    data = orjson.loads(response.content)
+                    data = (decode or orjson.loads)(response.content)
                 except orjson.JSONDecodeError as exc:
                     raise MalformedPayload(
                         f"{method} {path}{f' page {page}' if page else ''}: body is not valid JSON ({exc}; {len(response.content)} bytes)"

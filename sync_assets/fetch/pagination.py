@@ -41,6 +41,7 @@ from ..core.snapshot import FetchStats, PageSink
 from .http import ApiHttpClient, Log, PageResponse, describe
 
 ParsePage = Callable[[int, Any], Any]  # (page, records) -> parsed rows (e.g. a DataFrame)
+DecodeBody = Callable[[bytes], Any]  # a 200's body -> what `_records` reads (default: its JSON)
 # a page that failed every attempt with one of these is tried again after the rest of the walk
 RETRY_LATER = (TransientHttpError, ApiUnreachable, MalformedPayload, httpx.TransportError)
 
@@ -109,11 +110,11 @@ class _Walk:
     cancellation, the deadline for retrying failed pages."""
 
     def __init__(self, http: ApiHttpClient, path: str, params: Mapping[str, Any], *, parse: ParsePage, stats: FetchStats,
-                 log: Log, label: str, headers: Mapping[str, str] | None = None, budget_key: Any = None,
+                 log: Log, label: str, decode: DecodeBody | None = None, headers: Mapping[str, str] | None = None, budget_key: Any = None,
                  auth: httpx.Auth | None = None, limits: WalkLimits = WalkLimits(),
                  clock: Callable[[], float] = time.monotonic, cancelled: threading.Event | None = None):
         self.http, self.path, self.params = http, path, params
-        self.parse, self.stats, self.log, self.label = parse, stats, log, label
+        self.parse, self.decode, self.stats, self.log, self.label = parse, decode, stats, log, label
         self.headers, self.budget_key, self.auth, self.limits = headers, budget_key, auth, limits
         self._clock = clock
         self._started = clock()
@@ -134,7 +135,7 @@ class _Walk:
         response = self.http.get_page(
             self.path, params, page, etag, self.log, on_retry=lambda: self._count_retry(stop),
             alive=lambda: self._check_running(stop), headers=self.headers, budget_key=self.budget_key,
-            auth=self.auth, page_params=page_params,
+            auth=self.auth, page_params=page_params, decode=self.decode,
             max_budget_wait_s=self.limits.round_budget_wait_s if retrying else None,
         )
         with self._stats_lock:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import dagster as dg
 import httpx
@@ -33,7 +33,7 @@ from ..db.engines import engine_for
 from ..db.urls import psycopg2_url
 from .auth import ApiKeyHeader, Credential
 from .budget import BudgetKey, BudgetPolicy, PostgresBudget
-from .frames import empty_frame, rows_to_frame
+from .frames import PARSER_MODULES, empty_frame, page_decoder, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
 from .jobs import PollPolicy, ReportJobs, ReportPending, ReportRequest
 from .pagination import FromIdWalker, NextTokenWalker, PageWalker, Unchanged, WalkLimits
@@ -163,7 +163,8 @@ class ApiResource(dg.ConfigurableResource):
         started = time.perf_counter()
         http = self._client()
         key = self.budget_key(dataset, credential)
-        common: dict[str, Any] = dict(parse=_page_parser(dataset, request, label), stats=stats, log=log, label=label,
+        common: dict[str, Any] = dict(parse=_page_parser(dataset, request, label), decode=_body_decoder(dataset),
+                                      stats=stats, log=log, label=label,
                                       budget_key=key, auth=credential.auth if credential else None,
                                       limits=WalkLimits(self.max_walks, self.walk_deadline_s, self.retry_round_pause_s),
                                       cancelled=cancel)
@@ -172,7 +173,7 @@ class ApiResource(dg.ConfigurableResource):
             sink = _Digesting(sink, dataset)  # the loader takes each page's rows; the walk keeps a digest
         use_state = previous is not None and not full_refresh
         if not use_state or not previous.page_etags:  # type: ignore[union-attr]
-            prefetch(np, pd, pa)  # every page will be parsed into a frame: import while page 1 is in flight
+            prefetch(*PARSER_MODULES)  # every page will be parsed into a frame: import while page 1 is in flight
         query = {**dataset.query, **request.params}
         partial = use_state and dataset.incremental is not None and bool(previous.cursor)  # type: ignore[union-attr]
         if partial:
@@ -355,6 +356,17 @@ class ApiResource(dg.ConfigurableResource):
         policy = BudgetPolicy(error_limit=spec.error_limit, headers=spec.rate_limit_headers, cost=spec.costs,
                               error_limit_floor=self.error_limit_floor, max_wait_s=self.max_budget_wait_s)
         return PostgresBudget(engine, policy, want_slots=self.max_concurrency)
+
+
+def _body_decoder(dataset: Dataset) -> Callable[[bytes], Any] | None:
+    """Arrow's reading of a page body (see frames.page_decoder) where the body is the records'
+    array itself and each record is read as it comes (no transform, no nested paths)."""
+    paginator = dataset.paginator
+    bare_array = (getattr(paginator, "records_path", None) is None and getattr(paginator, "count_path", None) is None
+                  and getattr(paginator, "token_path", None) is None)
+    if not bare_array or dataset.transform is not None or any(c.source for c in dataset.columns):
+        return None
+    return page_decoder(dataset.columns)
 
 
 def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
