@@ -100,9 +100,9 @@ class PageSink(Protocol):
     """Takes each accepted page while the walk is still fetching (the warehouse loads it at once,
     overlapping the load with the walk). A restart voids every page put so far."""
 
-    def put(self, page: int, frame: pd.DataFrame) -> Any:
-        """Take the page; return what the walk keeps of it instead of the frame (a digest), or None
-        to keep the frame itself."""
+    def put(self, page: int, rows: Any) -> Any:
+        """Take the page's rows (a DataFrame or an Arrow table, see core.rows); return what the walk
+        keeps of them instead (a digest), or None to keep the rows themselves."""
         ...
 
     def restart(self) -> None: ...

@@ -26,6 +26,7 @@ from ..core.lazy import importing, lazy, numpy as np, pandas as pd, pyarrow as p
 
 from ..core.datasets import Column, ColumnType
 from ..core.errors import MalformedPayload
+from ..core.rows import arrow_type, times_array, to_frame
 
 _NONE = type(None)
 _PYTHON_TYPES: dict[ColumnType, tuple[type, ...]] = {
@@ -51,7 +52,6 @@ _EXACT: dict[ColumnType, frozenset[type]] = {
     ColumnType.DECIMAL: frozenset({str, int, float}),
 }
 _DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_NAT = -(2**63)  # NaT as int64 (numpy's int64 minimum)
 _JSON_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
 
 
@@ -68,10 +68,10 @@ def rows_to_frame(rows: Any, columns: Sequence[Column], where: str) -> pd.DataFr
 
     `where` names the request (route and page) in error messages. Unknown extra fields are
     ignored (ESI adds optional fields within a compatibility date). A `DecodedPage` (see
-    `page_decoder`) already is that frame.
+    `page_decoder`) already holds those rows, as an Arrow table.
     """
     if type(rows) is DecodedPage:
-        return rows.frame
+        return to_frame(rows.table, columns)
     if not isinstance(rows, list):
         raise MalformedPayload(f"{where}: expected a JSON array of objects, got {type(rows).__name__}")
     if not set(map(type, rows)) <= {dict}:
@@ -166,20 +166,19 @@ def _parse_times(values: Sequence[Any], column: Column, where: str) -> Any:
 def _times_by_arrow(strings: Any, column: Column) -> Any:
     """A string array -> the column's datetime array, parsed by Arrow; None when Arrow cannot read
     every value (pandas then decides)."""
+    parsed = _cast_times(strings, column)
+    return None if parsed is None else times_array(parsed, column)
+
+
+def _cast_times(strings: Any, column: Column) -> Any:
+    """A string array -> Arrow timestamps in the column's `arrow_type`; None when Arrow cannot read
+    every value."""
     target = pa.timestamp("us", tz="UTC") if column.type is ColumnType.TIMESTAMP else pa.date32()
     try:
         parsed = strings.cast(target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
-    if column.type is ColumnType.DATE:
-        parsed = parsed.cast(pa.timestamp("us"))
-    micros = parsed.cast(pa.int64())
-    if micros.null_count:
-        micros = micros.fill_null(_NAT)
-    stamps = micros.to_numpy(zero_copy_only=False, writable=True).view("datetime64[us]")
-    if column.type is ColumnType.DATE:
-        return stamps
-    return pd.arrays.DatetimeArray._from_sequence(stamps, dtype=pd.DatetimeTZDtype("us", "UTC"))
+    return parsed.cast(pa.timestamp("us")) if column.type is ColumnType.DATE else parsed
 
 
 def _parse_times_by_pandas(values: Sequence[Any], column: Column, where: str) -> Any:
@@ -284,12 +283,13 @@ _ESCAPED_NUL = b"\\u0000"  # PostgreSQL text cannot hold it: the strict path nam
 
 
 class DecodedPage:
-    """A page body already read into its frame by `page_decoder` (rows_to_frame returns it as is)."""
+    """A page body already read into its rows by `page_decoder`: an Arrow table of the declared
+    columns in `core.rows.arrow_schema` (`rows_to_frame` makes the strict path's frame of it)."""
 
-    __slots__ = ("frame",)
+    __slots__ = ("table",)
 
-    def __init__(self, frame: pd.DataFrame):
-        self.frame = frame
+    def __init__(self, table: Any):
+        self.table = table
 
 
 def page_decoder(columns: Sequence[Column]) -> Callable[[bytes], Any] | None:
@@ -312,11 +312,11 @@ class _ArrowPages:
         if importing() or _ESCAPED_NUL in body:
             return orjson.loads(body)
         try:
-            return DecodedPage(self._frame(body))
+            return DecodedPage(self._table(body))
         except (_Foreign, pa.ArrowException):
             return orjson.loads(body)  # invalid JSON raises here, as without the shortcut
 
-    def _frame(self, body: bytes) -> pd.DataFrame:
+    def _table(self, body: bytes) -> Any:
         # one JSON line, {"r": <body>}: Arrow reads newline-delimited objects, and a list of structs
         # is exactly an array of records
         wrapped = b'{"r":' + body + b"}"
@@ -330,7 +330,8 @@ class _ArrowPages:
         records = table.column(0).chunk(0).flatten() if table.column(0).num_chunks == 1 else None
         if records is None or records.null_count or not len(records):  # a null item; an empty page: strict path
             raise _Foreign
-        return pd.DataFrame({c.name: _from_arrow(values, c) for values, c in zip(records.flatten(), self.columns)}, copy=False)
+        return pa.Table.from_arrays([_typed(values, c) for values, c in zip(records.flatten(), self.columns)],
+                                    names=[c.name for c in self.columns])
 
     def _options(self) -> Any:
         if self._parse_options is None:
@@ -341,25 +342,19 @@ class _ArrowPages:
         return self._parse_options
 
 
-def _from_arrow(values: Any, column: Column) -> Any:
-    """One Arrow column -> what `_convert` makes of the same values (dtype for dtype); `_Foreign`
-    for anything the strict path must judge."""
+def _typed(values: Any, column: Column) -> Any:
+    """One column as Arrow read it -> the column's `arrow_type`, holding what `_convert` would make
+    of the same values; `_Foreign` for anything the strict path must judge."""
     nulls = values.null_count > 0
     if nulls and column.required:
         raise _Foreign
     kind = column.type
-    if kind is ColumnType.INT64 or kind is ColumnType.BOOL:
-        if nulls:
-            return pd.api.types.pandas_dtype(column.pandas_dtype).__from_arrow__(values)
-        return values.to_numpy(zero_copy_only=False, writable=True)
     if kind is ColumnType.FLOAT64:
         finite = pacompute.is_finite(values)  # NaN and Infinity are not JSON (Arrow's reader takes them)
         if not pacompute.all(finite.fill_null(True) if nulls else finite).as_py():
             raise _Foreign
-        return values.to_numpy(zero_copy_only=False, writable=True)  # nulls as NaN
-    if kind is ColumnType.STRING:
-        return pd.api.types.pandas_dtype(column.pandas_dtype).__from_arrow__(values)
-    parsed = _times_by_arrow(values, column)  # TIMESTAMP, DATE
-    if parsed is None:
-        raise _Foreign
-    return parsed
+    elif kind is ColumnType.TIMESTAMP or kind is ColumnType.DATE:
+        values = _cast_times(values, column)
+        if values is None:
+            raise _Foreign
+    return values if values.type == arrow_type(column) else values.cast(arrow_type(column))

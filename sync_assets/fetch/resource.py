@@ -22,7 +22,7 @@ from ..core.lazy import numpy as np, pandas as pd, prefetch, pyarrow as pa  # im
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
-from ..core.datasets import Dataset, WriteMode
+from ..core.datasets import Column, Dataset, WriteMode
 from ..core.errors import BudgetExhausted, ConfigurationError, MalformedPayload
 from ..core.limits import SlidingWindow
 from ..core.paging import FromId, NextToken, PageNumbers, Single, at_path
@@ -33,7 +33,8 @@ from ..db.engines import engine_for
 from ..db.urls import psycopg2_url
 from .auth import ApiKeyHeader, Credential
 from .budget import BudgetKey, BudgetPolicy, PostgresBudget
-from .frames import PARSER_MODULES, empty_frame, page_decoder, rows_to_frame
+from ..core import rows as page_rows
+from .frames import PARSER_MODULES, DecodedPage, empty_frame, page_decoder, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
 from .jobs import PollPolicy, ReportJobs, ReportPending, ReportRequest
 from .pagination import FromIdWalker, NextTokenWalker, PageWalker, Unchanged, WalkLimits
@@ -163,8 +164,7 @@ class ApiResource(dg.ConfigurableResource):
         started = time.perf_counter()
         http = self._client()
         key = self.budget_key(dataset, credential)
-        common: dict[str, Any] = dict(parse=_page_parser(dataset, request, label), decode=_body_decoder(dataset),
-                                      stats=stats, log=log, label=label,
+        common: dict[str, Any] = dict(parse=_page_parser(dataset, request, label), stats=stats, log=log, label=label,
                                       budget_key=key, auth=credential.auth if credential else None,
                                       limits=WalkLimits(self.max_walks, self.walk_deadline_s, self.retry_round_pause_s),
                                       cancelled=cancel)
@@ -194,8 +194,10 @@ class ApiResource(dg.ConfigurableResource):
         elif isinstance(paginator, NextToken):
             responses, frames = NextTokenWalker(http, path, query, paginator=paginator, sink=sink, **common).walk()
         else:
+            # pages walked concurrently may be read by Arrow (see frames.page_decoder): their rows stay
+            # Arrow tables on the way to the loader, a frame is made of them only when assembled
             walker = PageWalker(http, path, query, paginator=paginator, max_concurrency=self.max_concurrency,
-                                expiry_guard_s=self.expiry_guard_s, sink=sink, **common)
+                                expiry_guard_s=self.expiry_guard_s, sink=sink, decode=_body_decoder(dataset), **common)
             result = walker.walk((previous.page_etags or None) if use_state else None,  # type: ignore[union-attr]
                                  self._unchanged(previous, now) if use_state else None)
             responses, frames = result.responses, result.parsed
@@ -378,7 +380,10 @@ def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
     # to flatten them: each record is read at its columns' paths
     nested = [c for c in dataset.columns if c.source and c.source != "[]"] if dataset.transform is None else []
 
-    def parse(page: int, data: Any) -> pd.DataFrame:
+    by_name = {c.name: c for c in dataset.columns}
+
+    def parse(page: int, data: Any) -> Any:
+        """The page's rows: a DataFrame, or the Arrow table of a body Arrow read (core.rows)."""
         where = f"{label} page {page}"
         if dataset.transform is not None:
             try:
@@ -388,20 +393,23 @@ def _page_parser(dataset: Dataset, request: SliceRequest, label: str):
         elif nested and isinstance(data, list):
             data = [{**record, **{c.name: at_path(record, c.source) for c in nested}} if isinstance(record, dict) else record
                     for record in data]
-        frame = rows_to_frame(data, dataset.columns, where)
+        rows = data.table if type(data) is DecodedPage else rows_to_frame(data, dataset.columns, where)
         for name in carried:
             expected = request.context.get(name)
+            values = page_rows.series(rows, by_name[name]) if len(rows) else None
+            if values is None:
+                continue
             if isinstance(expected, TimeRange):
-                if dataset.write_mode is WriteMode.MIRROR and len(frame):
-                    outside = (frame[name] < expected.start) | (frame[name] >= expected.end)
+                if dataset.write_mode is WriteMode.MIRROR:
+                    outside = (values < expected.start) | (values >= expected.end)
                     if bool(outside.any()):
-                        raise MalformedPayload(f"{where}: a row has {name}={frame.loc[outside, name].iloc[0]}, "
+                        raise MalformedPayload(f"{where}: a row has {name}={values[outside].iloc[0]}, "
                                                f"outside the requested window {expected}")
                 continue
-            if expected is not None and len(frame) and bool((frame[name] != expected).any()):
-                other = frame.loc[frame[name] != expected, name].iloc[0]
+            if expected is not None and bool((values != expected).any()):
+                other = values[values != expected].iloc[0]
                 raise MalformedPayload(f"{where}: a row has {name}={other}, outside the requested {name}={expected}")
-        return frame
+        return rows
 
     return parse
 
@@ -422,22 +430,28 @@ def _since(dataset: Dataset, previous: Validators, now: datetime, overlap: bool 
 def _cursor(dataset: Dataset, frames: list[Any], previous: Validators | None) -> str | None:
     if dataset.incremental is not None:  # the newest change synced (kept when nothing changed)
         column = dataset.incremental.cursor_column
-        newest = [f.cursor_max if isinstance(f, _PageDigest) else f[column].max() for f in frames
-                  if (f.cursor_max is not None if isinstance(f, _PageDigest) else len(f) and f[column].notna().any())]
+        values = [None if isinstance(f, _PageDigest) else page_rows.series(f, _column(dataset, column)) for f in frames]
+        newest = [f.cursor_max if isinstance(f, _PageDigest) else v.max() for f, v in zip(frames, values)
+                  if (f.cursor_max is not None if isinstance(f, _PageDigest) else len(f) and v.notna().any())]
         stored = datetime.fromisoformat(previous.cursor) if previous and previous.cursor else None
         candidates = [pd.Timestamp(t).to_pydatetime() for t in newest] + ([stored] if stored else [])
         return max(candidates).isoformat() if candidates else None
     paginator = dataset.paginator
     if not isinstance(paginator, FromId):
         return None
-    newest = [int(f[paginator.field].max()) for f in frames if len(f)]
+    newest = [int(page_rows.series(f, _column(dataset, paginator.field)).max()) for f in frames if len(f)]
     stored = int(previous.cursor) if previous and previous.cursor else None
     candidates = newest + ([stored] if stored is not None else [])
     return str(max(candidates)) if candidates else None
 
 
-def _payload_keys(dataset: Dataset) -> list[str]:
-    return [c for c in dataset.primary_key if c not in {col.name for col in dataset.context_columns}]
+def _payload_keys(dataset: Dataset) -> list[Column]:
+    context = {col.name for col in dataset.context_columns}
+    return [_column(dataset, name) for name in dataset.primary_key if name not in context]
+
+
+def _column(dataset: Dataset, name: str) -> Column:
+    return next(c for c in dataset.columns if c.name == name)
 
 
 @dataclass
@@ -455,24 +469,28 @@ class _Digesting:
 
     def __init__(self, sink: PageSink, dataset: Dataset):
         self._sink, self._keys = sink, _payload_keys(dataset)
-        self._cursor = dataset.incremental.cursor_column if dataset.incremental else None
+        self._cursor = _column(dataset, dataset.incremental.cursor_column) if dataset.incremental else None
 
-    def put(self, page: int, frame: pd.DataFrame) -> _PageDigest:
-        hashes = _key_hashes(frame, self._keys) if self._keys and len(frame) else None
-        cursor = frame[self._cursor].max() if self._cursor and len(frame) and frame[self._cursor].notna().any() else None
-        self._sink.put(page, frame)
-        return _PageDigest(len(frame), hashes, cursor)
+    def put(self, page: int, rows: Any) -> _PageDigest:
+        hashes = _key_hashes(rows, self._keys) if self._keys and len(rows) else None
+        cursor = None
+        if self._cursor is not None and len(rows):
+            values = page_rows.series(rows, self._cursor)
+            cursor = values.max() if values.notna().any() else None
+        self._sink.put(page, rows)
+        return _PageDigest(len(rows), hashes, cursor)
 
     def restart(self) -> None:
         self._sink.restart()
 
 
-def _key_hashes(frame: pd.DataFrame, keys: list[str]) -> Any:
+def _key_hashes(rows: Any, keys: list[Column]) -> Any:
     """One uint64 per row over the key columns, hashed column by column (selecting the key columns
-    as a frame would copy them: 7x slower on a 1000-row page)."""
+    as a frame would copy them: 7x slower on a 1000-row page). A page's rows hash alike whichever
+    their shape (core.rows.series gives the strict path's values)."""
     combined = None
-    for name in keys:
-        hashed = pd.util.hash_pandas_object(frame[name], index=False).to_numpy()
+    for column in keys:
+        hashed = pd.util.hash_pandas_object(page_rows.series(rows, column), index=False).to_numpy()
         combined = hashed if combined is None else combined * np.uint64(1_000_003) ^ hashed
     return combined
 
@@ -487,14 +505,16 @@ def _count_duplicates(dataset: Dataset, frames: list[Any], stats: FetchStats) ->
         hashes = [d.key_hashes for d in frames if d.key_hashes is not None]
         stats.duplicates_dropped = int(pd.Series(np.concatenate(hashes)).duplicated().sum()) if hashes else 0
         return stats.duplicates_dropped
-    stats.duplicates_dropped = int(pd.concat([f[keys] for f in frames], ignore_index=True).duplicated(keep="last").sum())
+    names = [c.name for c in keys]
+    stats.duplicates_dropped = int(pd.concat([page_rows.to_frame(f, dataset.columns)[names] for f in frames],
+                                             ignore_index=True).duplicated(keep="last").sum())
     return stats.duplicates_dropped
 
 
 def _assemble(dataset: Dataset, request: SliceRequest, frames: list[Any], stats: FetchStats) -> pd.DataFrame:
     """Concatenate page frames into table shape: context columns first, one row per key.
     Empties `frames` (the walk's page list) so the pages can be freed as soon as they are copied."""
-    pages = [f for f in frames if len(f)]
+    pages = [page_rows.to_frame(f, dataset.columns) for f in frames if len(f)]
     frames.clear()  # the page frames die with the concatenation: one copy of the rows, not two
     frame = pd.concat(pages, ignore_index=True) if pages else empty_frame(dataset.columns)
     del pages

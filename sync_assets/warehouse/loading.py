@@ -15,10 +15,10 @@ import queue
 import threading
 from typing import Any, Iterator, Mapping
 
-from ..core.lazy import pandas as pd  # imported when a run first uses it
 from sqlalchemy import Connection, Engine
 
 from ..core.datasets import Dataset
+from ..core.rows import concat
 from ..db.transaction import Transaction
 from .writer import Loaded, begin_load, load_page, reset_load
 
@@ -45,9 +45,10 @@ class PageLoader:
 
     # -- PageSink: called by the walk's page workers ---------------------------------------------
 
-    def put(self, page: int, frame: pd.DataFrame) -> None:
+    def put(self, page: int, rows: Any) -> None:
+        """`rows`: the page's DataFrame or Arrow table (core.rows)."""
         self._start()
-        self._queue.put(frame)
+        self._queue.put(rows)
 
     def restart(self) -> None:
         if self._thread is not None:
@@ -119,8 +120,7 @@ class PageLoader:
                     continue
                 batch, marker = self._batch(item)
                 if not self._aborting:
-                    load_page(self._conn, self._dataset, loaded,
-                              pd.concat(batch, ignore_index=True) if len(batch) > 1 else batch[0], self._context)
+                    load_page(self._conn, self._dataset, loaded, concat(batch, self._dataset.columns), self._context)
                 self.pages += len(batch)
                 item = marker if marker is not None else self._queue.get()
         except BaseException as exc:  # reported by finish(); the writer then loads the frame itself
@@ -128,7 +128,7 @@ class PageLoader:
             if not self._done_taken:
                 self._drain()
 
-    def _batch(self, first: pd.DataFrame) -> tuple[list[pd.DataFrame], object | None]:
+    def _batch(self, first: Any) -> tuple[list[Any], object | None]:
         """The pages waiting behind `first` (up to BATCH_ROWS rows): one COPY for them all. A
         marker (restart, done) ends the batch and is returned to be handled after it."""
         batch, rows = [first], len(first)

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, text
 
 from ..core.snapshot import Outcome, Snapshot, Validators
 from ..core.datasets import Dataset, WriteMode
+from ..core.rows import arrow_type, to_arrow
 from ..core.errors import GuardRefused
 from ..core.windows import TimeRange
 from . import counts as row_counts
@@ -132,12 +133,14 @@ def begin_load(conn: Connection, dataset: Dataset, partition: str, context: Mapp
     return loaded
 
 
-def load_page(conn: Connection, dataset: Dataset, loaded: Loaded, frame: pd.DataFrame, context: Mapping[str, Any]) -> None:
-    """COPY one page's rows (dataset columns; the context columns are added here)."""
-    if dataset.context_columns:
-        frame = frame.assign(**{c.name: pd.Series(context[c.name], index=frame.index, dtype=c.pandas_dtype)
-                                for c in dataset.context_columns})
-    _copy(conn, table_name(dataset) if loaded.straight else STAGE, dataset, frame)
+def load_page(conn: Connection, dataset: Dataset, loaded: Loaded, rows: Any, context: Mapping[str, Any]) -> None:
+    """COPY one page's rows, a DataFrame or an Arrow table (core.rows) of the dataset columns; the
+    context columns are added here."""
+    table = to_arrow(rows, dataset.columns)
+    for column in dataset.context_columns:
+        value = pd.Series(context[column.name], index=pd.RangeIndex(table.num_rows), dtype=column.pandas_dtype)
+        table = table.append_column(pa.field(column.name, arrow_type(column)), pa.array(value, type=arrow_type(column)))
+    _copy(conn, table_name(dataset) if loaded.straight else STAGE, dataset, table)
 
 
 def reset_load(conn: Connection, dataset: Dataset, loaded: Loaded, context: Mapping[str, Any]) -> None:
@@ -153,15 +156,16 @@ def reset_load(conn: Connection, dataset: Dataset, loaded: Loaded, context: Mapp
 COPY_BATCH_ROWS = 65_536  # rows CSV-encoded at a time: the COPY input never exists whole in memory
 
 
-def _copy(conn: Connection, target: str, dataset: Dataset, frame: pd.DataFrame) -> None:
-    """COPY the frame into `target` inside the caller's transaction, as CSV encoded by Arrow in C++.
+def _copy(conn: Connection, target: str, dataset: Dataset, rows: Any) -> None:
+    """COPY the rows (a frame or an Arrow table in table shape) into `target` inside the caller's
+    transaction, as CSV encoded by Arrow in C++.
 
     Arrow quotes every string and leaves nulls unquoted-empty: exactly COPY's CSV NULL convention.
     Timestamps are written as naive UTC (Arrow formats a zoned timestamp several times slower) and
     read back as UTC: the transaction's time zone is set to UTC first (SET LOCAL: this transaction
     only)."""
     names = [c.name for c in dataset.table_columns]
-    table = pa.Table.from_pandas(frame, columns=names, preserve_index=False)  # frame[names] would copy the frame first
+    table = to_arrow(rows, dataset.table_columns)
     for i, field in enumerate(table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
