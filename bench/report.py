@@ -716,7 +716,9 @@ def _method(args: Any) -> str:
   Dagster's default multiprocess executor and SQLite storage would cost is in the Dagster fixed-cost table.
 - **sync_inproc**: `python -m bench.workers sync`: the same code location (`sync_assets.definitions`: asset, its checks,
   resources from the same environment), `dagster.materialize` on an ephemeral instance, after one warm-up materialization
-  of a trivial asset. *in-process s* is the `dagster.materialize` call alone.
+  of a trivial asset and the import of the libraries the code location defers to a run's first sync (pandas, numpy,
+  pyarrow: `core.lazy.SYNC_LIBRARIES`, through its own prefetch). *in-process s* is the `dagster.materialize` call
+  alone; the whole-process rows carry those first-call costs.
 - **dlt_csv / dlt_default** (dlt inside Dagster): `bench/dlt_defs.py`: a Dagster asset running
   `dlt.pipeline(...).run(rest_api_source(...))` with a small X-Pages paginator class, `write_disposition="merge"` on the
   primary key (order_id / item_id; a per-region table, so no region column: a slight advantage to dlt), into the same

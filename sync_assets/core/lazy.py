@@ -72,3 +72,8 @@ _prefetches_lock = threading.Lock()
 numpy = lazy("numpy")
 pandas = lazy("pandas")
 pyarrow = lazy("pyarrow")
+pyarrow_json = lazy("pyarrow.json")  # page bodies read in C++ (fetch.frames)
+pyarrow_compute = lazy("pyarrow.compute")
+pyarrow_csv = lazy("pyarrow.csv")  # COPY's input encoded in C++ (warehouse.writer)
+# what a run that syncs pages imports, in the order they import each other
+SYNC_LIBRARIES = (numpy, pandas, pyarrow, pyarrow_json, pyarrow_compute, pyarrow_csv)

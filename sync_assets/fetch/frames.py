@@ -22,7 +22,8 @@ from operator import itemgetter
 from typing import Any, Callable, Sequence
 
 import orjson
-from ..core.lazy import importing, lazy, numpy as np, pandas as pd, pyarrow as pa  # imported when a run first uses them
+from ..core.lazy import importing, numpy as np, pandas as pd, pyarrow as pa  # imported when a run first uses them
+from ..core.lazy import pyarrow_compute as pacompute, pyarrow_json as pajson
 
 from ..core.datasets import Column, ColumnType
 from ..core.errors import MalformedPayload
@@ -54,9 +55,6 @@ _EXACT: dict[ColumnType, frozenset[type]] = {
 _DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _JSON_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
 
-
-pajson, pacompute = lazy("pyarrow.json"), lazy("pyarrow.compute")
-PARSER_MODULES = (np, pd, pa, pajson, pacompute)  # what parsing pages into frames imports (see core.lazy.prefetch)
 
 
 class _Foreign(Exception):

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 
 import dagster as dg
 import httpx
-from ..core.lazy import numpy as np, pandas as pd, prefetch, pyarrow as pa  # imported when a run first uses them
+from ..core.lazy import SYNC_LIBRARIES, numpy as np, pandas as pd, prefetch  # imported when a run first uses them
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
@@ -34,7 +34,7 @@ from ..db.urls import psycopg2_url
 from .auth import ApiKeyHeader, Credential
 from .budget import BudgetKey, BudgetPolicy, PostgresBudget
 from ..core import rows as page_rows
-from .frames import PARSER_MODULES, DecodedPage, empty_frame, page_decoder, rows_to_frame
+from .frames import DecodedPage, empty_frame, page_decoder, rows_to_frame
 from .http import DEFAULT_LOG, ApiHttpClient, ErrorLimitGate, Log, RetryPolicy
 from .jobs import PollPolicy, ReportJobs, ReportPending, ReportRequest
 from .pagination import FromIdWalker, NextTokenWalker, PageWalker, Unchanged, WalkLimits
@@ -173,7 +173,7 @@ class ApiResource(dg.ConfigurableResource):
             sink = _Digesting(sink, dataset)  # the loader takes each page's rows; the walk keeps a digest
         use_state = previous is not None and not full_refresh
         if not use_state or not previous.page_etags:  # type: ignore[union-attr]
-            prefetch(*PARSER_MODULES)  # every page will be parsed into a frame: import while page 1 is in flight
+            prefetch(*SYNC_LIBRARIES)  # every page will be parsed and loaded: import while page 1 is in flight
         query = {**dataset.query, **request.params}
         partial = use_state and dataset.incremental is not None and bool(previous.cursor)  # type: ignore[union-attr]
         if partial:

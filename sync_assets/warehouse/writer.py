@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ..core.lazy import pandas as pd, pyarrow as pa  # imported when a run first uses them
+from ..core.lazy import pandas as pd, pyarrow as pa, pyarrow_csv as pacsv  # imported when a run first uses them
 from sqlalchemy import Connection, text
 
 from ..core.snapshot import Outcome, Snapshot, Validators
@@ -182,8 +182,6 @@ class _CsvStream:
     """A file for copy_expert: CSV of one batch of rows at a time (read() may return more than asked)."""
 
     def __init__(self, table: pa.Table):
-        import pyarrow.csv as pacsv  # a run's first COPY imports it, not the code location's load
-
         self._batches = iter(table.to_batches(max_chunksize=COPY_BATCH_ROWS))
         self._write_csv, self._options = pacsv.write_csv, pacsv.WriteOptions(include_header=False)
 
