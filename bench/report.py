@@ -712,7 +712,7 @@ def _method(args: Any) -> str:
 - **sync_cli**: `dagster asset materialize -m sync_assets.definitions --select <asset> --partition <key>` with
   `SYNC_ASSETS_ESI_URL`, `SYNC_ASSETS_DATABASE_URL` and a
   `DAGSTER_HOME` holding the project's own `dagster.yaml` (Postgres run/event storage in a separate `dagster` database via
-  `DAGSTER_PG_URL`, pools on). The code location's executor is the in_process one (`Definitions(executor=…)`); what
+  `DAGSTER_PG_URL`, pools on; its tables created once before anything is timed, as in a deployment). The code location's executor is the in_process one (`Definitions(executor=…)`); what
   Dagster's default multiprocess executor and SQLite storage would cost is in the Dagster fixed-cost table.
 - **sync_inproc**: `python -m bench.workers sync`: the same code location (`sync_assets.definitions`: asset, its checks,
   resources from the same environment), `dagster.materialize` on an ephemeral instance, after one warm-up materialization
