@@ -24,6 +24,9 @@ from .writer import Loaded, begin_load, load_page, reset_load
 
 _RESTART, _DONE = object(), object()
 BATCH_ROWS = 50_000  # pages that queued up while a COPY ran go in one COPY, up to this many rows
+# rows waiting for their COPY: beyond this the page workers wait for the loader, so the process holds
+# a bounded share of the snapshot however slow the database is (the walk ahead of it gains nothing)
+MAX_QUEUED_ROWS = 2 * BATCH_ROWS
 
 
 class PageLoader:
@@ -32,6 +35,8 @@ class PageLoader:
     def __init__(self, engine: Engine, dataset: Dataset, state_key: str, context: Mapping[str, Any]):
         self._engine, self._dataset, self._state_key, self._context = engine, dataset, state_key, dict(context)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._room = threading.Condition()  # guards _queued_rows; notified as batches are loaded
+        self._queued_rows = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._transaction: Transaction | None = None
@@ -46,8 +51,13 @@ class PageLoader:
     # -- PageSink: called by the walk's page workers ---------------------------------------------
 
     def put(self, page: int, rows: Any) -> None:
-        """`rows`: the page's DataFrame or Arrow table (core.rows)."""
+        """`rows`: the page's DataFrame or Arrow table (core.rows). Waits while MAX_QUEUED_ROWS
+        rows are queued, unless loading stopped (failed, aborted): then nothing waits for room."""
         self._start()
+        with self._room:
+            while self._queued_rows >= MAX_QUEUED_ROWS and not self._stopped():
+                self._room.wait(0.5)
+            self._queued_rows += len(rows)
         self._queue.put(rows)
 
     def restart(self) -> None:
@@ -68,6 +78,7 @@ class PageLoader:
     def abort(self) -> None:
         """Roll back whatever was loaded; safe to call more than once."""
         self._aborting = True  # pages still queued are skipped, not loaded
+        self._loaded_rows(0)  # and no page worker waits for room any more
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_DONE)
             self._thread.join()
@@ -93,6 +104,14 @@ class PageLoader:
             transaction.__exit__(None, None, None)
 
     # -- the loading thread ----------------------------------------------------------------------
+
+    def _stopped(self) -> bool:
+        return self._aborting or self.error is not None or (self._thread is not None and not self._thread.is_alive())
+
+    def _loaded_rows(self, rows: int) -> None:
+        with self._room:
+            self._queued_rows -= rows
+            self._room.notify_all()
 
     def _start(self) -> None:
         if self._thread is not None:
@@ -122,9 +141,11 @@ class PageLoader:
                 if not self._aborting:
                     load_page(self._conn, self._dataset, loaded, concat(batch, self._dataset.columns), self._context)
                 self.pages += len(batch)
+                self._loaded_rows(sum(len(rows) for rows in batch))
                 item = marker if marker is not None else self._queue.get()
         except BaseException as exc:  # reported by finish(); the writer then loads the frame itself
             self.error = exc
+            self._loaded_rows(0)  # wake the page workers waiting for room: they wait no more
             if not self._done_taken:
                 self._drain()
 
