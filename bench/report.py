@@ -522,10 +522,11 @@ def _explain(res: Results, args: Any, targets: list[dict]) -> None:
             f"COPY floor {f2(cp)} s ({ratio_text(x / cp if x and cp else None)}: the pages are COPYed during the walk)"
             + (f"; without the shared Postgres budget the page walk takes {f2(nob.med(walk))} s" if nob.n else "")
             + (f". The sync costs its process {f2(sync_cpu)} CPU-s more than an unchanged re-sync "
-               f"({1000 * sync_cpu / pages:.1f} ms a page: HTTP, orjson, typed frames, page digests, Arrow, CSV, the shared "
-               f"budget's bookkeeping, and once per process the pandas/numpy/pyarrow import that a re-sync with nothing to "
-               f"parse never makes) on 2 cores that also run PostgreSQL's COPY and the sandbox; the floor only parses "
-               f"and COPYs CSV encoded beforehand"
+               f"({1000 * sync_cpu / pages:.1f} ms a page: HTTP, Arrow's reading of each body, page digests, the loader's "
+               f"Arrow-to-CSV encoding and COPY calls, the shared budget's bookkeeping; both processes imported the "
+               f"libraries in their warm-up) on 2 cores that at the same time run PostgreSQL's COPY of the pages and the "
+               f"sandbox: the floor times fetch+parse and COPY apart, each with the machine to itself, and COPYs CSV "
+               f"encoded beforehand"
                if sync_cpu and pages else "") + ".")
     unch = res.cell("F", "unchanged", "sync_inproc")
     if unch.n:
