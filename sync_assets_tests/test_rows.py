@@ -3,6 +3,7 @@ hash alike, and load into Postgres alike, also mixed in one COPY batch."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -12,6 +13,8 @@ import pyarrow as pa
 import pytest
 
 from sync_assets.apis.esi.datasets import MARKET_ORDERS
+from sync_assets.apis.esi.sandbox.esi import EsiSandbox
+from sync_assets.apis.esi.sandbox.server import serve_in_thread
 from sync_assets.core import rows as page_rows
 from sync_assets.core.datasets import Column, ColumnType, Dataset, Partitioning
 from sync_assets.core.snapshot import Outcome, Snapshot, Validators
@@ -110,3 +113,49 @@ def test_market_orders_is_read_into_its_table_shape() -> None:
     table = page_decoder(MARKET_ORDERS.columns)(body).table
     assert table.column_names == [c.name for c in MARKET_ORDERS.columns]
     assert table.schema.equals(page_rows.arrow_schema(MARKET_ORDERS.columns))
+
+
+@pytest.mark.parametrize("column, value", [
+    (Column("region", T.INT64), 10000002),
+    (Column("region", T.INT64), "10000002"),  # a partition key spelled as text: converted as a frame converts it
+    (Column("shop", T.STRING), "é ☃"),
+    (Column("active", T.BOOL), True),
+    (Column("at", T.TIMESTAMP), pd.Timestamp("2026-11-20T08:14:03.25Z")),
+    (Column("price", T.FLOAT64), 1.5),
+], ids=lambda x: x.name if isinstance(x, Column) else repr(x))
+def test_a_context_column_is_repeated_as_a_frame_would_hold_it(column: Column, value) -> None:
+    from sync_assets.warehouse.writer import _repeated
+
+    as_frame = pa.array(pd.Series(value, index=pd.RangeIndex(3), dtype=column.pandas_dtype), type=page_rows.arrow_type(column))
+    assert _repeated(value, column, 3).equals(as_frame)
+
+
+NO_PANDAS = """
+import json, sys
+import dagster as dg
+from sync_assets.definitions import defs
+key = dg.AssetKey(["esi", "market_orders"])
+asset = defs.get_assets_def(key)
+checks = [c for c in (defs.asset_checks or []) if any(k.asset_key == key for k in c.check_keys)]
+result = dg.materialize([asset, *checks], partition_key="10000002", resources=dict(defs.resources),
+                        instance=dg.DagsterInstance.ephemeral())
+rows = [e for e in result.get_asset_materialization_events()][0].materialization.metadata["rows_written"].value
+print(json.dumps({"success": result.success, "rows": rows, "pandas": "pandas" in sys.modules}))
+"""
+
+
+def test_a_sync_of_pages_arrow_reads_never_imports_pandas(database_url: str) -> None:
+    """The run worker of an ESI market sync: Arrow reads the pages, they go to the COPY as tables.
+    pandas would cost each such process 0.17 s and 43 MB; it loads only if a page goes the strict way."""
+    import os
+    import subprocess
+    import sys
+
+    with serve_in_thread(EsiSandbox(regions={10000002: 4}, n_price_types=10)) as url:
+        env = {**os.environ, "SYNC_ASSETS_ESI_URL": url, "SYNC_ASSETS_DATABASE_URL": database_url, "SYNC_ASSETS_APIS": "esi"}
+        env.pop("DAGSTER_HOME", None)
+        done = subprocess.run([sys.executable, "-c", NO_PANDAS], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["success"] and outcome["rows"] > 3000  # 4 pages of orders, written
+    assert outcome["pandas"] is False

@@ -27,7 +27,7 @@ from ..core.lazy import pyarrow_json as pajson
 
 from ..core.datasets import Column, ColumnType
 from ..core.errors import MalformedPayload
-from ..core.rows import arrow_type, times_array, to_frame
+from ..core.rows import arrow_type, numbers, times_array, to_frame, valid
 
 _NONE = type(None)
 _PYTHON_TYPES: dict[ColumnType, tuple[type, ...]] = {
@@ -356,11 +356,12 @@ def _typed(values: Any, column: Column) -> Any:
     if nulls and column.required:
         raise _Foreign
     if column.type is ColumnType.FLOAT64:
-        floats = values.to_numpy(zero_copy_only=False)  # nulls as NaN
+        floats = numbers(values, "float64")
+        if nulls:
+            floats = floats[valid(values)]
         # NaN and Infinity are not JSON (Arrow's reader reads them; orjson refuses the body), and
         # Arrow reads the integer -0 as -0.0 where the strict path makes 0.0 (-0.0 stays -0.0)
-        if (np.isnan(floats).sum() != values.null_count or np.isinf(floats).any()
-                or np.any(np.signbit(floats) & (floats == 0))):
+        if not np.isfinite(floats).all() or np.any(np.signbit(floats) & (floats == 0)):
             raise _Foreign
     elif column.type is ColumnType.STRING and _holds_nul(values):  # PostgreSQL text cannot hold it: named strictly
         raise _Foreign

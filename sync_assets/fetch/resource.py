@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 
 import dagster as dg
 import httpx
-from ..core.lazy import SYNC_LIBRARIES, numpy as np, pandas as pd, prefetch  # imported when a run first uses them
+from ..core.lazy import ARROW_LIBRARIES, SYNC_LIBRARIES, numpy as np, pandas as pd, prefetch  # imported when a run first uses them
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import __version__
@@ -172,8 +172,11 @@ class ApiResource(dg.ConfigurableResource):
         if sink is not None:
             sink = _Digesting(sink, dataset)  # the loader takes each page's rows; the walk keeps a digest
         use_state = previous is not None and not full_refresh
+        decode = _body_decoder(dataset) if isinstance(paginator, (Single, PageNumbers)) else None
         if not use_state or not previous.page_etags:  # type: ignore[union-attr]
-            prefetch(*SYNC_LIBRARIES)  # every page will be parsed and loaded: import while page 1 is in flight
+            # every page will be parsed and loaded: import while page 1 is in flight (pages Arrow reads
+            # need no pandas: it loads only if a page goes the strict way)
+            prefetch(*(ARROW_LIBRARIES if decode is not None else SYNC_LIBRARIES))
         query = {**dataset.query, **request.params}
         partial = use_state and dataset.incremental is not None and bool(previous.cursor)  # type: ignore[union-attr]
         if partial:
@@ -197,7 +200,7 @@ class ApiResource(dg.ConfigurableResource):
             # pages walked concurrently may be read by Arrow (see frames.page_decoder): their rows stay
             # Arrow tables on the way to the loader, a frame is made of them only when assembled
             walker = PageWalker(http, path, query, paginator=paginator, max_concurrency=self.max_concurrency,
-                                expiry_guard_s=self.expiry_guard_s, sink=sink, decode=_body_decoder(dataset), **common)
+                                expiry_guard_s=self.expiry_guard_s, sink=sink, decode=decode, **common)
             result = walker.walk((previous.page_etags or None) if use_state else None,  # type: ignore[union-attr]
                                  self._unchanged(previous, now) if use_state else None)
             responses, frames = result.responses, result.parsed
@@ -487,12 +490,23 @@ class _Digesting:
 def _key_hashes(rows: Any, keys: list[Column]) -> Any:
     """One uint64 per row over the key columns, hashed column by column (selecting the key columns
     as a frame would copy them: 7x slower on a 1000-row page). A page's rows hash alike whichever
-    their shape (core.rows.series gives the strict path's values)."""
+    their shape: plain int64 keys (ids, the usual case) by numpy alone, so an Arrow page needs no
+    pandas; other keys by pandas' hash of the values the strict path holds (core.rows.series)."""
     combined = None
     for column in keys:
-        hashed = pd.util.hash_pandas_object(page_rows.series(rows, column), index=False).to_numpy()
+        ints = page_rows.int64_values(rows, column)
+        hashed = (_splitmix64(ints) if ints is not None
+                  else pd.util.hash_pandas_object(page_rows.series(rows, column), index=False).to_numpy())
         combined = hashed if combined is None else combined * np.uint64(1_000_003) ^ hashed
     return combined
+
+
+def _splitmix64(values: Any) -> Any:
+    """int64 -> well-mixed uint64 (SplitMix64's finalizer; numpy's uint64 arithmetic wraps)."""
+    z = values.view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def _count_duplicates(dataset: Dataset, frames: list[Any], stats: FetchStats) -> int:
@@ -502,8 +516,8 @@ def _count_duplicates(dataset: Dataset, frames: list[Any], stats: FetchStats) ->
     if not frames or not keys:
         return 0
     if isinstance(frames[0], _PageDigest):
-        hashes = [d.key_hashes for d in frames if d.key_hashes is not None]
-        stats.duplicates_dropped = int(pd.Series(np.concatenate(hashes)).duplicated().sum()) if hashes else 0
+        hashes = np.concatenate([d.key_hashes for d in frames if d.key_hashes is not None] or [np.empty(0, np.uint64)])
+        stats.duplicates_dropped = int(hashes.size - np.unique(hashes).size)
         return stats.duplicates_dropped
     names = [c.name for c in keys]
     stats.duplicates_dropped = int(pd.concat([page_rows.to_frame(f, dataset.columns)[names] for f in frames],

@@ -13,8 +13,8 @@ from ..core.lazy import pandas as pd, pyarrow as pa, pyarrow_csv as pacsv  # imp
 from sqlalchemy import Connection, text
 
 from ..core.snapshot import Outcome, Snapshot, Validators
-from ..core.datasets import Dataset, WriteMode
-from ..core.rows import arrow_type, to_arrow
+from ..core.datasets import Column, ColumnType, Dataset, WriteMode
+from ..core.rows import arrow_type, repeated_int64, to_arrow
 from ..core.errors import GuardRefused
 from ..core.windows import TimeRange
 from . import counts as row_counts
@@ -138,9 +138,18 @@ def load_page(conn: Connection, dataset: Dataset, loaded: Loaded, rows: Any, con
     context columns are added here."""
     table = to_arrow(rows, dataset.columns)
     for column in dataset.context_columns:
-        value = pd.Series(context[column.name], index=pd.RangeIndex(table.num_rows), dtype=column.pandas_dtype)
-        table = table.append_column(pa.field(column.name, arrow_type(column)), pa.array(value, type=arrow_type(column)))
+        table = table.append_column(pa.field(column.name, arrow_type(column)),
+                                    _repeated(context[column.name], column, table.num_rows))
     _copy(conn, table_name(dataset) if loaded.straight else STAGE, dataset, table)
+
+
+def _repeated(value: Any, column: Column, rows: int) -> Any:
+    """The scope's value of a context column on every row, as an Arrow array holding what a frame
+    would: an integer scope (a region, a corporation) straight from a buffer (no pandas), any other
+    value ("10000002" for a bigint, a text scope) converted as a frame converts it."""
+    if column.type is ColumnType.INT64 and type(value) is int:
+        return repeated_int64(value, rows)
+    return pa.array(pd.Series(value, index=pd.RangeIndex(rows), dtype=column.pandas_dtype), type=arrow_type(column))
 
 
 def reset_load(conn: Connection, dataset: Dataset, loaded: Loaded, context: Mapping[str, Any]) -> None:
