@@ -160,6 +160,7 @@ def test_resync_after_expires_is_all_304_and_writes_nothing(harness: Harness) ->
     """Past the periodic full walk (full_walk_every_s=0: every sync), every page is asked conditionally."""
     harness.sandbox.configure(cache_seconds={"orders": 1})
     first = harness.sync(full_walk_every_s=0)
+    earlier = harness.warehouse.read_validators(MARKET_ORDERS, FORGE).expires_at
     harness.wait_for_expiry()
     harness.sandbox.reset_counters()
     second = harness.sync(full_walk_every_s=0)
@@ -170,7 +171,7 @@ def test_resync_after_expires_is_all_304_and_writes_nothing(harness: Harness) ->
     assert meta["rows_written"] == 0 and meta["dagster/partition_row_count"] == len(harness.expected_orders())
     assert data_version(second) == data_version(first)
     later = harness.warehouse.read_validators(MARKET_ORDERS, FORGE).expires_at
-    assert later > datetime.now(timezone.utc)  # the new Expires was stored
+    assert later > earlier  # the 304s' new Expires was stored (not compared with the clock: a slow machine may pass it)
 
 
 def test_after_a_snapshot_refresh_the_table_equals_the_new_snapshot(harness: Harness) -> None:
