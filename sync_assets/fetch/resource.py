@@ -517,7 +517,8 @@ def _count_duplicates(dataset: Dataset, frames: list[Any], stats: FetchStats) ->
         return 0
     if isinstance(frames[0], _PageDigest):
         hashes = np.concatenate([d.key_hashes for d in frames if d.key_hashes is not None] or [np.empty(0, np.uint64)])
-        stats.duplicates_dropped = int(hashes.size - np.unique(hashes).size)
+        hashes.sort()  # in place: equal hashes side by side, no second copy of 8 bytes a row (np.unique makes two)
+        stats.duplicates_dropped = int(np.count_nonzero(hashes[1:] == hashes[:-1]))
         return stats.duplicates_dropped
     names = [c.name for c in keys]
     stats.duplicates_dropped = int(pd.concat([page_rows.to_frame(f, dataset.columns)[names] for f in frames],
