@@ -305,8 +305,8 @@ class _ArrowPages:
         self._parse_options: Any = None
 
     def decode(self, body: bytes) -> Any:
-        # while the libraries are still importing (a run's first pages), or for a body the strict
-        # path must name anyway, the Python objects are the way
+        # while the libraries are still importing (a run's first pages) the Python objects are the
+        # way: the worker reads on instead of waiting for the import
         if importing():
             return orjson.loads(body)
         try:
