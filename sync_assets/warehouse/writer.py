@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from ..core.lazy import pandas as pd, pyarrow as pa, pyarrow_csv as pacsv  # imported when a run first uses them
+from ..core.lazy import (  # imported when a run first uses them
+    pandas as pd, pgpq, pgpq_encoders, pgpq_schema, pyarrow as pa, pyarrow_csv as pacsv,
+)
 from sqlalchemy import Connection, text
 
 from ..core.snapshot import Outcome, Snapshot, Validators
@@ -162,35 +164,79 @@ def reset_load(conn: Connection, dataset: Dataset, loaded: Loaded, context: Mapp
         conn.execute(text(f"TRUNCATE {STAGE}"))
 
 
-COPY_BATCH_ROWS = 65_536  # rows CSV-encoded at a time: the COPY input never exists whole in memory
+COPY_BATCH_ROWS = 65_536  # rows encoded at a time: the COPY input never exists whole in memory
 
 
 def _copy(conn: Connection, target: str, dataset: Dataset, rows: Any) -> None:
     """COPY the rows (a frame or an Arrow table in table shape) into `target` inside the caller's
-    transaction, as CSV encoded by Arrow in C++.
+    transaction, encoded from Arrow outside the interpreter: in PostgreSQL's binary format when
+    every column has one here, else as CSV.
 
-    Arrow quotes every string and leaves nulls unquoted-empty: exactly COPY's CSV NULL convention.
-    Timestamps are written as naive UTC (Arrow formats a zoned timestamp several times slower) and
-    read back as UTC: the transaction's time zone is set to UTC first (SET LOCAL: this transaction
-    only)."""
-    names = [c.name for c in dataset.table_columns]
+    Binary is the server's own representation: it parses no text, so the COPY of The Forge's 300k
+    orders took half the time (0.35-0.49 s against 0.62-0.95 s) and a third of the client's CPU.
+    NUMERIC has no such encoding from a decimal's text without fixing its scale ("12.50" would stay
+    "12.5" in CSV): a table with a DECIMAL column goes as CSV."""
     table = to_arrow(rows, dataset.table_columns)
+    if all(c.type in BINARY_COPY_TYPES for c in dataset.table_columns):
+        stream, fmt = _BinaryStream(table, dataset.table_columns), "binary"
+    else:
+        stream, fmt = _CsvStream(_csv_shape(conn, table)), "csv"
+    cols = ", ".join(qi(c.name) for c in dataset.table_columns)
+    cursor = conn.connection.dbapi_connection.cursor()  # the same transaction as `conn`
+    try:
+        cursor.copy_expert(f"COPY {target} ({cols}) FROM STDIN WITH (FORMAT {fmt})", stream, size=1 << 20)
+    finally:
+        cursor.close()
+
+
+# What _BinaryStream encodes: a timestamp as microseconds since 2000 UTC (timestamptz's own form),
+# a date (held as midnight) as days, JSON text as jsonb (its version byte, then the text)
+BINARY_COPY_TYPES = frozenset(ColumnType) - {ColumnType.DECIMAL}
+
+
+class _BinaryStream:
+    """A file for copy_expert: PostgreSQL's binary COPY format (pgpq), one batch of rows at a time."""
+
+    def __init__(self, table: Any, columns: list[Column]):
+        for i, column in enumerate(columns):
+            if column.type is ColumnType.DATE:
+                table = table.set_column(i, column.name, table.column(i).cast(pa.date32()))
+        encode = pgpq.ArrowToPostgresBinaryEncoder
+        builders = {field.name: encode.infer_encoder(field) for field in table.schema}
+        for column in columns:
+            if column.type is ColumnType.JSON:
+                builders[column.name] = pgpq_encoders.LargeStringEncoderBuilder.new_with_output(
+                    table.schema.field(column.name), pgpq_schema.Jsonb())
+        self._chunks = self._encode(encode.new_with_encoders(table.schema, builders), table)
+
+    @staticmethod
+    def _encode(encoder: Any, table: Any) -> Iterator[bytes]:
+        yield encoder.write_header()
+        for batch in table.to_batches(max_chunksize=COPY_BATCH_ROWS):
+            chunk = encoder.write_batch(batch)  # the encoder buffers: b"" until about 1 MB is ready
+            if chunk:
+                yield chunk
+        yield encoder.finish()  # what is still buffered, and the trailer
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self._chunks, b"")  # b"" ends the COPY: only the end is empty
+
+
+def _csv_shape(conn: Connection, table: Any) -> Any:
+    """Timestamps as naive UTC (Arrow formats a zoned timestamp several times slower), read back as
+    UTC: the transaction's time zone is set to UTC first (SET LOCAL: this transaction only).
+    Arrow quotes every string and leaves nulls unquoted-empty: exactly COPY's CSV NULL convention."""
     for i, field in enumerate(table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
     conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
-    cols = ", ".join(qi(n) for n in names)
-    cursor = conn.connection.dbapi_connection.cursor()  # the same transaction as `conn`
-    try:
-        cursor.copy_expert(f"COPY {target} ({cols}) FROM STDIN WITH (FORMAT csv)", _CsvStream(table), size=1 << 20)
-    finally:
-        cursor.close()
+    return table
 
 
 class _CsvStream:
     """A file for copy_expert: CSV of one batch of rows at a time (read() may return more than asked)."""
 
-    def __init__(self, table: pa.Table):
+    def __init__(self, table: Any):
         self._batches = iter(table.to_batches(max_chunksize=COPY_BATCH_ROWS))
         self._write_csv, self._options = pacsv.write_csv, pacsv.WriteOptions(include_header=False)
 
