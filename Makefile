@@ -36,9 +36,8 @@ ui-test-deps: install
 # A private --basetemp: pytest prunes old numbered dirs under the shared default one, which can pull a
 # data directory from under an embedded Postgres when two test sessions run on one machine.
 # TEST_WORKERS parallel workers, each taking whole modules (their module fixtures stay in one process),
-# the slow ones first (conftest); TEST_WORKERS=0 runs everything in one process. On 2 cores from a
-# clean clone: 17.1 min with 2, 13.4 min with 3 (the suite mostly waits on deployments and rate limits).
-TEST_WORKERS ?= 3
+# the slow ones first (conftest); TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: install ui-test-deps
 	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 		--basetemp="$$(mktemp -d /tmp/sync-assets-tests.XXXXXX)" $(PYTEST_ARGS)
